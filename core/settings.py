@@ -1,0 +1,80 @@
+"""Every setting the service and the worker read, from the environment, in one place.
+
+The defaults are the embedded mode: a SQLite file and Celery's SQLAlchemy broker
+transport under ``var/``, so ``make run`` needs no server. Nothing else reads ``os.environ``
+(except ``TF_USE_LEGACY_KERAS``, which must be set before TensorFlow is imported).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _var_dir() -> Path:
+    return Path(os.environ.get("TRAINER_VAR_DIR", ROOT / "var"))
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    broker_url: str
+    #: Rows of an artifact are at most this big: a BLOB/bytea is read whole, so big models go in chunks.
+    artifact_chunk_bytes: int = 4 * 1024 * 1024
+    max_params: int = 5_000_000
+    max_epochs: int = 1000
+    max_upload_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = 1024 * 1024
+    #: Longest a job may run; Redis' visibility timeout is set above it so a long job is not redelivered.
+    max_runtime_s: int = 6 * 3600
+    heartbeat_interval_s: float = 2.0
+    #: A running job whose heartbeat is older than this is taken as lost.
+    heartbeat_timeout_s: float = 60.0
+    #: A queued job not taken by a worker within this time is sent again.
+    redispatch_after_s: float = 120.0
+    reconcile_interval_s: float = 10.0
+    max_attempts: int = 3
+    broker_polling_interval_s: float = 0.1
+    log_level: str = "INFO"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(**overrides) -> Settings:
+    var = _var_dir()
+    values = dict(
+        database_url=os.environ.get("DATABASE_URL", f"sqlite:///{var / 'trainer.sqlite'}"),
+        broker_url=os.environ.get("CELERY_BROKER_URL", f"sqla+sqlite:///{var / 'broker.sqlite'}"),
+        artifact_chunk_bytes=_int("TRAINER_ARTIFACT_CHUNK_BYTES", 4 * 1024 * 1024),
+        max_params=_int("TRAINER_MAX_PARAMS", 5_000_000),
+        max_epochs=_int("TRAINER_MAX_EPOCHS", 1000),
+        max_upload_bytes=_int("TRAINER_MAX_UPLOAD_BYTES", 64 * 1024 * 1024),
+        max_request_bytes=_int("TRAINER_MAX_REQUEST_BYTES", 1024 * 1024),
+        max_runtime_s=_int("TRAINER_MAX_RUNTIME_S", 6 * 3600),
+        heartbeat_interval_s=_float("TRAINER_HEARTBEAT_INTERVAL_S", 2.0),
+        heartbeat_timeout_s=_float("TRAINER_HEARTBEAT_TIMEOUT_S", 60.0),
+        redispatch_after_s=_float("TRAINER_REDISPATCH_AFTER_S", 120.0),
+        reconcile_interval_s=_float("TRAINER_RECONCILE_INTERVAL_S", 10.0),
+        max_attempts=_int("TRAINER_MAX_ATTEMPTS", 3),
+        broker_polling_interval_s=_float("TRAINER_BROKER_POLLING_INTERVAL_S", 0.1),
+        log_level=os.environ.get("TRAINER_LOG_LEVEL", "INFO"),
+    )
+    values.update(overrides)
+    if values["database_url"].startswith("sqlite:///"):
+        Path(values["database_url"].removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if values["broker_url"].startswith("sqla+sqlite:///"):
+        Path(values["broker_url"].removeprefix("sqla+sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return Settings(**values)

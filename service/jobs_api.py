@@ -1,0 +1,158 @@
+"""/v1/jobs: submit, read, list, cancel, delete, download. Each view parses, calls core, shapes."""
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+from flask import Response, json, request, stream_with_context
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, Field
+
+from core import artifacts, jobs
+from core.errors import Conflict, NotFound
+from core.models import JobStatus
+from core.queue import dispatch
+from core.recipe import ExportFormat, Recipe
+from service.app import services
+from service.representation import history_csv, job_body
+
+api = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", abp_tags=[Tag(name="jobs")])
+OWNER = "default"  # single-user until API tokens exist
+
+
+class JobPath(BaseModel):
+    job_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="The id returned by POST /v1/jobs.")
+
+
+class ListQuery(BaseModel):
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
+    limit: int = Field(20, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=200)
+
+
+class ModelQuery(BaseModel):
+    format: ExportFormat = "h5"
+
+
+class HistoryQuery(BaseModel):
+    format: Literal["json", "csv"] = "json"
+
+
+@api.post("", responses={202: None})
+def submit(body: Recipe):
+    """Validate a recipe, store the job as queued, and send its id to the workers."""
+    svc = services()
+    with svc.db.session() as session:
+        job = jobs.create(session, body, OWNER, svc.settings)
+    dispatch(svc.celery, job.id)  # if the broker is down the job stays queued; the reconciler re-sends it
+    response = _job_response(job.id, status=202)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return response
+
+
+@api.get("")
+def list_jobs(query: ListQuery):
+    """Newest first; follow ``next_cursor`` for the next page."""
+    svc = services()
+    with svc.db.session() as session:
+        rows, cursor = jobs.page(session, OWNER, query.status, query.limit, query.cursor)
+        items = [job_body(job, None) for job in rows]
+    for item in items:
+        item.pop("history")
+    return {"items": items, "next_cursor": cursor}
+
+
+@api.get("/<job_id>")
+def get_job(path: JobPath):
+    """The job with its history so far; send If-None-Match with the ETag to poll cheaply."""
+    return _job_response(path.job_id)
+
+
+def _job_response(job_id: str, status: int = 200) -> Response:
+    svc = services()
+    with svc.db.session() as session:
+        job = jobs.get(session, job_id, OWNER)
+        tag = f"{job.id}-{job.version}"
+        if status == 200 and request.if_none_match.contains_weak(tag):
+            return Response(status=304, headers={"ETag": f'"{tag}"'})
+        body = job_body(job, jobs.history(session, job_id), jobs.model_artifacts(session, job_id))
+    response = api_json(body, status)
+    response.headers["ETag"] = f'"{tag}"'
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def api_json(body, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+@api.post("/<job_id>/cancel")
+def cancel_job(path: JobPath):
+    """Queued: cancelled at once. Running: stops at the next batch boundary. Finished: 409."""
+    svc = services()
+    with svc.db.session() as session:
+        jobs.cancel(session, path.job_id, OWNER)
+    return _job_response(path.job_id, status=202)
+
+
+@api.delete("/<job_id>", responses={204: None})
+def delete_job(path: JobPath):
+    """A finished job goes with its artifacts, history and logs."""
+    svc = services()
+    with svc.db.session() as session:
+        jobs.remove(session, path.job_id, OWNER)
+    return Response(status=204)
+
+
+@api.get("/<job_id>/model")
+def download_model(path: JobPath, query: ModelQuery):
+    """The trained model, pruning wrappers stripped, streamed from the database with its sha256."""
+    svc = services()
+    with svc.db.session() as session:
+        job = jobs.get(session, path.job_id, OWNER)
+        if job.status != JobStatus.SUCCEEDED.value:
+            raise Conflict(f"job {job.id} is {job.status}; the model exists once it has succeeded")
+        artifact = jobs.model_artifacts(session, job.id).get(query.format)
+        if artifact is None:
+            raise NotFound(
+                f"job {job.id} was not exported as {query.format!r}; its recipe's export.formats were "
+                f"{job.recipe['export']['formats']}"
+            )
+    headers = {
+        "Content-Length": str(artifact.size),
+        "Content-Disposition": f'attachment; filename="{artifact.filename}"',
+        "ETag": f'"{artifact.sha256}"',
+        "X-Checksum-Sha256": artifact.sha256,
+        "Digest": "sha-256=" + base64.b64encode(bytes.fromhex(artifact.sha256)).decode(),
+    }
+    if request.if_none_match.contains(artifact.sha256):
+        return Response(status=304, headers={"ETag": headers["ETag"]})
+    return Response(
+        stream_with_context(artifacts.stream(svc.db, artifact)),
+        mimetype="application/octet-stream",
+        headers=headers,
+        direct_passthrough=True,
+    )
+
+
+@api.get("/<job_id>/history")
+def get_history(path: JobPath, query: HistoryQuery):
+    """One row per finished epoch, as JSON or CSV."""
+    svc = services()
+    with svc.db.session() as session:
+        jobs.get(session, path.job_id, OWNER)
+        rows = jobs.history(session, path.job_id)
+    if query.format == "csv":
+        return Response(history_csv(rows), mimetype="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{path.job_id}-history.csv"'})
+    return {"job_id": path.job_id, "history": rows}
+
+
+@api.get("/<job_id>/logs")
+def get_logs(path: JobPath):
+    """The job's own log lines from the worker, growing while it runs (a failure's traceback is here)."""
+    svc = services()
+    with svc.db.session() as session:
+        jobs.get(session, path.job_id, OWNER)
+        lines = [f"{ln.at.isoformat()} {ln.level} {ln.message}" for ln in jobs.logs(session, path.job_id)]
+    return Response("\n".join(lines) + ("\n" if lines else ""), mimetype="text/plain")

@@ -1,0 +1,51 @@
+"""How a job looks on the wire."""
+from __future__ import annotations
+
+import csv
+import io
+
+from core.models import Artifact, Job
+
+
+def iso(value):
+    return value.isoformat() if value else None
+
+
+def job_body(job: Job, history: list[dict] | None, models: dict[str, Artifact] | None = None) -> dict:
+    base = f"/v1/jobs/{job.id}"
+    progress = dict(job.progress or {})
+    body = {
+        "id": job.id,
+        "name": job.name,
+        "status": job.status,
+        "recipe": job.recipe,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "attempt": job.attempt,
+        "progress": progress,
+        "history": history if history is not None else [],
+        "result": job.result,
+        "error": job.error,
+        "device": job.device,
+        "cancel_requested": job.cancel_requested,
+        "links": {
+            "self": base,
+            "history": f"{base}/history",
+            "logs": f"{base}/logs",
+            "cancel": f"{base}/cancel",
+            "models": {fmt: f"{base}/model?format={fmt}" for fmt in (models or {})},
+        },
+    }
+    return body
+
+
+def history_csv(history: list[dict]) -> str:
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    return out.getvalue()

@@ -1,0 +1,64 @@
+"""The Celery worker: one job per child process, a fresh child per job, a reconciler in the parent.
+
+Run with ``celery -A worker.celery_app worker``. The parent imports TensorFlow once (no GPU context
+is created by importing), so each forked child starts training without paying the import again.
+"""
+from __future__ import annotations
+
+import logging
+
+from celery import signals
+
+from core.db import Database
+from core.queue import TRAIN_TASK, make_celery
+from core.settings import load_settings
+
+settings = load_settings()
+app = make_celery(settings)
+log = logging.getLogger(__name__)
+_state: dict = {}
+
+
+def database() -> Database:
+    if "db" not in _state:
+        _state["db"] = Database(settings)
+    return _state["db"]
+
+
+@signals.worker_init.connect
+def _preload_tensorflow(**_):
+    """Import TF in the parent (shared by every forked child); create no device context here."""
+    import worker.tf_env  # noqa: F401
+
+    log.info("TensorFlow imported in the worker parent")
+
+
+@signals.worker_process_init.connect
+def _child_init(**_):
+    """In each fresh child: own DB connections, GPU memory growth before any op, and the device it will use."""
+    if "db" in _state:
+        _state["db"].after_fork()
+    from worker import devices
+
+    _state["device"] = devices.configure()
+
+
+@signals.worker_ready.connect
+def _start_reconciler(sender=None, **_):
+    from worker.reconciler import Reconciler
+
+    _state["reconciler"] = Reconciler(settings, app)
+    _state["reconciler"].start()
+
+
+@signals.worker_shutdown.connect
+def _stop_reconciler(**_):
+    if "reconciler" in _state:
+        _state["reconciler"].stop()
+
+
+@app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
+def train_job(job_id: str) -> str | None:
+    from worker.runner import run_job
+
+    return run_job(database(), settings, job_id, device=_state.get("device", "CPU:0"))

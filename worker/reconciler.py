@@ -1,0 +1,53 @@
+"""Re-sends queued jobs nobody took and requeues (or fails) running jobs whose heartbeat went stale.
+
+A thread of the worker's parent process: the child is busy training, and the embedded SQLAlchemy
+transport has no redelivery of its own, so this loop is what makes "no job is lost" true.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+
+from core import jobs
+from core.db import Database
+from core.queue import dispatch
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, celery: Celery):
+        self.settings, self.celery = settings, celery
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self.db: Database | None = None
+
+    def start(self) -> None:
+        self.db = Database(self.settings)
+        self._thread.start()
+        log.info("reconciler every %.1fs (requeue after %.0fs silent, resend after %.0fs queued)",
+                 self.settings.reconcile_interval_s, self.settings.heartbeat_timeout_s,
+                 self.settings.redispatch_after_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_once(self) -> dict[str, list[str]]:
+        with self.db.session() as session:
+            found = jobs.reconcile(session, self.settings)
+        for job_id in found["redispatch"]:
+            log.warning("job %s: sending again", job_id)
+            dispatch(self.celery, job_id)
+        for job_id in found["failed"]:
+            log.error("job %s: failed as worker_lost", job_id)
+        return found
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.reconcile_interval_s):
+            try:
+                self.run_once()
+            except Exception as exc:  # a database or broker blip: try again next round
+                log.warning("reconcile failed: %s", exc)

@@ -1,0 +1,194 @@
+"""One job, start to end: claim it, train it, store what it made, and say how it ended.
+
+Free of Celery: the task is a one-line call to ``run_job``. While training, a heartbeat thread
+writes ``heartbeat_at``, ships the job's log lines and watches for a cancel request.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+import threading
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+
+from core import artifacts, jobs
+from core.db import Database
+from core.errors import DatasetError, RecipeError
+from core.models import JobStatus, utcnow
+from core.recipe import Recipe
+from core.settings import Settings
+
+log = logging.getLogger("trainer.job")
+
+HINTS = {
+    "diverged": "lower the learning rate, clip gradients (clipnorm), use he/lecun initialization or batch norm",
+    "dataset": "check the dataset with GET /v1/datasets",
+    "timeout": "raise training.max_runtime_s or train fewer epochs",
+    "training_error": "see GET /v1/jobs/{id}/logs for the traceback",
+}
+
+
+class JobLog(logging.Handler):
+    """Collects the job's log records for the heartbeat thread to write to the database."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[datetime, str, str]] = []
+        self._lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock:
+            self.lines.append((utcnow(), record.levelname, record.getMessage()))
+
+    def drain(self) -> list[tuple[datetime, str, str]]:
+        with self._lock:
+            lines, self.lines = self.lines, []
+        return lines
+
+
+class JobRun:
+    """The state one running job shares between the training thread and its heartbeat thread."""
+
+    def __init__(self, db: Database, settings: Settings, job_id: str, attempt: int, recipe: Recipe, progress: dict):
+        self.db, self.settings, self.job_id, self.attempt, self.recipe = db, settings, job_id, attempt, recipe
+        self.base_progress = progress
+        self.last_progress: dict = {}
+        self.log = JobLog()
+        self.deadline = time.monotonic() + (recipe.training.max_runtime_s or settings.max_runtime_s)
+        self._stop: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+
+    # -- hooks for worker.training --
+    def on_epoch(self, epoch: int, metrics: dict) -> None:
+        progress = {**self.base_progress, "epoch": epoch, "phase": "train"}
+        if "sparsity" in metrics:
+            progress["sparsity"] = metrics["sparsity"]
+        self.last_progress = {k: progress[k] for k in ("epoch", "sparsity") if k in progress}
+        with self.db.session() as session:
+            jobs.append_logs(session, self.job_id, self.log.drain())
+            if not jobs.record_epoch(session, self.job_id, self.attempt, epoch, "train", metrics, progress):
+                self._stop = self._stop or "lost"
+        summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        log.info("epoch %d/%d %s", epoch, self.recipe.training.epochs, summary)
+
+    def stop_reason(self) -> str | None:
+        if self._stop is None and time.monotonic() > self.deadline:
+            self._stop = "timeout"
+        return self._stop
+
+    # -- heartbeat --
+    def start(self) -> None:
+        logging.getLogger().addHandler(self.log)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+        logging.getLogger().removeHandler(self.log)
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.settings.heartbeat_interval_s):
+            try:
+                with self.db.session() as session:
+                    ours, cancel = jobs.heartbeat(session, self.job_id, self.attempt)
+                    jobs.append_logs(session, self.job_id, self.log.drain())
+                if not ours:
+                    self._stop = self._stop or "lost"
+                elif cancel:
+                    self._stop = self._stop or "cancelled"
+            except Exception as exc:  # a database blip must not kill training; the next beat retries
+                logging.getLogger(__name__).warning("heartbeat failed: %s", exc)
+
+    def flush_logs(self, session) -> None:
+        jobs.append_logs(session, self.job_id, self.log.drain())
+
+
+def run_job(db: Database, settings: Settings, job_id: str, device: str = "CPU:0") -> str | None:
+    """Returns the job's final status, or None when the job was not ours to run (duplicate delivery)."""
+    worker_name = f"{socket.gethostname()}:{threading.get_native_id()}"
+    with db.session() as session:
+        attempt = jobs.claim(session, job_id, worker_name)
+        if attempt is None:
+            logging.getLogger(__name__).info("job %s is not queued; nothing to do", job_id)
+            return None
+        job = jobs.get_any(session, job_id)
+        recipe = Recipe.model_validate(job.recipe)
+        progress = dict(job.progress or {})
+        jobs.update_running(session, job_id, attempt, device=device,
+                            progress={**progress, "phase": "starting"})
+    run = JobRun(db, settings, job_id, attempt, recipe, progress)
+    run.start()
+    error = None
+    try:
+        log.info("attempt %d on %s (%s): %s", attempt, worker_name, device, recipe.name)
+        status = _train_and_store(run, recipe, device)
+    except Exception as exc:
+        status, error = JobStatus.FAILED, _error_for(exc)
+        log.error("job failed: %s\n%s", exc, traceback.format_exc())
+    finally:
+        run.stop()
+    with db.session() as session:
+        run.flush_logs(session)
+        if status != JobStatus.SUCCEEDED:  # a success was recorded with its artifacts, in one transaction
+            jobs.finish(session, job_id, attempt, status, error=error,
+                        progress={**progress, **run.last_progress, "phase": status.value})
+    return status.value
+
+
+def _error_for(exc: Exception) -> dict:
+    from worker.training import Diverged
+
+    if isinstance(exc, Diverged):
+        kind = "diverged"
+    elif isinstance(exc, (DatasetError,)):
+        kind = "dataset"
+    elif isinstance(exc, RecipeError):
+        kind = "recipe"
+    else:
+        kind = "training_error"
+    return {"type": kind, "message": str(exc), "hint": HINTS.get(kind, "")}
+
+
+def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
+    from worker import data, export, training
+
+    arrays = data.load(run.db, recipe.dataset)
+    splits = data.split(arrays, recipe.dataset, recipe.seed)
+    end_step = run.base_progress.get("plan", {}).get("pruning_end_step")
+    log.info("data: %d train, %d validation, %d test samples", len(splits.x_train),
+             0 if splits.x_val is None else len(splits.x_val), len(splits.x_test))
+    outcome = training.train(recipe, splits, run, end_step=end_step, device=training_device(device))
+    if outcome.stopped == "cancelled":
+        log.info("cancelled after %d epochs", outcome.epochs_run)
+        return JobStatus.CANCELLED
+    if outcome.stopped == "timeout":
+        raise TimeoutError(f"the job ran past max_runtime_s after {outcome.epochs_run} epochs")
+    if outcome.stopped == "lost":
+        raise RuntimeError("this worker no longer holds the job (it was requeued or cancelled)")
+    with tempfile.TemporaryDirectory(prefix=f"job-{run.job_id[:8]}-") as tmp:
+        files = export.strip_and_export(outcome.model, recipe.export.formats, Path(tmp))
+        result = {"test": outcome.test, **export.sparsity_report(outcome.model, outcome.pruned_layers),
+                  "sizes": export.sizes(files), "epochs_run": outcome.epochs_run,
+                  "train_seconds": round(outcome.seconds, 3)}
+        log.info("test %s; sparsity %.4f", outcome.test, result["sparsity"]["overall"])
+        with run.db.session() as session:
+            run.flush_logs(session)
+            progress = {**run.base_progress, "epoch": outcome.epochs_run, "phase": "succeeded"}
+            if not jobs.finish(session, run.job_id, run.attempt, JobStatus.SUCCEEDED, result=result,
+                               progress=progress):
+                raise RuntimeError("the job was taken from this worker before it could store its model")
+            for fmt, path in files.items():
+                with path.open("rb") as fh:
+                    artifacts.store(session, fh, kind="model", format=fmt, filename=f"{run.job_id}-{path.name}",
+                                    chunk_bytes=run.settings.artifact_chunk_bytes, job_id=run.job_id)
+    return JobStatus.SUCCEEDED
+
+
+def training_device(description: str) -> str:
+    from worker.devices import training_device as pin
+
+    return pin(description)
