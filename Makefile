@@ -1,0 +1,43 @@
+# Every chore has one entry point here. The venv is (re)built when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PORT   ?= 8000
+
+.PHONY: install run migrate test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, not {sys.version}"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[worker,dev,monitor]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/python -m core.migrate
+
+## The API on 127.0.0.1:$(PORT) and one Celery worker, on SQLite + the SQLAlchemy broker unless
+## DATABASE_URL / CELERY_BROKER_URL say otherwise. Ctrl-C stops both.
+run: install
+	PORT=$(PORT) scripts/run.sh
+
+test: install
+	$(BIN)/pytest
+
+## Schema, API and training unit tests only (no worker process).
+test-fast: install
+	$(BIN)/pytest -m "not worker"
+
+bench: install
+	$(BIN)/python -m bench.overhead
+
+lint: install
+	$(BIN)/ruff check core service worker tests bench
+
+clean:
+	rm -rf var/ .pytest_cache
+
+-include deploy/podman/compose.mk

@@ -1,0 +1,131 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL), real brokers (SQLAlchemy transport and
+Redis), a real API server on a loopback port, and real Celery worker processes.
+
+``backend`` is parametrized: every test that asks for it runs once on the embedded default
+(SQLite + SQLAlchemy broker) and once on PostgreSQL + Redis.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+
+import httpx
+import pytest
+
+from core.migrate import upgrade
+from core.settings import Settings, load_settings
+from tests.support import start_worker
+
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+FAST = dict(heartbeat_interval_s=0.5, reconcile_interval_s=1.0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "worker: starts real Celery worker processes (slow)")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh database on the machine's PostgreSQL for this session, dropped afterwards."""
+    import psycopg
+
+    name = f"trainer_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()
+    client.flushdb()  # db 13 belongs to this suite
+    yield REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request, tmp_path_factory) -> Settings:
+    """Settings for a migrated database and a broker: the embedded pair, or PostgreSQL + Redis."""
+    if request.param == "sqlite":
+        var = tmp_path_factory.mktemp("var")
+        settings = load_settings(database_url=f"sqlite:///{var / 'trainer.sqlite'}",
+                                 broker_url=f"sqla+sqlite:///{var / 'broker.sqlite'}", **FAST)
+    else:
+        settings = load_settings(database_url=request.getfixturevalue("postgres_url"),
+                                 broker_url=request.getfixturevalue("redis_url"), **FAST)
+    upgrade(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def sqlite_backend(tmp_path_factory) -> Settings:
+    var = tmp_path_factory.mktemp("var-sqlite")
+    settings = load_settings(database_url=f"sqlite:///{var / 'trainer.sqlite'}",
+                             broker_url=f"sqla+sqlite:///{var / 'broker.sqlite'}", **FAST)
+    upgrade(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def app(backend):
+    from service.app import create_app
+
+    app = create_app(backend)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def db(backend):
+    from core.db import Database
+
+    return Database(backend)
+
+
+class LiveServer:
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def live_api(app):
+    """The API served over real HTTP on a loopback port."""
+    server = LiveServer(app)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def http(live_api):
+    with httpx.Client(base_url=live_api.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def worker(backend, tmp_path_factory):
+    """One real worker for the session's backend."""
+    proc = start_worker(backend, tmp_path_factory.mktemp("worker") / "worker.log")
+    yield proc
+    proc.stop()
+
+
