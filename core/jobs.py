@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from core import artifacts, datasets
 from core.errors import Conflict, NotFound, RecipeError
 from core.models import FINISHED, Artifact, EpochRecord, Job, JobStatus, LogLine, utcnow
-from core.recipe import Recipe, resolve_end_step, split_sizes, steps_per_epoch
+from core.recipe import LayerChoiceError, Recipe, resolve_end_step, split_sizes, steps_per_epoch
 from core.settings import Settings
 
 Q, R = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -55,6 +55,10 @@ def plan(recipe: Recipe, info: datasets.DatasetInfo) -> dict:
 def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> dict:
     """The checks that need the dataset or the limits; raises RecipeError naming the field."""
     info = datasets.lookup(session, recipe.dataset.name, owner)
+    try:
+        recipe.check_pruned_layers()
+    except LayerChoiceError as exc:
+        raise RecipeError(["pruning", "layers", exc.index], str(exc)) from None
     if tuple(recipe.model.input_shape) != info.feature_shape:
         raise RecipeError(
             ["model", "input_shape"],

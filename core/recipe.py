@@ -248,16 +248,16 @@ class Recipe(Strict):
     pruning: PruningSpec | None = None
     export: ExportSpec = Field(default_factory=ExportSpec)
 
-    @model_validator(mode="after")
-    def _pruned_layers_exist(self) -> "Recipe":
-        if self.pruning and self.pruning.layers is not None:
-            by_name = {layer.name: layer for layer in self.model.layers}
-            for name in self.pruning.layers:
-                if name not in by_name:
-                    raise ValueError(f"pruning.layers names {name!r}, which is not a layer of the model")
-                if by_name[name].type not in PRUNABLE_TYPES:
-                    raise ValueError(f"pruning.layers names {name!r}, a {by_name[name].type} layer: TF-MOT cannot prune it")
-        return self
+    def check_pruned_layers(self) -> None:
+        """Named layers must exist and be prunable; raises ValueError with the index into ``pruning.layers``."""
+        if not (self.pruning and self.pruning.layers is not None):
+            return
+        by_name = {layer.name: layer for layer in self.model.layers}
+        for i, name in enumerate(self.pruning.layers):
+            if name not in by_name:
+                raise LayerChoiceError(i, f"{name!r} is not a layer of the model ({', '.join(by_name)})")
+            if by_name[name].type not in PRUNABLE_TYPES:
+                raise LayerChoiceError(i, f"{name!r} is a {by_name[name].type} layer, which TF-MOT cannot prune")
 
     def regularization_for(self, layer: DenseLayer) -> Regularization | None:
         return layer.regularization if layer.regularization is not None else self.regularization
@@ -268,6 +268,12 @@ class Recipe(Strict):
         if self.pruning.layers is not None:
             return list(self.pruning.layers)
         return [layer.name for layer in self.model.layers if layer.type in PRUNABLE_TYPES]
+
+
+class LayerChoiceError(ValueError):
+    def __init__(self, index: int, msg: str):
+        super().__init__(msg)
+        self.index = index
 
 
 def split_sizes(n: int, test_fraction: float, validation_fraction: float) -> tuple[int, int, int]:

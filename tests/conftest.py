@@ -64,13 +64,30 @@ def backend(request, tmp_path_factory) -> Settings:
     return settings
 
 
-@pytest.fixture(scope="session")
-def sqlite_backend(tmp_path_factory) -> Settings:
-    var = tmp_path_factory.mktemp("var-sqlite")
-    settings = load_settings(database_url=f"sqlite:///{var / 'trainer.sqlite'}",
-                             broker_url=f"sqla+sqlite:///{var / 'broker.sqlite'}", **FAST)
+@pytest.fixture(params=["sqlite", "postgres"])
+def isolated_backend(request, tmp_path) -> Settings:
+    """A database and broker of this test's own, for tests that start and kill their own workers."""
+    if request.param == "sqlite":
+        settings = load_settings(database_url=f"sqlite:///{tmp_path / 'trainer.sqlite'}",
+                                 broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}", **FAST)
+        upgrade(settings)
+        yield settings
+        return
+    import psycopg
+    import redis
+
+    name = f"trainer_iso_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    broker = REDIS_URL.rsplit("/", 1)[0] + "/14"
+    redis.Redis.from_url(broker).flushdb()
+    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    settings = load_settings(database_url=url, broker_url=broker, **FAST)
     upgrade(settings)
-    return settings
+    yield settings
+    redis.Redis.from_url(broker).flushdb()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
