@@ -1,0 +1,225 @@
+"""Outside client for deploy/podman/test-compose.sh: talks to the api over HTTP on loopback.
+
+    python compose_smoke.py --base http://127.0.0.1:18000 wait-ready [--timeout S]
+    python compose_smoke.py --base URL smoke [--out DIR]        # small job -> succeeded -> h5 checks
+    python compose_smoke.py --base URL submit-long --epochs N   # prints the job id
+    python compose_smoke.py --base URL wait-status ID running [--timeout S]
+    python compose_smoke.py --base URL wait-terminal ID [--timeout S]
+
+Standard library + h5py/numpy (for the sparsity check) only. Exit status 0 = check passed.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+SMALL_RECIPE = {
+    "name": "compose-smoke",
+    "dataset": {"name": "iris", "test_fraction": 0.2, "validation_fraction": 0.1},
+    "seed": 1,
+    "model": {
+        "input_shape": [4],
+        "layers": [
+            {"type": "dense", "units": 16, "activation": "relu"},
+            {"type": "dense", "units": 3, "activation": "softmax"},
+        ],
+    },
+    "training": {
+        "optimizer": {"type": "adam", "learning_rate": 0.01},
+        "loss": "sparse_categorical_crossentropy",
+        "metrics": ["accuracy"],
+        "epochs": 5,
+        "batch_size": 16,
+    },
+    "pruning": {
+        "schedule": {
+            "type": "polynomial_decay",
+            "initial_sparsity": 0.0,
+            "final_sparsity": 0.5,
+            "begin_step": 0,
+            "end_step": "auto",
+            "frequency": 1,
+        }
+    },
+    "export": {"formats": ["h5"]},
+}
+TERMINAL = {"succeeded", "failed", "cancelled"}
+TOKEN = "change-me"  # .env.example: TRAINER_API_TOKENS=change-me:alice
+
+
+def log(msg: str) -> None:
+    print(f"[client] {msg}", file=sys.stderr, flush=True)
+
+
+def request(base: str, method: str, path: str, body: dict | None = None, timeout: float = 30):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {TOKEN}")
+    req.add_header("Accept", "application/json")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def get_job(base: str, job_id: str) -> dict:
+    status, _, body = request(base, "GET", f"/v1/jobs/{job_id}")
+    if status != 200:
+        raise SystemExit(f"GET /v1/jobs/{job_id} -> {status}: {body[:500]!r}")
+    return json.loads(body)
+
+
+def submit(base: str, recipe: dict) -> dict:
+    status, headers, body = request(base, "POST", "/v1/jobs", recipe)
+    if status != 202:
+        raise SystemExit(f"POST /v1/jobs -> {status} (expected 202): {body[:1000]!r}")
+    job = json.loads(body)
+    log(f"submitted {job['id']} ({recipe['name']}), status {job['status']}")
+    return job
+
+
+def wait_for(base: str, job_id: str, want: set[str], timeout: float, seen: list | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        job = get_job(base, job_id)
+        if job["status"] != last:
+            log(f"{job_id}: {job['status']}")
+            last = job["status"]
+            if seen is not None:
+                seen.append((round(time.monotonic(), 1), job["status"]))
+        if job["status"] in want:
+            return job
+        if time.monotonic() > deadline:
+            raise SystemExit(f"job {job_id} still {job['status']} after {timeout:.0f}s (wanted {sorted(want)})")
+        time.sleep(0.5)
+
+
+def kernel_sparsity(path: Path) -> tuple[float, dict]:
+    import h5py
+    import numpy as np
+
+    per, zeros, total = {}, 0, 0
+
+    def visit(name, obj):
+        nonlocal zeros, total
+        if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1] == "kernel:0":
+            a = np.asarray(obj)
+            z = int(np.count_nonzero(a == 0))
+            per[name] = round(z / a.size, 4)
+            zeros += z
+            total += a.size
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    if not total:
+        raise SystemExit(f"{path}: no dataset named kernel:0")
+    return zeros / total, per
+
+
+def cmd_wait_ready(a) -> None:
+    deadline = time.monotonic() + a.timeout
+    while True:
+        try:
+            status, _, body = request(a.base, "GET", "/readyz", timeout=5)
+            if status == 200:
+                log(f"/readyz: {body.decode().strip()}")
+                return
+            detail = body[:200]
+        except OSError as exc:
+            detail = repr(exc)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"api not ready after {a.timeout}s: {detail!r}")
+        time.sleep(1)
+
+
+def cmd_smoke(a) -> None:
+    t0 = time.monotonic()
+    job = submit(a.base, SMALL_RECIPE)
+    job = wait_for(a.base, job["id"], TERMINAL, a.timeout)
+    if job["status"] != "succeeded":
+        raise SystemExit(f"job {job['id']} ended {job['status']}: {json.dumps(job.get('error'))}")
+    t_done = time.monotonic() - t0
+    status, headers, body = request(a.base, "GET", f"/v1/jobs/{job['id']}/model?format=h5", timeout=60)
+    if status != 200:
+        raise SystemExit(f"GET model -> {status}: {body[:500]!r}")
+    h = {k.lower(): v for k, v in headers.items()}
+    digest = hashlib.sha256(body).hexdigest()
+    etag = h.get("etag", "").strip('"')
+    xsum = h.get("x-checksum-sha256", "")
+    if digest != etag or digest != xsum:
+        raise SystemExit(f"sha256 mismatch: body {digest}, ETag {etag!r}, X-Checksum-Sha256 {xsum!r}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{job['id']}.h5"
+    path.write_bytes(body)
+    measured, per = kernel_sparsity(path)
+    reported = job["result"]["sparsity"]["overall"]
+    if abs(measured - reported) > a.tolerance:
+        raise SystemExit(f"kernel sparsity in the h5 {measured:.4f} != result.sparsity.overall {reported:.4f}")
+    print(json.dumps({
+        "job": job["id"], "seconds_to_succeeded": round(t_done, 1), "model_bytes": len(body),
+        "sha256": digest, "sparsity_h5": round(measured, 4), "sparsity_reported": reported,
+        "per_kernel": per,
+    }))
+    log(f"smoke ok: {job['id']} succeeded in {t_done:.1f}s, {len(body)} bytes, sha256 ok, "
+        f"sparsity h5 {measured:.4f} vs reported {reported:.4f}")
+
+
+def cmd_submit_long(a) -> None:
+    recipe = copy.deepcopy(SMALL_RECIPE)
+    recipe["name"] = "compose-restart"
+    recipe["training"]["epochs"] = a.epochs
+    recipe["training"]["batch_size"] = a.batch_size
+    print(submit(a.base, recipe)["id"])
+
+
+def cmd_wait_status(a) -> None:
+    job = wait_for(a.base, a.job_id, set(a.status.split(",")) | TERMINAL, a.timeout)
+    print(job["status"])
+
+
+def cmd_wait_terminal(a) -> None:
+    seen: list = []
+    job = wait_for(a.base, a.job_id, TERMINAL, a.timeout, seen)
+    print(json.dumps({"job": job["id"], "status": job["status"], "error": job.get("error"),
+                      "attempts": job.get("attempts"), "transitions": [s for _, s in seen]}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--base", default="http://127.0.0.1:18000")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("wait-ready")
+    s.add_argument("--timeout", type=float, default=300)
+    s = sub.add_parser("smoke")
+    s.add_argument("--timeout", type=float, default=600)
+    s.add_argument("--out", default="var/podman-test")
+    s.add_argument("--tolerance", type=float, default=0.02)
+    s = sub.add_parser("submit-long")
+    s.add_argument("--epochs", type=int, default=400)
+    s.add_argument("--batch-size", type=int, default=4)
+    s = sub.add_parser("wait-status")
+    s.add_argument("job_id")
+    s.add_argument("status")
+    s.add_argument("--timeout", type=float, default=300)
+    s = sub.add_parser("wait-terminal")
+    s.add_argument("job_id")
+    s.add_argument("--timeout", type=float, default=600)
+    a = p.parse_args()
+    {"wait-ready": cmd_wait_ready, "smoke": cmd_smoke, "submit-long": cmd_submit_long,
+     "wait-status": cmd_wait_status, "wait-terminal": cmd_wait_terminal}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

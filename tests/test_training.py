@@ -1,0 +1,121 @@
+"""The training code on its own (no Flask, no Celery): real TensorFlow and TF-MOT on small data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.recipe import Recipe
+from tests.support import small_recipe
+
+
+class Recorder:
+    def __init__(self, stop_after: int | None = None):
+        self.epochs: list[tuple[int, dict]] = []
+        self.stop_after = stop_after
+
+    def on_epoch(self, epoch, metrics):
+        self.epochs.append((epoch, metrics))
+
+    def stop_reason(self):
+        return "cancelled" if self.stop_after is not None and len(self.epochs) >= self.stop_after else None
+
+
+@pytest.fixture(scope="module")
+def iris():
+    from core.uploads import Arrays
+    from worker.data import _builtin
+
+    arrays: Arrays = _builtin("iris")
+    return arrays
+
+
+def train(data, arrays, hooks=None):
+    from core.datasets import BUILTIN
+    from core.jobs import plan
+    from worker import data as data_mod
+    from worker.training import train as run
+
+    recipe = Recipe.model_validate(data)
+    splits = data_mod.split(arrays, recipe.dataset, recipe.seed)
+    end_step = plan(recipe, BUILTIN[recipe.dataset.name]).get("pruning_end_step")
+    return run(recipe, splits, hooks or Recorder(), end_step=end_step), recipe
+
+
+def test_pruning_reaches_the_final_sparsity_and_is_stripped(iris):
+    from worker.export import sparsity_report
+
+    outcome, _ = train(small_recipe(**{"pruning.schedule.final_sparsity": 0.75}), iris)
+    report = sparsity_report(outcome.model, outcome.pruned_layers)
+    assert report["sparsity"]["overall"] == pytest.approx(0.75, abs=0.01)
+    assert all("prune_low_magnitude" not in layer.name for layer in outcome.model.layers)
+    assert report["params"]["nonzero"] < report["params"]["total"]
+
+
+def test_only_named_layers_are_pruned_and_the_rest_reported_dense(iris):
+    from worker.export import sparsity_report
+
+    outcome, _ = train(small_recipe(**{"pruning.layers": ["dense_0"]}), iris)
+    report = sparsity_report(outcome.model, outcome.pruned_layers)["sparsity"]
+    by_name = {layer["name"]: layer for layer in report["layers"]}
+    assert by_name["dense_0"]["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert by_name["dense_1"]["sparsity"] < 0.2
+    assert report["left_dense"] == ["dense_1"]
+
+
+def test_sparsity_grows_epoch_by_epoch_as_the_schedule_says(iris):
+    recorder = Recorder()
+    train(small_recipe(**{"training.epochs": 6}), iris, recorder)
+    values = [metrics["sparsity"] for _, metrics in recorder.epochs]
+    assert values == sorted(values) and values[0] < values[-1]
+    assert values[-1] == pytest.approx(0.5, abs=0.02)
+
+
+def test_same_recipe_and_seed_give_the_same_history(iris):
+    first, second = Recorder(), Recorder()
+    train(small_recipe(), iris, first)
+    train(small_recipe(), iris, second)
+    strip = lambda rec: [{k: v for k, v in m.items() if k != "seconds"} for _, m in rec.epochs]  # noqa: E731
+    assert strip(first) == strip(second)
+
+
+def test_stop_request_ends_training_at_a_batch_boundary(iris):
+    recorder = Recorder(stop_after=2)
+    outcome, _ = train(small_recipe(**{"training.epochs": 50}), iris, recorder)
+    assert outcome.stopped == "cancelled" and len(recorder.epochs) == 2
+
+
+def test_l1_regularisation_without_pruning_trains_and_reports_no_pruned_layer(iris):
+    from worker.export import sparsity_report
+
+    data = small_recipe(**{"regularization": {"l1": 0.01}})
+    data.pop("pruning")
+    outcome, _ = train(data, iris)
+    report = sparsity_report(outcome.model, outcome.pruned_layers)
+    assert report["sparsity"]["pruned_layers"] == []
+    assert 0 <= outcome.test["accuracy"] <= 1
+
+
+def test_exploding_learning_rate_fails_as_diverged(iris):
+    from worker.training import Diverged
+
+    data = small_recipe(**{"training.optimizer": {"type": "sgd", "learning_rate": 5.0},
+                           "model.layers": [{"type": "dense", "units": 64}, {"type": "dense", "units": 64},
+                                            {"type": "dense", "units": 1}],
+                           "training.loss": "mse", "training.metrics": [], "training.epochs": 20})
+    data.pop("pruning")
+    with pytest.raises(Diverged):
+        train(data, iris)
+
+
+def test_exported_h5_loads_with_stock_keras_and_predicts_like_the_trained_model(iris, tmp_path):
+    from worker.export import strip_and_export
+    from worker.tf_env import keras
+
+    outcome, _ = train(small_recipe(), iris)
+    files = strip_and_export(outcome.model, ["h5", "keras", "savedmodel", "tflite"], tmp_path)
+    x = iris.x[:10]
+    expected = outcome.model.predict(x, verbose=0)
+    for fmt in ("h5", "keras"):
+        loaded = keras.models.load_model(files[fmt])
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    assert files["savedmodel"].stat().st_size > 0 and files["tflite"].read_bytes()[4:8] == b"TFL3"
