@@ -31,8 +31,10 @@ test: install
 test-fast: install
 	$(BIN)/pytest -m "not worker"
 
+## Service overhead vs a plain script, API RSS/start, submit-to-running: embedded, then PostgreSQL + Redis.
 bench: install
 	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.overhead --redis
 
 lint: install
 	$(BIN)/ruff check core service worker tests bench

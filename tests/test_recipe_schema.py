@@ -1,28 +1,16 @@
 """The recipe schema and the arithmetic the API does without TensorFlow."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from core.datasets import BUILTIN
+from core.settings import ROOT
 from core.recipe import PolynomialDecay, ConstantSparsity, Recipe, resolve_end_step, split_sizes, steps_per_epoch
 from tests.support import small_recipe
 
-CONTRACT = {
-    "name": "digits-elu-bn-pruned",
-    "dataset": {"name": "digits", "test_fraction": 0.2, "validation_fraction": 0.1},
-    "seed": 42,
-    "model": {"input_shape": [64], "layers": [
-        {"type": "dense", "units": 300, "kernel_initializer": "he_normal", "use_bias": False},
-        {"type": "batch_normalization", "momentum": 0.99},
-        {"type": "activation", "activation": "elu"},
-        {"type": "dense", "units": 10, "activation": "softmax"}]},
-    "training": {"optimizer": {"type": "nadam", "learning_rate": 0.001, "clipnorm": 1.0},
-                 "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"], "epochs": 30, "batch_size": 32},
-    "regularization": {"l1": 1e-5},
-    "pruning": {"schedule": {"type": "polynomial_decay", "initial_sparsity": 0.0, "final_sparsity": 0.8,
-                             "begin_step": 0, "end_step": "auto", "frequency": 20}},
-    "export": {"formats": ["h5", "keras"]},
-}
+CONTRACT = json.loads((ROOT / "examples" / "recipes" / "contract-digits.json").read_text())
 
 
 def test_the_contract_recipe_validates_and_counts_its_parameters():
