@@ -21,7 +21,7 @@ stop() {
     wait "$API" "$WORKER" 2>/dev/null || true
     echo "stopped."
 }
-trap stop INT TERM
+trap 'stop; exit 0' INT TERM
 echo "API on http://127.0.0.1:${PORT} (docs: /docs) — Ctrl-C to stop"
 wait -n "$API" "$WORKER" || true
 stop
