@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -114,7 +114,7 @@ def main() -> None:
         time.sleep(0.2)
     results: dict = {"backend": backend, "machine": f"{platform.node()} {platform.machine()} "
                      f"{os.cpu_count()} cores, Python {platform.python_version()}",
-                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "date": datetime.now(UTC).isoformat(timespec="seconds"),
                      "api_start_s": round(api_start_s, 3)}
     try:
         with httpx.Client(base_url=url, timeout=60) as http:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.errors import DatasetError, RecipeError
+from core.errors import RecipeError
 from core.models import Dataset
 
 
@@ -65,5 +65,3 @@ def check_labels(info: DatasetInfo, loss: str, output_units: int) -> None:
             f"(dataset has {info.n_classes} classes, output has {output_units} units)",
         )
 
-
-__all__ = ["BUILTIN", "DatasetInfo", "DatasetError", "lookup", "check_labels"]

@@ -1,8 +1,8 @@
 """Engine and sessions. One engine per process; forked Celery children get their own."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine

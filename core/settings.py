@@ -7,7 +7,7 @@ transport under ``var/``, so ``make run`` needs no server. Nothing else reads ``
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,6 @@ class Settings:
     max_attempts: int = 3
     broker_polling_interval_s: float = 0.1
     log_level: str = "INFO"
-    extra: dict = field(default_factory=dict)
 
     @property
     def is_sqlite(self) -> bool:

@@ -74,7 +74,7 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
-        from sqlalchemy.exc import OperationalError, InterfaceError
+        from sqlalchemy.exc import InterfaceError, OperationalError
 
         if isinstance(exc, (OperationalError, InterfaceError)):
             log.warning("database unavailable: %s", exc)

@@ -6,8 +6,15 @@ import json
 import pytest
 
 from core.datasets import BUILTIN
+from core.recipe import (
+    ConstantSparsity,
+    PolynomialDecay,
+    Recipe,
+    resolve_end_step,
+    split_sizes,
+    steps_per_epoch,
+)
 from core.settings import ROOT
-from core.recipe import PolynomialDecay, ConstantSparsity, Recipe, resolve_end_step, split_sizes, steps_per_epoch
 from tests.support import small_recipe
 
 CONTRACT = json.loads((ROOT / "examples" / "recipes" / "contract-digits.json").read_text())

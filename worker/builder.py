@@ -2,7 +2,15 @@
 from __future__ import annotations
 
 from core.recipe import (
-    SGD, Adagrad, Adam, ActivationLayer, BatchNormalizationLayer, DenseLayer, DropoutLayer, Recipe, RMSprop,
+    SGD,
+    ActivationLayer,
+    Adagrad,
+    Adam,
+    BatchNormalizationLayer,
+    DenseLayer,
+    DropoutLayer,
+    Recipe,
+    RMSprop,
 )
 from worker.tf_env import keras
 

@@ -1,7 +1,6 @@
 """Arrays for a job: a built-in scikit-learn set or an upload read back from the database, split as planned."""
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np

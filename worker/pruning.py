@@ -5,9 +5,9 @@
 """
 from __future__ import annotations
 
-from core.recipe import ConstantSparsity, PolynomialDecay, Recipe
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
+from core.recipe import ConstantSparsity, PolynomialDecay, Recipe
 from worker.tf_env import keras, tfmot
 
 sparsity = tfmot.sparsity.keras
