@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from core import artifacts, datasets
+from core import artifacts, datasets, selection
 from core.errors import Conflict, NotFound, RecipeError
 from core.models import FINISHED, Artifact, EpochRecord, Job, JobStatus, LogLine, utcnow
-from core.recipe import LayerChoiceError, Recipe, resolve_end_step, split_sizes, steps_per_epoch
+from core.recipe import LayerChoiceError, Recipe, ShapeError, resolve_end_step, split_sizes, steps_per_epoch
 from core.settings import Settings
 
 Q, R = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -28,23 +28,25 @@ Q, R = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 
 
 def plan(recipe: Recipe, info: datasets.DatasetInfo) -> dict:
-    """Sizes the worker will see: split, steps, the resolved pruning end_step."""
+    """Sizes the worker will see (split, steps, the resolved pruning end_step) and warnings for the user.
+
+    ``info`` is the dataset as the recipe selects it (``core.selection.describe``).
+    """
+    val_fraction = recipe.dataset.validation_fraction
     if info.n_test_samples:
-        n_train, n_val, n_test = (
-            info.n_samples - round(info.n_samples * recipe.dataset.validation_fraction),
-            round(info.n_samples * recipe.dataset.validation_fraction),
-            info.n_test_samples,
-        )
+        n_val = round(info.n_samples * val_fraction)
+        n_train, n_test = info.n_samples - n_val, info.n_test_samples
     else:
-        n_train, n_val, n_test = split_sizes(
-            info.n_samples, recipe.dataset.test_fraction, recipe.dataset.validation_fraction
-        )
+        n_train, n_val, n_test = split_sizes(info.n_samples, recipe.dataset.test_fraction, val_fraction)
+    if recipe.dataset.limit:
+        n_train = min(n_train, recipe.dataset.limit)
     steps = steps_per_epoch(n_train, recipe.training.batch_size)
     out: dict[str, Any] = {
         "train_samples": n_train, "validation_samples": n_val, "test_samples": n_test,
         "steps_per_epoch": steps, "total_steps": steps * recipe.training.epochs,
+        "warnings": recipe.selu_warnings(),
     }
-    if recipe.pruning:
+    if recipe.pruning and recipe.pruning.schedule:
         try:
             out["pruning_end_step"] = resolve_end_step(recipe.pruning.schedule, out["total_steps"])
         except ValueError as exc:
@@ -54,7 +56,7 @@ def plan(recipe: Recipe, info: datasets.DatasetInfo) -> dict:
 
 def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> dict:
     """The checks that need the dataset or the limits; raises RecipeError naming the field."""
-    info = datasets.lookup(session, recipe.dataset.name, owner)
+    info = selection.describe(datasets.lookup(session, recipe.dataset.name, owner), recipe.dataset)
     try:
         recipe.check_pruned_layers()
     except LayerChoiceError as exc:
@@ -64,21 +66,24 @@ def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> d
             ["model", "input_shape"],
             f"dataset {info.name!r} has samples of shape {list(info.feature_shape)}, not {recipe.model.input_shape}",
         )
-    params = recipe.model.param_count()
+    try:
+        output = recipe.model.output_shape
+        params = recipe.model.param_count()
+    except ShapeError as exc:
+        raise RecipeError(["model", "layers", exc.index], str(exc)) from None
     if params > settings.max_params:
         raise RecipeError(["model", "layers"], f"the model has {params:,} parameters; the limit is {settings.max_params:,}")
     if recipe.training.epochs > settings.max_epochs:
         raise RecipeError(["training", "epochs"], f"at most {settings.max_epochs} epochs")
     if recipe.training.max_runtime_s and recipe.training.max_runtime_s > settings.max_runtime_s:
         raise RecipeError(["training", "max_runtime_s"], f"at most {settings.max_runtime_s} s")
-    output = recipe.model.output_shape
     if len(output) != 1:
         raise RecipeError(["model", "layers", -1], f"the model's output must be a vector, not of shape {list(output)}")
     datasets.check_labels(info, recipe.training.loss, output[0])
     info_plan = plan(recipe, info)
     if info_plan["train_samples"] < 1:
         raise RecipeError(["dataset"], "no training samples are left after the test and validation splits")
-    return {**info_plan, "params": params}
+    return {**info_plan, "params": params, "n_classes": info.n_classes}
 
 
 def create(session: Session, recipe: Recipe, owner: str, settings: Settings) -> Job:
@@ -226,11 +231,21 @@ def update_running(session: Session, job_id: str, attempt: int, **values) -> boo
     )
 
 
-def record_epoch(session: Session, job_id: str, attempt: int, epoch: int, phase: str, metrics: dict, progress: dict) -> bool:
+def record_epoch(session: Session, job_id: str, attempt: int, epoch: int, phase: str, metrics: dict,
+                 progress: dict, diagnostics: list | None = None) -> bool:
     if not update_running(session, job_id, attempt, progress=progress):
         return False
-    session.merge(EpochRecord(job_id=job_id, epoch=epoch, attempt=attempt, phase=phase, metrics=metrics))
+    session.merge(EpochRecord(job_id=job_id, epoch=epoch, attempt=attempt, phase=phase, metrics=metrics,
+                              diagnostics=diagnostics))
     return True
+
+
+def diagnostics(session: Session, job_id: str) -> list[dict]:
+    rows = session.execute(
+        select(EpochRecord.epoch, EpochRecord.phase, EpochRecord.diagnostics)
+        .where(EpochRecord.job_id == job_id).order_by(EpochRecord.epoch)
+    ).all()
+    return [{"epoch": epoch, "phase": phase, "layers": layers or []} for epoch, phase, layers in rows]
 
 
 def finish(session: Session, job_id: str, attempt: int, status: JobStatus, **values) -> bool:

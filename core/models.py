@@ -82,6 +82,8 @@ class EpochRecord(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     phase: Mapped[str] = mapped_column(String(32), default="train")
     metrics: Mapped[dict] = mapped_column(JSON)
+    #: Per-layer gradient and saturation figures on the probe batch (GET /v1/jobs/{id}/diagnostics).
+    diagnostics: Mapped[list | None] = mapped_column(JSON, nullable=True)
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

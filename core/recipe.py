@@ -10,84 +10,26 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-Activation = Literal["sigmoid", "tanh", "relu", "elu", "selu", "gelu", "swish", "softmax", "linear"]
-Initializer = Literal[
-    "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal", "zeros"
-]
-Shape = tuple[int, ...]
-
-
-class Strict(BaseModel):
-    """Unknown fields are errors: a misspelt option silently ignored would train the wrong model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class Regularization(Strict):
-    """Penalties on kernels. L1 drives weights to exactly zero (seed: "Sparse models"), which pruning then keeps."""
-
-    l1: float = Field(0.0, ge=0, le=1)
-    l2: float = Field(0.0, ge=0, le=1)
+from core.layers import (  # noqa: F401  (re-exported: the recipe's vocabulary)
+    PRUNABLE_TYPES,
+    Activation,
+    DenseLayer,
+    KernelLayer,
+    Layer,
+    Regularization,
+    Shape,
+    Strict,
+    activation_name,
+    initializer_name,
+)
 
 
-class LayerBase(Strict):
-    name: str | None = Field(
-        None, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$", description="Defaults to '<type>_<index>'."
-    )
-
-    def output_shape(self, input_shape: Shape) -> Shape:
-        return input_shape
-
-    def param_count(self, input_shape: Shape) -> int:
-        return 0
-
-
-class DenseLayer(LayerBase):
-    type: Literal["dense"]
-    units: int = Field(ge=1, le=65536)
-    activation: Activation = "linear"
-    kernel_initializer: Initializer = "glorot_uniform"
-    use_bias: bool = True
-    regularization: Regularization | None = Field(None, description="Overrides the recipe's global one.")
-
-    def output_shape(self, input_shape: Shape) -> Shape:
-        return (*input_shape[:-1], self.units)
-
-    def param_count(self, input_shape: Shape) -> int:
-        return input_shape[-1] * self.units + (self.units if self.use_bias else 0)
-
-
-class BatchNormalizationLayer(LayerBase):
-    """Seed: BN adds 4 parameters per feature, 2 of them (moving mean/variance) not trained by backprop."""
-
-    type: Literal["batch_normalization"]
-    momentum: float = Field(0.99, gt=0, lt=1)
-    epsilon: float = Field(1e-3, gt=0, le=1)
-    center: bool = True
-    scale: bool = True
-
-    def param_count(self, input_shape: Shape) -> int:
-        return input_shape[-1] * (2 + int(self.center) + int(self.scale))
-
-
-class ActivationLayer(LayerBase):
-    type: Literal["activation"]
-    activation: Activation
-
-
-class DropoutLayer(LayerBase):
-    type: Literal["dropout"]
-    rate: float = Field(ge=0, lt=1)
-
-
-Layer = Annotated[
-    Union[DenseLayer, BatchNormalizationLayer, ActivationLayer, DropoutLayer], Field(discriminator="type")
-]
-
-#: Layers TF-MOT's registry knows how to prune (their kernels); the rest are left dense.
-PRUNABLE_TYPES = frozenset({"dense"})
+class ShapeError(ValueError):
+    def __init__(self, index: int, msg: str):
+        super().__init__(msg)
+        self.index = index
 
 
 class ModelSpec(Strict):
@@ -109,8 +51,11 @@ class ModelSpec(Strict):
         """(input, output) shape of every layer, without the batch axis."""
         shape: Shape = tuple(self.input_shape)
         out = []
-        for layer in self.layers:
-            nxt = layer.output_shape(shape)
+        for index, layer in enumerate(self.layers):
+            try:
+                nxt = layer.output_shape(shape)
+            except ValueError as exc:
+                raise ShapeError(index, str(exc)) from None
             out.append((shape, nxt))
             shape = nxt
         return out
@@ -148,6 +93,8 @@ class SGD(ClipOptions):
 
 
 class Adagrad(ClipOptions):
+    """Seed: fine for simple quadratic problems, but often stops too early for deep nets."""
+
     type: Literal["adagrad"]
 
 
@@ -162,9 +109,61 @@ class Adam(ClipOptions):
     beta_1: float = Field(0.9, gt=0, lt=1)
     beta_2: float = Field(0.999, gt=0, lt=1)
     epsilon: float = Field(1e-7, gt=0, le=1)
+    amsgrad: bool = Field(False, description="adam only")
+
+    @model_validator(mode="after")
+    def _amsgrad_is_adam_only(self):
+        if self.amsgrad and self.type != "adam":
+            raise ValueError(f"amsgrad is an option of adam, not {self.type}")
+        return self
 
 
-Optimizer = Annotated[Union[SGD, Adagrad, RMSprop, Adam], Field(discriminator="type")]
+class AdamW(ClipOptions):
+    type: Literal["adamw"]
+    weight_decay: float = Field(0.004, ge=0, le=1)
+    beta_1: float = Field(0.9, gt=0, lt=1)
+    beta_2: float = Field(0.999, gt=0, lt=1)
+    epsilon: float = Field(1e-7, gt=0, le=1)
+    amsgrad: bool = False
+
+
+Optimizer = Annotated[Union[SGD, Adagrad, RMSprop, Adam, AdamW], Field(discriminator="type")]
+
+
+class ExponentialDecay(Strict):
+    """lr · decay_rate^(step / decay_steps), from the optimizer's learning_rate."""
+
+    type: Literal["exponential_decay"]
+    decay_steps: int = Field(ge=1)
+    decay_rate: float = Field(gt=0, le=1)
+    staircase: bool = False
+
+
+class PiecewiseConstant(Strict):
+    type: Literal["piecewise_constant"]
+    boundaries: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=100)
+    values: list[Annotated[float, Field(gt=0, le=10)]] = Field(min_length=2, max_length=101)
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if len(self.values) != len(self.boundaries) + 1:
+            raise ValueError("values needs one more entry than boundaries")
+        if self.boundaries != sorted(set(self.boundaries)):
+            raise ValueError("boundaries must be increasing")
+        return self
+
+
+class ReduceOnPlateau(Strict):
+    type: Literal["reduce_on_plateau"]
+    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
+    factor: float = Field(0.5, gt=0, lt=1)
+    patience: int = Field(5, ge=0, le=1000)
+    min_lr: float = Field(0.0, ge=0)
+
+
+LearningRateSchedule = Annotated[
+    Union[ExponentialDecay, PiecewiseConstant, ReduceOnPlateau], Field(discriminator="type")
+]
 
 
 class EarlyStopping(Strict):
@@ -175,20 +174,40 @@ class EarlyStopping(Strict):
 
 class TrainingSpec(Strict):
     optimizer: Optimizer = Field(default_factory=lambda: Adam(type="adam"))
-    loss: Literal["sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy", "mse"] = (
-        "sparse_categorical_crossentropy"
-    )
+    loss: Literal["sparse_categorical_crossentropy", "binary_crossentropy", "mse"] = "sparse_categorical_crossentropy"
     metrics: list[Literal["accuracy"]] = Field(default_factory=lambda: ["accuracy"], max_length=4)
     epochs: int = Field(10, ge=1, le=100_000)
     batch_size: int = Field(32, ge=1, le=65536)
+    learning_rate_schedule: LearningRateSchedule | None = None
     early_stopping: EarlyStopping | None = None
     max_runtime_s: int | None = Field(None, ge=1, description="The job fails with 'timeout' past this.")
+    diagnostics: bool = Field(True, description="Per-epoch gradient and saturation figures on a probe batch.")
 
 
 class DatasetSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="Built-in name or uploaded id.")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="Of what is left after the test split.")
+    classes: list[Annotated[int, Field(ge=0, le=100_000)]] | None = Field(
+        None, min_length=1, description="Keep only these original labels (relabelled 0..k-1 in this order "
+        "unless relabel says otherwise).")
+    relabel: dict[str, Annotated[int, Field(ge=0, le=100_000)]] | None = Field(
+        None, description='Original label (as a string) → new label, e.g. {"6": 1, "8": 0}.')
+    limit: int | None = Field(None, ge=1, description="Train on the first N training samples only.")
+    reshape: list[Annotated[int, Field(ge=1, le=100_000)]] | None = Field(
+        None, min_length=1, max_length=3, description="Sample shape to train on, e.g. [8, 8, 1] for digits.")
+    standardize: bool = Field(False, description="Z-score inputs with the training split's mean and std "
+                              "(a Normalization layer inside the model, so exports take raw inputs).")
+
+    @model_validator(mode="after")
+    def _relabel_keys(self):
+        if self.relabel:
+            for key in self.relabel:
+                if not key.isdigit():
+                    raise ValueError(f"relabel keys are original labels as strings, not {key!r}")
+            if self.classes is not None and set(map(int, self.relabel)) != set(self.classes):
+                raise ValueError("relabel must map exactly the kept classes")
+        return self
 
 
 class PolynomialDecay(Strict):
@@ -223,17 +242,47 @@ PruningSchedule = Annotated[Union[PolynomialDecay, ConstantSparsity], Field(disc
 
 
 class PruningSpec(Strict):
-    schedule: PruningSchedule
+    """Gradual magnitude pruning during training (``schedule``), 2:4 structured sparsity, or the seed's naive
+    baseline: zero the smallest weights after training, no fine-tuning (``post_training_threshold``)."""
+
+    schedule: PruningSchedule | None = None
     layers: list[str] | None = Field(
         None, description="Names of the layers to prune; default every layer TF-MOT can prune."
     )
+    block_size: tuple[Annotated[int, Field(ge=1, le=64)], Annotated[int, Field(ge=1, le=64)]] = (1, 1)
+    block_pooling_type: Literal["AVG", "MAX"] = "AVG"
+    sparsity_m_by_n: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=2)]] | None = Field(
+        None, description="e.g. [2, 4]: at most 2 non-zero weights in every 4 (TF-MOT structured pruning)")
+    post_training_threshold: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_method(self):
+        methods = [self.schedule is not None or self.sparsity_m_by_n is not None, self.post_training_threshold is not None]
+        if sum(methods) != 1:
+            raise ValueError("give a schedule (and/or sparsity_m_by_n) for pruning during training, or "
+                             "post_training_threshold for the naive baseline — exactly one of the two")
+        if self.sparsity_m_by_n and self.sparsity_m_by_n[0] >= self.sparsity_m_by_n[1]:
+            raise ValueError("sparsity_m_by_n is [m, n] with m < n")
+        if self.sparsity_m_by_n and self.block_size != (1, 1):
+            raise ValueError("block_size does not combine with sparsity_m_by_n")
+        return self
+
+    @property
+    def during_training(self) -> bool:
+        return self.post_training_threshold is None
 
 
 ExportFormat = Literal["h5", "keras", "savedmodel", "tflite"]
 
 
+class TFLiteOptions(Strict):
+    sparsity: bool = Field(False, description="Store pruned weights in TFLite's sparse format.")
+    dynamic_range_int8: bool = Field(False, description="Post-training dynamic-range int8 quantization.")
+
+
 class ExportSpec(Strict):
     formats: list[ExportFormat] = Field(default_factory=lambda: ["h5", "keras"], min_length=1, max_length=4)
+    tflite_options: TFLiteOptions = Field(default_factory=TFLiteOptions)
 
 
 class Recipe(Strict):
@@ -259,8 +308,29 @@ class Recipe(Strict):
             if by_name[name].type not in PRUNABLE_TYPES:
                 raise LayerChoiceError(i, f"{name!r} is a {by_name[name].type} layer, which TF-MOT cannot prune")
 
-    def regularization_for(self, layer: DenseLayer) -> Regularization | None:
+    def regularization_for(self, layer: KernelLayer) -> Regularization | None:
         return layer.regularization if layer.regularization is not None else self.regularization
+
+    def selu_warnings(self) -> list[str]:
+        """Seed: SELU self-normalizes only with standardized inputs, LeCun-normal init and a plain dense stack."""
+        kernels = [layer for layer in self.model.layers if isinstance(layer, KernelLayer)]
+        uses_selu = any(activation_name(getattr(layer, "activation", "linear")) == "selu" for layer in self.model.layers)
+        if not uses_selu:
+            return []
+        out = []
+        if not self.dataset.standardize:
+            out.append("SELU needs standardized inputs: set dataset.standardize")
+        odd_init = [layer.name for layer in kernels if initializer_name(layer.kernel_initializer) != "lecun_normal"]
+        if odd_init:
+            out.append(f"SELU needs lecun_normal initialization; not in {', '.join(odd_init)}")
+        breaking = [layer.name for layer in self.model.layers
+                    if layer.type in ("dropout", "batch_normalization", "conv2d", "max_pooling2d")]
+        if breaking:
+            out.append(f"SELU self-normalization is only guaranteed for a sequential stack of dense layers; "
+                       f"{', '.join(breaking)} break it (use alpha_dropout instead of dropout)")
+        if self.regularization and (self.regularization.l1 or self.regularization.l2):
+            out.append("l1/l2 regularization weakens SELU's self-normalization")
+        return out
 
     def pruned_layer_names(self) -> list[str]:
         if not self.pruning:
@@ -293,7 +363,7 @@ def first_mask_update(begin_step: int, frequency: int) -> int:
     return begin_step if begin_step >= 1 else frequency
 
 
-def resolve_end_step(schedule: PolynomialDecay | ConstantSparsity, total_steps: int) -> int:
+def resolve_end_step(schedule: PolynomialDecay | ConstantSparsity, total_steps: int) -> int:  # noqa: C901
     """The step at which the schedule's target is reached, or ValueError saying why it never is.
 
     Masks change only at steps where ``(step - begin_step) % frequency == 0``: ``auto`` becomes the last

@@ -132,4 +132,5 @@ def describe(dataset_id: str, name: str, arrays: Arrays) -> DatasetInfo:
         name=dataset_id, n_samples=len(arrays.x), feature_shape=tuple(int(d) for d in arrays.x.shape[1:]),
         n_classes=int(labels.max()) + 1, description=name,
         n_test_samples=0 if arrays.x_test is None else len(arrays.x_test), source="upload",
+        class_counts=tuple(int(c) for c in np.bincount(arrays.y, minlength=int(labels.max()) + 1)),
     )

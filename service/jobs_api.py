@@ -148,6 +148,16 @@ def get_history(path: JobPath, query: HistoryQuery):
     return {"job_id": path.job_id, "history": rows}
 
 
+@api.get("/<job_id>/diagnostics")
+def get_diagnostics(path: JobPath):
+    """Per epoch and layer: mean |gradient| of the loss w.r.t. the kernel, and the share of saturated outputs."""
+    svc = services()
+    with svc.db.session() as session:
+        jobs.get(session, path.job_id, OWNER)
+        rows = jobs.diagnostics(session, path.job_id)
+    return {"job_id": path.job_id, "epochs": rows}
+
+
 @api.get("/<job_id>/logs")
 def get_logs(path: JobPath):
     """The job's own log lines from the worker, growing while it runs (a failure's traceback is here)."""

@@ -11,10 +11,12 @@ from tests.support import small_recipe
 class Recorder:
     def __init__(self, stop_after: int | None = None):
         self.epochs: list[tuple[int, dict]] = []
+        self.diagnostics: list = []
         self.stop_after = stop_after
 
-    def on_epoch(self, epoch, metrics):
+    def on_epoch(self, epoch, metrics, diagnostics=None):
         self.epochs.append((epoch, metrics))
+        self.diagnostics.append(diagnostics)
 
     def stop_reason(self):
         return "cancelled" if self.stop_after is not None and len(self.epochs) >= self.stop_after else None
@@ -112,7 +114,9 @@ def test_exported_h5_loads_with_stock_keras_and_predicts_like_the_trained_model(
     from worker.tf_env import keras
 
     outcome, _ = train(small_recipe(), iris)
-    files = strip_and_export(outcome.model, ["h5", "keras", "savedmodel", "tflite"], tmp_path)
+    from core.recipe import ExportSpec
+
+    files = strip_and_export(outcome.model, ExportSpec(formats=["h5", "keras", "savedmodel", "tflite"]), tmp_path)
     x = iris.x[:10]
     expected = outcome.model.predict(x, verbose=0)
     for fmt in ("h5", "keras"):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import select
 
-from core import uploads
+from core import selection, uploads
 from core.artifacts import read_all
 from core.datasets import BUILTIN
 from core.db import Database
@@ -47,19 +47,28 @@ def load(db: Database, spec: DatasetSpec) -> uploads.Arrays:
 
 
 def split(arrays: uploads.Arrays, spec: DatasetSpec, seed: int) -> Splits:
-    """Shuffled with the recipe's seed, in the sizes ``core.recipe.split_sizes`` promised the API."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(arrays.x))
-    x, y = arrays.x[order], arrays.y[order]
+    """Selected (classes, relabel, reshape), shuffled with the recipe's seed, and split in the sizes
+    ``core.recipe.split_sizes`` promised the API; ``limit`` then keeps the first N training samples."""
+    n_classes = int(arrays.y.max()) + 1
+    x, y = selection.select(arrays.x, arrays.y, spec, n_classes)
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order]
     if arrays.x_test is not None:
         n_val = round(len(x) * spec.validation_fraction)
         n_train = len(x) - n_val
-        x_test, y_test = arrays.x_test, arrays.y_test
+        x_test, y_test = selection.select(arrays.x_test, arrays.y_test, spec, n_classes)
     else:
-        n_train, n_val, n_test = split_sizes(len(x), spec.test_fraction, spec.validation_fraction)
+        n_train, n_val, _ = split_sizes(len(x), spec.test_fraction, spec.validation_fraction)
         x_test, y_test = x[n_train + n_val:], y[n_train + n_val:]
     val = (x[n_train:n_train + n_val], y[n_train:n_train + n_val]) if n_val else (None, None)
-    return Splits(x[:n_train], y[:n_train], val[0], val[1], x_test, y_test)
+    keep = min(n_train, spec.limit or n_train)
+    return Splits(x[:keep], y[:keep], val[0], val[1], x_test, y_test)
+
+
+def standardization(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance per feature (per channel for images) of the training inputs only."""
+    axes = tuple(range(x_train.ndim - 1))
+    return x_train.mean(axis=axes), x_train.var(axis=axes)
 
 
 def to_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None):

@@ -9,15 +9,45 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.tf_env import tf
+from core.recipe import ExportSpec, TFLiteOptions
+from worker.tf_env import keras, tf
 
 FILENAMES = {"h5": "model.h5", "keras": "model.keras", "savedmodel": "savedmodel.zip", "tflite": "model.tflite"}
 
 
-def strip_and_export(model, formats: list[str], directory: Path) -> dict[str, Path]:
+def portable(model):
+    """The model with only stock Keras layers: an RReLU becomes the LeakyReLU it is at inference."""
+    from worker.builder import RReLU
+
+    if not any(isinstance(layer, RReLU) for layer in model.layers):
+        return model
+
+    def swap(layer):
+        if isinstance(layer, RReLU):
+            return keras.layers.LeakyReLU(alpha=layer.inference_alpha, name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    clone = keras.models.clone_model(model, clone_function=swap)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def tflite_bytes(model, options: TFLiteOptions) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    optimizations = []
+    if options.sparsity:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    if options.dynamic_range_int8:
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    converter.optimizations = optimizations
+    return converter.convert()
+
+
+def strip_and_export(model, spec: ExportSpec, directory: Path) -> dict[str, Path]:
     """``model`` is already stripped of pruning wrappers; each file loads with stock tf_keras / tf.lite."""
+    model = portable(model)
     out = {}
-    for fmt in formats:
+    for fmt in spec.formats:
         path = directory / FILENAMES[fmt]
         if fmt == "h5":
             with warnings.catch_warnings():  # "HDF5 is legacy": h5 is still what most stock tools read
@@ -30,7 +60,7 @@ def strip_and_export(model, formats: list[str], directory: Path) -> dict[str, Pa
                 model.save(Path(tmp) / "savedmodel", include_optimizer=False, save_format="tf")
                 shutil.make_archive(str(path.with_suffix("")), "zip", tmp, "savedmodel")
         elif fmt == "tflite":
-            path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+            path.write_bytes(tflite_bytes(model, spec.tflite_options))
         out[fmt] = path
     return out
 

@@ -1,10 +1,11 @@
 """TF-MOT magnitude pruning, applied only to the layers the recipe names (or every prunable one).
 
-``prune_low_magnitude`` refuses layers it has no registry entry for, so the model is cloned with a
-``clone_function`` that wraps just the chosen layers; the rest are reported as left dense.
+``prune_low_magnitude`` refuses layers it has no registry entry for (PReLU, our RReLU), so the model
+is cloned with a ``clone_function`` that wraps just the chosen layers; the rest are reported dense.
 """
 from __future__ import annotations
 
+import numpy as np
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
 from core.recipe import ConstantSparsity, PolynomialDecay, Recipe
@@ -13,7 +14,9 @@ from worker.tf_env import keras, tfmot
 sparsity = tfmot.sparsity.keras
 
 
-def prune_schedule(spec: PolynomialDecay | ConstantSparsity, end_step: int):
+def prune_schedule(spec: PolynomialDecay | ConstantSparsity | None, end_step: int | None):
+    if spec is None:  # 2:4 alone: TF-MOT sets the structured mask once, at step 1, whatever the schedule
+        return sparsity.ConstantSparsity(0.5, begin_step=0, frequency=1)
     if isinstance(spec, PolynomialDecay):
         return sparsity.PolynomialDecay(
             initial_sparsity=spec.initial_sparsity, final_sparsity=spec.final_sparsity,
@@ -24,14 +27,18 @@ def prune_schedule(spec: PolynomialDecay | ConstantSparsity, end_step: int):
     )
 
 
-def apply(model, recipe: Recipe, end_step: int):
+def apply(model, recipe: Recipe, end_step: int | None):
     """Returns (model with wrappers, names pruned)."""
+    spec = recipe.pruning
     names = set(recipe.pruned_layer_names())
-    schedule = prune_schedule(recipe.pruning.schedule, end_step)
+    options = {"pruning_schedule": prune_schedule(spec.schedule, end_step), "block_size": tuple(spec.block_size),
+               "block_pooling_type": spec.block_pooling_type}
+    if spec.sparsity_m_by_n:
+        options["sparsity_m_by_n"] = tuple(spec.sparsity_m_by_n)
 
     def clone(layer):
         if layer.name in names:
-            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule)
+            return sparsity.prune_low_magnitude(layer, **options)
         return layer.__class__.from_config(layer.get_config())
 
     pruned = keras.models.clone_model(model, clone_function=clone)
@@ -49,3 +56,21 @@ def callbacks() -> list:
 
 def wrapped_kernels(model) -> list:
     return [layer.layer.kernel for layer in model.layers if isinstance(layer, PruneLowMagnitude)]
+
+
+def threshold_after_training(model, names: list[str], fraction: float) -> None:
+    """The seed's naive baseline: zero the ``fraction`` smallest-magnitude weights of each kernel, no fine-tuning."""
+    for layer in model.layers:
+        if layer.name not in names:
+            continue
+        kernel = layer.kernel.numpy()
+        k = int(round(kernel.size * fraction))
+        if k:
+            cut = np.partition(np.abs(kernel).ravel(), k - 1)[k - 1]
+            mask = np.abs(kernel) > cut
+            # ties at the cut: keep exactly size - k weights
+            extra = int(mask.size - mask.sum()) - k
+            if extra > 0:
+                ties = np.flatnonzero((np.abs(kernel) == cut).ravel())[:extra]
+                mask.ravel()[ties] = True
+            layer.kernel.assign(kernel * mask)

@@ -63,14 +63,15 @@ class JobRun:
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
 
     # -- hooks for worker.training --
-    def on_epoch(self, epoch: int, metrics: dict) -> None:
+    def on_epoch(self, epoch: int, metrics: dict, diagnostics: list[dict] | None = None) -> None:
         progress = {**self.base_progress, "epoch": epoch, "phase": "train"}
         if "sparsity" in metrics:
             progress["sparsity"] = metrics["sparsity"]
         self.last_progress = {k: progress[k] for k in ("epoch", "sparsity") if k in progress}
         with self.db.session() as session:
             jobs.append_logs(session, self.job_id, self.log.drain())
-            if not jobs.record_epoch(session, self.job_id, self.attempt, epoch, "train", metrics, progress):
+            if not jobs.record_epoch(session, self.job_id, self.attempt, epoch, "train", metrics, progress,
+                                     diagnostics):
                 self._stop = self._stop or "lost"
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         log.info("epoch %d/%d %s", epoch, self.recipe.training.epochs, summary)
@@ -150,7 +151,10 @@ def _error_for(exc: Exception) -> dict:
         kind = "recipe"
     else:
         kind = "training_error"
-    return {"type": kind, "message": str(exc), "hint": HINTS.get(kind, "")}
+    error = {"type": kind, "message": str(exc), "hint": HINTS.get(kind, "")}
+    if isinstance(exc, Diverged):
+        error.update(epoch=exc.epoch, batch=exc.batch)
+    return error
 
 
 def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
@@ -161,6 +165,8 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
     end_step = run.base_progress.get("plan", {}).get("pruning_end_step")
     log.info("data: %d train, %d validation, %d test samples", len(splits.x_train),
              0 if splits.x_val is None else len(splits.x_val), len(splits.x_test))
+    for warning in run.base_progress.get("plan", {}).get("warnings", []):
+        log.warning("%s", warning)
     outcome = training.train(recipe, splits, run, end_step=end_step, device=training_device(device))
     if outcome.stopped == "cancelled":
         log.info("cancelled after %d epochs", outcome.epochs_run)
@@ -170,10 +176,12 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
     if outcome.stopped == "lost":
         raise RuntimeError("this worker no longer holds the job (it was requeued or cancelled)")
     with tempfile.TemporaryDirectory(prefix=f"job-{run.job_id[:8]}-") as tmp:
-        files = export.strip_and_export(outcome.model, recipe.export.formats, Path(tmp))
+        files = export.strip_and_export(outcome.model, recipe.export, Path(tmp))
         result = {"test": outcome.test, **export.sparsity_report(outcome.model, outcome.pruned_layers),
                   "sizes": export.sizes(files), "epochs_run": outcome.epochs_run,
                   "train_seconds": round(outcome.seconds, 3)}
+        if outcome.test_before_threshold is not None:
+            result["test_before_threshold"] = outcome.test_before_threshold
         log.info("test %s; sparsity %.4f", outcome.test, result["sparsity"]["overall"])
         with run.db.session() as session:
             run.flush_logs(session)

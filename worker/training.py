@@ -13,14 +13,15 @@ from typing import Protocol
 
 import numpy as np
 
-from core.recipe import Recipe
+from core.recipe import Recipe, ReduceOnPlateau
 from worker import builder, pruning
-from worker.data import Splits, to_dataset
+from worker.data import Splits, standardization, to_dataset
+from worker.diagnostics import Probe
 from worker.tf_env import keras, tf
 
 
 class Hooks(Protocol):
-    def on_epoch(self, epoch: int, metrics: dict) -> None: ...
+    def on_epoch(self, epoch: int, metrics: dict, diagnostics: list[dict] | None) -> None: ...
 
     def stop_reason(self) -> str | None: ...
 
@@ -28,9 +29,9 @@ class Hooks(Protocol):
 class Diverged(Exception):
     """The loss became NaN or infinite."""
 
-    def __init__(self, epoch: int, loss: float):
-        super().__init__(f"the loss became {loss} in epoch {epoch}")
-        self.epoch = epoch
+    def __init__(self, epoch: int, batch: int, loss: float):
+        super().__init__(f"the loss became {loss} in epoch {epoch}, batch {batch}")
+        self.epoch, self.batch = epoch, batch
 
 
 @dataclass
@@ -41,44 +42,58 @@ class Outcome:
     stopped: str | None = None  # "cancelled" | "timeout" | None
     pruned_layers: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    test_before_threshold: dict | None = None
 
 
 class _Progress(keras.callbacks.Callback):
-    """Reports each epoch and stops at the next batch when asked; keeps batch logs as tensors (no sync)."""
+    """Reports each epoch, stops at the next batch when asked, and fails fast on a NaN/inf loss."""
 
-    def __init__(self, hooks: Hooks, measure_sparsity: Callable[[], float | None]):
+    def __init__(self, hooks: Hooks, measure_sparsity: Callable[[], float | None], probe: Probe | None):
         super().__init__()
-        self._supports_tf_logs = True
-        self.hooks, self.measure_sparsity = hooks, measure_sparsity
+        self._supports_tf_logs = True  # batch logs stay tensors: only the loss is read
+        self.hooks, self.measure_sparsity, self.probe = hooks, measure_sparsity, probe
         self.stopped: str | None = None
-        self._epoch_started = 0.0
+        self._epoch_started, self._epoch = 0.0, 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_started = time.perf_counter()
+        self._epoch_started, self._epoch = time.perf_counter(), epoch + 1
 
     def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            self.model.stop_training = True
+            raise Diverged(self._epoch, batch + 1, loss)
         reason = self.hooks.stop_reason()
         if reason:
             self.stopped = reason
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.stopped is not None:  # an epoch cut short by a stop is not a finished epoch
+            return
         metrics = {k: float(v) for k, v in (logs or {}).items()}
-        loss = metrics.get("loss", 0.0)
-        if not math.isfinite(loss):
-            self.model.stop_training = True
-            raise Diverged(epoch + 1, loss)
         metrics["seconds"] = round(time.perf_counter() - self._epoch_started, 4)
-        metrics["learning_rate"] = float(keras.backend.get_value(self.model.optimizer.learning_rate))
+        metrics["learning_rate"] = builder.current_learning_rate(self.model.optimizer)
         current = self.measure_sparsity()
         if current is not None:
             metrics["sparsity"] = current
-        if self.stopped is None:  # an epoch cut short by a stop is not a finished epoch
-            self.hooks.on_epoch(epoch + 1, metrics)
+        self.hooks.on_epoch(epoch + 1, metrics, self.probe.measure() if self.probe else None)
 
 
-def _loss_and_metrics(recipe: Recipe):
-    return recipe.training.loss, list(recipe.training.metrics)
+def _kernel_sparsity(kernels) -> Callable[[], float | None]:
+    def measure():
+        total = sum(int(np.prod(k.shape)) for k in kernels)
+        zeros = sum(int(np.sum(k.numpy() == 0)) for k in kernels)
+        return round(zeros / total, 6) if total else None
+
+    return measure
+
+
+def _evaluate(model, recipe: Recipe, splits: Splits) -> dict:
+    model.compile(optimizer="sgd", loss=recipe.training.loss, metrics=list(recipe.training.metrics))
+    test = model.evaluate(to_dataset(splits.x_test, splits.y_test, recipe.training.batch_size, None), verbose=0,
+                          return_dict=True)
+    return {k: float(v) for k, v in test.items()}
 
 
 def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = None, device: str = "/CPU:0") -> Outcome:
@@ -86,26 +101,26 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
     keras.utils.set_random_seed(recipe.seed)
     tf.config.experimental.enable_op_determinism()
     with tf.device(device):
-        model = builder.build_model(recipe)
+        stats = standardization(splits.x_train) if recipe.dataset.standardize else None
+        model = builder.build_model(recipe, standardize=stats)
         callbacks: list = []
         pruned_names: list[str] = []
-        if recipe.pruning:
+        measure = lambda: None  # noqa: E731
+        pruning_spec = recipe.pruning
+        if pruning_spec and pruning_spec.during_training:
             model, pruned_names = pruning.apply(model, recipe, end_step)
             callbacks += pruning.callbacks()
-            kernels = pruning.wrapped_kernels(model)
+            measure = _kernel_sparsity(pruning.wrapped_kernels(model))
 
-            def measure():
-                total = sum(int(np.prod(k.shape)) for k in kernels)
-                zeros = sum(int(np.sum(k.numpy() == 0)) for k in kernels)
-                return round(zeros / total, 6) if total else None
-        else:
-            def measure():
-                return None
-
-        loss, metrics = _loss_and_metrics(recipe)
-        model.compile(optimizer=builder.build_optimizer(recipe), loss=loss, metrics=metrics)
-        progress = _Progress(hooks, measure)
+        model.compile(optimizer=builder.build_optimizer(recipe), loss=recipe.training.loss,
+                      metrics=list(recipe.training.metrics))
+        probe = Probe(model, splits.x_train, splits.y_train, recipe.training.loss) if recipe.training.diagnostics else None
+        progress = _Progress(hooks, measure, probe)
         callbacks.append(progress)
+        schedule = recipe.training.learning_rate_schedule
+        if isinstance(schedule, ReduceOnPlateau):
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(
+                monitor=schedule.monitor, factor=schedule.factor, patience=schedule.patience, min_lr=schedule.min_lr))
         if recipe.training.early_stopping:
             es = recipe.training.early_stopping
             callbacks.append(keras.callbacks.EarlyStopping(
@@ -115,10 +130,14 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
         val_ds = to_dataset(splits.x_val, splits.y_val, batch, None) if splits.x_val is not None else None
         history = model.fit(train_ds, validation_data=val_ds, epochs=recipe.training.epochs, callbacks=callbacks,
                             verbose=0)
-        final = pruning.strip(model) if recipe.pruning else model
-        final.compile(optimizer="sgd", loss=loss, metrics=metrics)
-        test = final.evaluate(to_dataset(splits.x_test, splits.y_test, batch, None), verbose=0, return_dict=True)
+        final = pruning.strip(model) if pruned_names else model
+        before = None
+        if pruning_spec and not pruning_spec.during_training:
+            before = _evaluate(final, recipe, splits)
+            pruned_names = recipe.pruned_layer_names()
+            pruning.threshold_after_training(final, pruned_names, pruning_spec.post_training_threshold)
+        test = _evaluate(final, recipe, splits)
     return Outcome(
-        model=final, test={k: float(v) for k, v in test.items()}, epochs_run=len(history.epoch),
-        stopped=progress.stopped, pruned_layers=pruned_names, seconds=time.perf_counter() - started,
+        model=final, test=test, epochs_run=len(history.epoch), stopped=progress.stopped, pruned_layers=pruned_names,
+        seconds=time.perf_counter() - started, test_before_threshold=before,
     )

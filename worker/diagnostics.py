@@ -1,0 +1,75 @@
+"""Gradient health per epoch, on a fixed probe batch: the seed's first lesson made visible.
+
+Per layer: the mean |gradient| of the loss with respect to its kernel (vanishing gradients shrink it
+layer by layer towards the input), and the fraction of its outputs sitting where the activation is
+flat (sigmoid/tanh near their asymptotes, ReLU at 0, ELU/SELU near their negative floor).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from worker.tf_env import keras, tf
+
+PROBE_SIZE = 256
+_SELU_FLOOR = 1.0507009873554805 * 1.6732632423543772
+
+
+def _activation_of(layer) -> str | None:
+    inner = getattr(layer, "layer", layer)  # through a pruning wrapper
+    kind = type(inner).__name__
+    if kind in ("LeakyReLU", "PReLU", "RReLU"):
+        return None
+    if kind == "ELU":
+        return "elu"
+    fn = getattr(inner, "activation", None)
+    return getattr(fn, "__name__", None) if fn is not None else None
+
+
+def saturation(activation: str, out: np.ndarray) -> float | None:
+    if activation == "sigmoid":
+        flat = (out < 0.05) | (out > 0.95)
+    elif activation == "tanh":
+        flat = np.abs(out) > 0.95
+    elif activation == "relu":
+        flat = out <= 0
+    elif activation == "elu":
+        flat = out < -0.95
+    elif activation == "selu":
+        flat = out < -0.95 * _SELU_FLOOR
+    else:
+        return None
+    return round(float(np.mean(flat)), 6)
+
+
+def display_name(layer) -> str:
+    return getattr(layer, "layer", layer).name
+
+
+class Probe:
+    def __init__(self, model, x: np.ndarray, y: np.ndarray, loss):
+        self.model = model
+        self.x, self.y = tf.constant(x[:PROBE_SIZE]), tf.constant(y[:PROBE_SIZE])
+        self.layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+        self.outputs = keras.Model(model.inputs, [layer.output for layer in self.layers])
+        self.loss = keras.losses.get(loss)
+
+    def measure(self) -> list[dict]:
+        kernels = [(layer, getattr(getattr(layer, "layer", layer), "kernel", None)) for layer in self.layers]
+        variables = [k for _, k in kernels if k is not None]
+        with tf.GradientTape() as tape:
+            outs = self.outputs(self.x, training=False)
+            loss = tf.reduce_mean(self.loss(self.y, outs[-1]))
+        grads = dict(zip([id(v) for v in variables], tape.gradient(loss, variables)))
+        report = []
+        for (layer, kernel), out in zip(kernels, outs):
+            entry: dict = {"name": display_name(layer)}
+            if kernel is not None and grads.get(id(kernel)) is not None:
+                entry["mean_abs_grad"] = float(tf.reduce_mean(tf.abs(grads[id(kernel)])))
+            activation = _activation_of(layer)
+            if activation and activation != "softmax":
+                value = saturation(activation, out.numpy())
+                if value is not None:
+                    entry["activation"], entry["saturation"] = activation, value
+            if len(entry) > 1:
+                report.append(entry)
+        return report
