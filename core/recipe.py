@@ -289,6 +289,7 @@ class Recipe(Strict):
     """A training job: data, network, optimizer, regularization, pruning and what to export."""
 
     name: str = Field("job", min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=4000, description="Free text: what this recipe shows.")
     dataset: DatasetSpec
     seed: int = Field(42, ge=0, le=2**31 - 1)
     model: ModelSpec
@@ -320,7 +321,8 @@ class Recipe(Strict):
         out = []
         if not self.dataset.standardize:
             out.append("SELU needs standardized inputs: set dataset.standardize")
-        odd_init = [layer.name for layer in kernels if initializer_name(layer.kernel_initializer) != "lecun_normal"]
+        hidden = kernels[:-1]  # the output layer's init is not part of the condition
+        odd_init = [layer.name for layer in hidden if initializer_name(layer.kernel_initializer) != "lecun_normal"]
         if odd_init:
             out.append(f"SELU needs lecun_normal initialization; not in {', '.join(odd_init)}")
         breaking = [layer.name for layer in self.model.layers
