@@ -35,6 +35,7 @@ test-fast: install
 bench: install
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.overhead --redis
+	$(BIN)/python -m bench.sparsity
 
 lint: install
 	$(BIN)/ruff check core service worker tests bench
