@@ -243,3 +243,16 @@ def test_diagnostics_endpoint_serves_each_epoch(http, worker):
     assert [e["epoch"] for e in body["epochs"]] == [1, 2]
     first = body["epochs"][0]["layers"][0]
     assert first["name"] == "dense_0" and first["mean_abs_grad"] > 0 and first["activation"] == "relu"
+
+
+def test_block_sparsity_zeroes_whole_blocks():
+    data = small_recipe(**{"model.layers": [{"type": "dense", "units": 16, "activation": "relu"},
+                                            {"type": "dense", "units": 3, "activation": "softmax"}],
+                           "pruning": {"layers": ["dense_0"], "block_size": [1, 4],
+                                       "schedule": {"type": "constant_sparsity", "target_sparsity": 0.5,
+                                                    "frequency": 2}}})
+    outcome, _, _, _ = train(data, epochs=2)
+    kernel = outcome.model.get_layer("dense_0").kernel.numpy()  # (4, 16): blocks of 1 row × 4 columns
+    blocks = (kernel != 0).reshape(4, 4, 4).any(axis=2) == (kernel != 0).reshape(4, 4, 4).all(axis=2)
+    assert blocks.all()
+    assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.01)
