@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from core import artifacts, datasets, selection
+from core import artifacts, datasets, selection, transfer
 from core.errors import Conflict, NotFound, RecipeError
 from core.models import FINISHED, Artifact, EpochRecord, Job, JobStatus, LogLine, utcnow
-from core.recipe import LayerChoiceError, Recipe, ShapeError, resolve_end_step, split_sizes, steps_per_epoch
+from core.recipe import LayerChoiceError, Recipe, ShapeError, layer_shapes, resolve_end_step, split_sizes, steps_per_epoch
 from core.settings import Settings
 
 Q, R = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -55,10 +55,11 @@ def plan(recipe: Recipe, info: datasets.DatasetInfo) -> dict:
 
 
 def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> dict:
-    """The checks that need the dataset or the limits; raises RecipeError naming the field."""
+    """The checks that need the dataset, a base job or the limits; raises RecipeError naming the field."""
     info = selection.describe(datasets.lookup(session, recipe.dataset.name, owner), recipe.dataset)
+    tp = transfer.resolve(session, recipe, owner) if recipe.transfer else None
     try:
-        recipe.check_pruned_layers()
+        recipe.check_pruned_layers(extra_prunable={k.name for k in tp.reused if k.prunable} if tp else set())
     except LayerChoiceError as exc:
         raise RecipeError(["pruning", "layers", exc.index], str(exc)) from None
     if tuple(recipe.model.input_shape) != info.feature_shape:
@@ -67,8 +68,13 @@ def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> d
             f"dataset {info.name!r} has samples of shape {list(info.feature_shape)}, not {recipe.model.input_shape}",
         )
     try:
-        output = recipe.model.output_shape
-        params = recipe.model.param_count()
+        if tp:
+            shapes = recipe.model.shapes(tp.output_shape)
+            params = sum(layer.params for layer in tp.reused) + recipe.model.param_count(tp.output_shape)
+        else:
+            shapes = layer_shapes(recipe.all_layers(), tuple(recipe.model.input_shape))
+            params = sum(layer.param_count(i) for layer, (i, _) in zip(recipe.all_layers(), shapes))
+        output = shapes[-1][1]
     except ShapeError as exc:
         raise RecipeError(["model", "layers", exc.index], str(exc)) from None
     if params > settings.max_params:
@@ -77,12 +83,23 @@ def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> d
         raise RecipeError(["training", "epochs"], f"at most {settings.max_epochs} epochs")
     if recipe.training.max_runtime_s and recipe.training.max_runtime_s > settings.max_runtime_s:
         raise RecipeError(["training", "max_runtime_s"], f"at most {settings.max_runtime_s} s")
-    if len(output) != 1:
-        raise RecipeError(["model", "layers", -1], f"the model's output must be a vector, not of shape {list(output)}")
-    datasets.check_labels(info, recipe.training.loss, output[0])
+    if recipe.kind == "autoencoder":
+        if output != tuple(recipe.model.input_shape):
+            raise RecipeError(["model", "decoder"], f"the decoder outputs {list(output)}; it must rebuild "
+                              f"inputs of shape {recipe.model.input_shape}")
+    else:
+        if len(output) != 1:
+            raise RecipeError(["model", "layers", -1], f"the model's output must be a vector, not of shape {list(output)}")
+        datasets.check_labels(info, recipe.training.loss, output[0])
     info_plan = plan(recipe, info)
     if info_plan["train_samples"] < 1:
         raise RecipeError(["dataset"], "no training samples are left after the test and validation splits")
+    if tp:
+        info_plan["transfer"] = tp.as_dict()
+    if recipe.pruning:
+        info_plan["pruned_layers"] = recipe.pruned_layer_names()
+        if tp and recipe.pruning.layers is None:  # by default the reused prunable layers are pruned again
+            info_plan["pruned_layers"] = [k.name for k in tp.reused if k.prunable] + info_plan["pruned_layers"]
     return {**info_plan, "params": params, "n_classes": info.n_classes}
 
 

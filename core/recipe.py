@@ -32,36 +32,46 @@ class ShapeError(ValueError):
         self.index = index
 
 
+def _name_layers(layers: list, prefix: str, seen: set[str]) -> None:
+    for index, layer in enumerate(layers):
+        if layer.name is None:
+            layer.name = f"{prefix}{layer.type}_{index}"
+        if layer.name in seen:
+            raise ValueError(f"layer name {layer.name!r} is used twice")
+        seen.add(layer.name)
+
+
+def layer_shapes(layers: list, start: Shape) -> list[tuple[Shape, Shape]]:
+    """(input, output) shape of every layer from ``start``, without the batch axis; ShapeError at a bad one."""
+    shape, out = start, []
+    for index, layer in enumerate(layers):
+        try:
+            nxt = layer.output_shape(shape)
+        except ValueError as exc:
+            raise ShapeError(index, str(exc)) from None
+        out.append((shape, nxt))
+        shape = nxt
+    return out
+
+
 class ModelSpec(Strict):
     input_shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(min_length=1, max_length=4)
     layers: list[Layer] = Field(min_length=1, max_length=200)
+    decoder: list[Layer] | None = Field(
+        None, max_length=200, description="Autoencoders only: the decoder; default mirrors the dense encoder.")
 
     @model_validator(mode="after")
-    def _name_layers(self) -> "ModelSpec":
+    def _names(self) -> "ModelSpec":
         seen: set[str] = set()
-        for index, layer in enumerate(self.layers):
-            if layer.name is None:
-                layer.name = f"{layer.type}_{index}"
-            if layer.name in seen:
-                raise ValueError(f"layer name {layer.name!r} is used twice")
-            seen.add(layer.name)
+        _name_layers(self.layers, "", seen)
+        _name_layers(self.decoder or [], "decoder_", seen)
         return self
 
-    def shapes(self) -> list[tuple[Shape, Shape]]:
-        """(input, output) shape of every layer, without the batch axis."""
-        shape: Shape = tuple(self.input_shape)
-        out = []
-        for index, layer in enumerate(self.layers):
-            try:
-                nxt = layer.output_shape(shape)
-            except ValueError as exc:
-                raise ShapeError(index, str(exc)) from None
-            out.append((shape, nxt))
-            shape = nxt
-        return out
+    def shapes(self, start: Shape | None = None) -> list[tuple[Shape, Shape]]:
+        return layer_shapes(self.layers, tuple(self.input_shape) if start is None else start)
 
-    def param_count(self) -> int:
-        return sum(layer.param_count(i) for layer, (i, _) in zip(self.layers, self.shapes()))
+    def param_count(self, start: Shape | None = None) -> int:
+        return sum(layer.param_count(i) for layer, (i, _) in zip(self.layers, self.shapes(start)))
 
     @property
     def output_shape(self) -> Shape:
@@ -285,11 +295,26 @@ class ExportSpec(Strict):
     tflite_options: TFLiteOptions = Field(default_factory=TFLiteOptions)
 
 
+class TransferSpec(Strict):
+    """Reuse the bottom layers of a finished job (seed: "Transfer learning with Keras"); ``model.layers`` is
+    the new head stacked on them. Phase 1 trains the head with the reused layers frozen; phase 2 unfreezes
+    (the seed's code sets ``trainable = False`` there — it means True) and goes on at a lower rate."""
+
+    base_job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    reuse: Literal["all_but_output", "encoder"] | Annotated[int, Field(ge=1, le=200)] = "all_but_output"
+    freeze_epochs: int = Field(4, ge=0, le=100_000)
+    unfreeze: Literal["all"] | Annotated[int, Field(ge=0, le=200)] = "all"
+    fine_tune_learning_rate: float | None = Field(
+        None, gt=0, le=10, description="Default: the optimizer's learning_rate / 10.")
+
+
 class Recipe(Strict):
     """A training job: data, network, optimizer, regularization, pruning and what to export."""
 
     name: str = Field("job", min_length=1, max_length=200)
     description: str | None = Field(None, max_length=4000, description="Free text: what this recipe shows.")
+    kind: Literal["supervised", "autoencoder"] = Field(
+        "supervised", description="autoencoder: trains on the inputs alone; model.layers is the encoder.")
     dataset: DatasetSpec
     seed: int = Field(42, ge=0, le=2**31 - 1)
     model: ModelSpec
@@ -297,13 +322,73 @@ class Recipe(Strict):
     regularization: Regularization | None = None
     pruning: PruningSpec | None = None
     export: ExportSpec = Field(default_factory=ExportSpec)
+    transfer: TransferSpec | None = None
 
-    def check_pruned_layers(self) -> None:
-        """Named layers must exist and be prunable; raises ValueError with the index into ``pruning.layers``."""
+    @model_validator(mode="before")
+    @classmethod
+    def _head_names(cls, data):
+        """On a transfer, unnamed head layers are ``head_<type>_<i>``: the reused layers own the plain names."""
+        if isinstance(data, dict) and data.get("transfer") and isinstance(data.get("model"), dict):
+            layers = data["model"].get("layers")
+            if isinstance(layers, list):
+                data = {**data, "model": {**data["model"], "layers": [
+                    {**layer, "name": f"head_{layer.get('type')}_{i}"}
+                    if isinstance(layer, dict) and layer.get("name") is None else layer
+                    for i, layer in enumerate(layers)]}}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_rules(self):
+        if self.kind == "autoencoder":
+            if "loss" not in self.training.model_fields_set:
+                self.training.loss = "mse"
+            if "metrics" not in self.training.model_fields_set:
+                self.training.metrics = []
+            if self.training.loss == "sparse_categorical_crossentropy":
+                raise ValueError("an autoencoder reconstructs its inputs: use mse or binary_crossentropy")
+            if self.decoder_layers() is None:
+                raise ValueError("give model.decoder: only a dense encoder can be mirrored")
+        elif self.model.decoder is not None:
+            raise ValueError("model.decoder belongs to kind 'autoencoder'")
+        if self.transfer and self.transfer.reuse == "encoder" and self.kind == "autoencoder":
+            raise ValueError("reuse 'encoder' builds a new model on an autoencoder's encoder, not another autoencoder")
+        return self
+
+    def decoder_layers(self) -> list | None:
+        """The decoder: given, or the dense encoder mirrored, ending in a linear layer of the input's size."""
+        if self.kind != "autoencoder":
+            return []
+        if self.model.decoder is not None:
+            return self.model.decoder
+        dense = [layer for layer in self.model.layers if isinstance(layer, DenseLayer)]
+        if len(dense) != len([layer for layer in self.model.layers if isinstance(layer, KernelLayer)]):
+            return None
+        size = math.prod(self.model.input_shape)
+        mirrored = [DenseLayer(type="dense", units=layer.units, activation=layer.activation,
+                               kernel_initializer=layer.kernel_initializer, name=f"decoder_dense_{i}")
+                    for i, layer in enumerate(reversed(dense[:-1]))]
+        mirrored.append(DenseLayer(type="dense", units=size, name="decoder_output"))
+        if len(self.model.input_shape) > 1:
+            from core.layers import ReshapeLayer
+
+            mirrored.append(ReshapeLayer(type="reshape", target_shape=list(self.model.input_shape),
+                                         name="decoder_reshape"))
+        return mirrored
+
+    def all_layers(self) -> list:
+        """Every recipe layer in build order (an autoencoder's decoder after its encoder)."""
+        return [*self.model.layers, *(self.decoder_layers() or [])]
+
+    def check_pruned_layers(self, extra_prunable: set[str] = frozenset()) -> None:
+        """Named layers must exist and be prunable; raises ValueError with the index into ``pruning.layers``.
+
+        ``extra_prunable``: prunable layers reused from a transfer base."""
         if not (self.pruning and self.pruning.layers is not None):
             return
-        by_name = {layer.name: layer for layer in self.model.layers}
+        by_name = {layer.name: layer for layer in self.all_layers()}
         for i, name in enumerate(self.pruning.layers):
+            if name in extra_prunable:
+                continue
             if name not in by_name:
                 raise LayerChoiceError(i, f"{name!r} is not a layer of the model ({', '.join(by_name)})")
             if by_name[name].type not in PRUNABLE_TYPES:
@@ -339,7 +424,7 @@ class Recipe(Strict):
             return []
         if self.pruning.layers is not None:
             return list(self.pruning.layers)
-        return [layer.name for layer in self.model.layers if layer.type in PRUNABLE_TYPES]
+        return [layer.name for layer in self.all_layers() if layer.type in PRUNABLE_TYPES]
 
 
 class LayerChoiceError(ValueError):

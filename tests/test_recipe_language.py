@@ -17,7 +17,7 @@ class Recorder:
     def __init__(self):
         self.epochs, self.diagnostics = [], []
 
-    def on_epoch(self, epoch, metrics, diagnostics=None):
+    def on_epoch(self, epoch, metrics, diagnostics=None, phase=None):
         self.epochs.append(metrics)
         self.diagnostics.append(diagnostics)
 
@@ -256,3 +256,17 @@ def test_block_sparsity_zeroes_whole_blocks():
     blocks = (kernel != 0).reshape(4, 4, 4).any(axis=2) == (kernel != 0).reshape(4, 4, 4).all(axis=2)
     assert blocks.all()
     assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("name", sorted(GALLERY))
+def test_keras_plan_matches_the_built_model(name):
+    """The API slices transfer bases by this plan without TensorFlow; it must be the model the worker builds."""
+    from core.transfer import keras_plan
+    from worker.builder import build_model
+
+    recipe = Recipe.model_validate(GALLERY[name])
+    stats = (np.zeros(recipe.model.input_shape[-1]), np.ones(recipe.model.input_shape[-1]))
+    model = build_model(recipe, standardize=stats if recipe.dataset.standardize else None)
+    plan = keras_plan(recipe)
+    assert [layer.name for layer in model.layers] == [k.name for k in plan]
+    assert [tuple(layer.output_shape[1:]) for layer in model.layers] == [k.output_shape for k in plan]

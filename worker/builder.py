@@ -114,14 +114,16 @@ def build_layers(spec, recipe: Recipe, index: int) -> list:
     return [simple[type(spec)]()]
 
 
-def build_model(recipe: Recipe, standardize: tuple[np.ndarray, np.ndarray] | None = None):
+def build_model(recipe: Recipe, standardize: tuple[np.ndarray, np.ndarray] | None = None, reused: list | None = None):
     """``standardize`` = (mean, variance) of the training inputs: a Normalization layer inside the model,
-    so an exported model takes raw inputs."""
+    so an exported model takes raw inputs. ``reused``: layers (with weights) of a transfer base, under the head."""
     layers = [keras.layers.InputLayer(input_shape=tuple(recipe.model.input_shape), name="input")]
-    if standardize is not None:
+    if reused is not None:
+        layers += reused
+    elif standardize is not None:
         mean, variance = standardize
         layers.append(keras.layers.Normalization(axis=-1, mean=mean, variance=variance, name="standardize"))
-    for i, spec in enumerate(recipe.model.layers):
+    for i, spec in enumerate(recipe.all_layers()):
         layers += build_layers(spec, recipe, i)
     return keras.Sequential(layers, name="".join(c if c.isalnum() else "_" for c in recipe.name)[:60] or "model")
 

@@ -50,14 +50,21 @@ class Probe:
         self.model = model
         self.x, self.y = tf.constant(x[:PROBE_SIZE]), tf.constant(y[:PROBE_SIZE])
         self.layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-        self.outputs = keras.Model(model.inputs, [layer.output for layer in self.layers])
         self.loss = keras.losses.get(loss)
+
+    def _forward(self) -> list:
+        """Layer by layer, eagerly: layers shared with a transfer base have more than one graph node."""
+        outs, x = [], self.x
+        for layer in self.layers:
+            x = layer(x, training=False)
+            outs.append(x)
+        return outs
 
     def measure(self) -> list[dict]:
         kernels = [(layer, getattr(getattr(layer, "layer", layer), "kernel", None)) for layer in self.layers]
         variables = [k for _, k in kernels if k is not None]
         with tf.GradientTape() as tape:
-            outs = self.outputs(self.x, training=False)
+            outs = self._forward()
             loss = tf.reduce_mean(self.loss(self.y, outs[-1]))
         grads = dict(zip([id(v) for v in variables], tape.gradient(loss, variables)))
         report = []

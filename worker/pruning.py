@@ -27,10 +27,10 @@ def prune_schedule(spec: PolynomialDecay | ConstantSparsity | None, end_step: in
     )
 
 
-def apply(model, recipe: Recipe, end_step: int | None):
-    """Returns (model with wrappers, names pruned)."""
+def apply(model, recipe: Recipe, end_step: int | None, names: list[str]):
+    """Returns (model with wrappers, names pruned). Other layers are kept as they are, weights included."""
     spec = recipe.pruning
-    names = set(recipe.pruned_layer_names())
+    names = set(names)
     options = {"pruning_schedule": prune_schedule(spec.schedule, end_step), "block_size": tuple(spec.block_size),
                "block_pooling_type": spec.block_pooling_type}
     if spec.sparsity_m_by_n:
@@ -39,7 +39,7 @@ def apply(model, recipe: Recipe, end_step: int | None):
     def clone(layer):
         if layer.name in names:
             return sparsity.prune_low_magnitude(layer, **options)
-        return layer.__class__.from_config(layer.get_config())
+        return layer
 
     pruned = keras.models.clone_model(model, clone_function=clone)
     return pruned, sorted(names)

@@ -63,14 +63,14 @@ class JobRun:
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
 
     # -- hooks for worker.training --
-    def on_epoch(self, epoch: int, metrics: dict, diagnostics: list[dict] | None = None) -> None:
-        progress = {**self.base_progress, "epoch": epoch, "phase": "train"}
+    def on_epoch(self, epoch: int, metrics: dict, diagnostics: list[dict] | None = None, phase: str = "train") -> None:
+        progress = {**self.base_progress, "epoch": epoch, "phase": phase}
         if "sparsity" in metrics:
             progress["sparsity"] = metrics["sparsity"]
         self.last_progress = {k: progress[k] for k in ("epoch", "sparsity") if k in progress}
         with self.db.session() as session:
             jobs.append_logs(session, self.job_id, self.log.drain())
-            if not jobs.record_epoch(session, self.job_id, self.attempt, epoch, "train", metrics, progress,
+            if not jobs.record_epoch(session, self.job_id, self.attempt, epoch, phase, metrics, progress,
                                      diagnostics):
                 self._stop = self._stop or "lost"
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
@@ -162,12 +162,23 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
 
     arrays = data.load(run.db, recipe.dataset)
     splits = data.split(arrays, recipe.dataset, recipe.seed)
-    end_step = run.base_progress.get("plan", {}).get("pruning_end_step")
+    job_plan = run.base_progress.get("plan", {})
+    end_step = job_plan.get("pruning_end_step")
+    transfer = None
+    if recipe.transfer:
+        from worker import reuse
+
+        spec = job_plan["transfer"]
+        base = reuse.load_base(run.db, spec["base_job_id"])
+        transfer = training.Transfer(reuse.reused_layers(base, spec["reused_layers"]), spec["unfreeze_layers"],
+                                     spec["fine_tune_learning_rate"])
+        log.info("reusing %s of job %s", ", ".join(spec["reused_layers"]), spec["base_job_id"])
     log.info("data: %d train, %d validation, %d test samples", len(splits.x_train),
              0 if splits.x_val is None else len(splits.x_val), len(splits.x_test))
-    for warning in run.base_progress.get("plan", {}).get("warnings", []):
+    for warning in job_plan.get("warnings", []):
         log.warning("%s", warning)
-    outcome = training.train(recipe, splits, run, end_step=end_step, device=training_device(device))
+    outcome = training.train(recipe, splits, run, end_step=end_step, device=training_device(device),
+                             pruned_layers=job_plan.get("pruned_layers"), transfer=transfer)
     if outcome.stopped == "cancelled":
         log.info("cancelled after %d epochs", outcome.epochs_run)
         return JobStatus.CANCELLED
@@ -182,6 +193,8 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
                   "train_seconds": round(outcome.seconds, 3)}
         if outcome.test_before_threshold is not None:
             result["test_before_threshold"] = outcome.test_before_threshold
+        if outcome.transfer is not None:
+            result["transfer"] = {**job_plan["transfer"], **outcome.transfer}
         log.info("test %s; sparsity %.4f", outcome.test, result["sparsity"]["overall"])
         with run.db.session() as session:
             run.flush_logs(session)

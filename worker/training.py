@@ -14,14 +14,14 @@ from typing import Protocol
 import numpy as np
 
 from core.recipe import Recipe, ReduceOnPlateau
-from worker import builder, pruning
+from worker import builder, pruning, reuse
 from worker.data import Splits, standardization, to_dataset
 from worker.diagnostics import Probe
 from worker.tf_env import keras, tf
 
 
 class Hooks(Protocol):
-    def on_epoch(self, epoch: int, metrics: dict, diagnostics: list[dict] | None) -> None: ...
+    def on_epoch(self, epoch: int, metrics: dict, diagnostics: list[dict] | None, phase: str) -> None: ...
 
     def stop_reason(self) -> str | None: ...
 
@@ -43,6 +43,7 @@ class Outcome:
     pruned_layers: list[str] = field(default_factory=list)
     seconds: float = 0.0
     test_before_threshold: dict | None = None
+    transfer: dict | None = None
 
 
 class _Progress(keras.callbacks.Callback):
@@ -53,6 +54,7 @@ class _Progress(keras.callbacks.Callback):
         self._supports_tf_logs = True  # batch logs stay tensors: only the loss is read
         self.hooks, self.measure_sparsity, self.probe = hooks, measure_sparsity, probe
         self.stopped: str | None = None
+        self.phase = "train"
         self._epoch_started, self._epoch = 0.0, 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -77,7 +79,7 @@ class _Progress(keras.callbacks.Callback):
         current = self.measure_sparsity()
         if current is not None:
             metrics["sparsity"] = current
-        self.hooks.on_epoch(epoch + 1, metrics, self.probe.measure() if self.probe else None)
+        self.hooks.on_epoch(epoch + 1, metrics, self.probe.measure() if self.probe else None, self.phase)
 
 
 def _kernel_sparsity(kernels) -> Callable[[], float | None]:
@@ -89,55 +91,113 @@ def _kernel_sparsity(kernels) -> Callable[[], float | None]:
     return measure
 
 
-def _evaluate(model, recipe: Recipe, splits: Splits) -> dict:
+def _evaluate(model, recipe: Recipe, splits: Splits, stats=None) -> dict:
     model.compile(optimizer="sgd", loss=recipe.training.loss, metrics=list(recipe.training.metrics))
-    test = model.evaluate(to_dataset(splits.x_test, splits.y_test, recipe.training.batch_size, None), verbose=0,
+    y = _targets(recipe, splits.x_test, splits.y_test, stats)
+    test = model.evaluate(to_dataset(splits.x_test, y, recipe.training.batch_size, None), verbose=0,
                           return_dict=True)
     return {k: float(v) for k, v in test.items()}
 
 
-def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = None, device: str = "/CPU:0") -> Outcome:
+@dataclass
+class Transfer:
+    """What ``worker.reuse`` loaded for a transfer job, and how to thaw it."""
+
+    layers: list
+    unfreeze: list[str]
+    fine_tune_learning_rate: float
+
+
+def _targets(recipe: Recipe, x, y, stats):
+    """An autoencoder's target is its (standardized) input; a supervised model's, the labels."""
+    if recipe.kind != "autoencoder":
+        return y
+    if stats is None:
+        return x
+    mean, variance = stats
+    return (x - mean) / np.sqrt(np.maximum(variance, 1e-7))
+
+
+def _compile(model, recipe: Recipe, learning_rate: float | None = None) -> None:
+    model.compile(optimizer=builder.build_optimizer(recipe, learning_rate), loss=recipe.training.loss,
+                  metrics=list(recipe.training.metrics))
+
+
+def _callbacks(recipe: Recipe) -> list:
+    out = []
+    schedule = recipe.training.learning_rate_schedule
+    if isinstance(schedule, ReduceOnPlateau):
+        out.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=schedule.monitor, factor=schedule.factor, patience=schedule.patience, min_lr=schedule.min_lr))
+    if recipe.training.early_stopping:
+        es = recipe.training.early_stopping
+        out.append(keras.callbacks.EarlyStopping(
+            monitor=es.monitor, patience=es.patience, restore_best_weights=es.restore_best_weights))
+    return out
+
+
+def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = None, device: str = "/CPU:0",
+          pruned_layers: list[str] | None = None, transfer: Transfer | None = None) -> Outcome:
     started = time.perf_counter()
     keras.utils.set_random_seed(recipe.seed)
     tf.config.experimental.enable_op_determinism()
     with tf.device(device):
         stats = standardization(splits.x_train) if recipe.dataset.standardize else None
-        model = builder.build_model(recipe, standardize=stats)
+        model = builder.build_model(recipe, standardize=stats, reused=transfer.layers if transfer else None)
         callbacks: list = []
         pruned_names: list[str] = []
         measure = lambda: None  # noqa: E731
         pruning_spec = recipe.pruning
         if pruning_spec and pruning_spec.during_training:
-            model, pruned_names = pruning.apply(model, recipe, end_step)
+            names = pruned_layers if pruned_layers is not None else recipe.pruned_layer_names()
+            model, pruned_names = pruning.apply(model, recipe, end_step, names)
             callbacks += pruning.callbacks()
             measure = _kernel_sparsity(pruning.wrapped_kernels(model))
-
-        model.compile(optimizer=builder.build_optimizer(recipe), loss=recipe.training.loss,
-                      metrics=list(recipe.training.metrics))
-        probe = Probe(model, splits.x_train, splits.y_train, recipe.training.loss) if recipe.training.diagnostics else None
+        y_train = _targets(recipe, splits.x_train, splits.y_train, stats)
+        probe = Probe(model, splits.x_train, y_train, recipe.training.loss) if recipe.training.diagnostics else None
         progress = _Progress(hooks, measure, probe)
-        callbacks.append(progress)
-        schedule = recipe.training.learning_rate_schedule
-        if isinstance(schedule, ReduceOnPlateau):
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(
-                monitor=schedule.monitor, factor=schedule.factor, patience=schedule.patience, min_lr=schedule.min_lr))
-        if recipe.training.early_stopping:
-            es = recipe.training.early_stopping
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor=es.monitor, patience=es.patience, restore_best_weights=es.restore_best_weights))
+        callbacks += [progress, *_callbacks(recipe)]
         batch = recipe.training.batch_size
-        train_ds = to_dataset(splits.x_train, splits.y_train, batch, shuffle_seed=recipe.seed)
-        val_ds = to_dataset(splits.x_val, splits.y_val, batch, None) if splits.x_val is not None else None
-        history = model.fit(train_ds, validation_data=val_ds, epochs=recipe.training.epochs, callbacks=callbacks,
-                            verbose=0)
+        train_ds = to_dataset(splits.x_train, y_train, batch, shuffle_seed=recipe.seed)
+        val_ds = None
+        if splits.x_val is not None:
+            val_ds = to_dataset(splits.x_val, _targets(recipe, splits.x_val, splits.y_val, stats), batch, None)
+        fit = dict(x=train_ds, validation_data=val_ds, callbacks=callbacks, verbose=0)
+        epochs, checksums, epochs_run = recipe.training.epochs, {}, 0
+        if transfer:
+            reused = {layer.name for layer in transfer.layers}
+            wrapped = [layer for layer in model.layers if getattr(layer, "layer", layer).name in reused]
+            checksums["base"] = reuse.checksums(wrapped)
+            frozen_epochs = min(recipe.transfer.freeze_epochs, epochs)
+            if frozen_epochs:
+                for layer in wrapped:
+                    layer.trainable = False
+                _compile(model, recipe)  # a change of trainable takes effect only on compile
+                progress.phase = "frozen"
+                epochs_run = len(model.fit(epochs=frozen_epochs, **fit).epoch)
+                checksums["frozen"] = reuse.checksums(wrapped)
+            if epochs_run == frozen_epochs and progress.stopped is None and frozen_epochs < epochs:
+                for layer in wrapped:
+                    layer.trainable = getattr(layer, "layer", layer).name in transfer.unfreeze
+                _compile(model, recipe, transfer.fine_tune_learning_rate)
+                progress.phase = "fine_tune"
+                history = model.fit(epochs=epochs, initial_epoch=frozen_epochs, **fit)
+                epochs_run += len(history.epoch)
+                checksums["fine_tune"] = reuse.checksums(wrapped)
+        else:
+            _compile(model, recipe)
+            epochs_run = len(model.fit(epochs=epochs, **fit).epoch)
         final = pruning.strip(model) if pruned_names else model
         before = None
         if pruning_spec and not pruning_spec.during_training:
-            before = _evaluate(final, recipe, splits)
-            pruned_names = recipe.pruned_layer_names()
+            before = _evaluate(final, recipe, splits, stats)
+            pruned_names = pruned_layers if pruned_layers is not None else recipe.pruned_layer_names()
             pruning.threshold_after_training(final, pruned_names, pruning_spec.post_training_threshold)
-        test = _evaluate(final, recipe, splits)
+        test = _evaluate(final, recipe, splits, stats)
     return Outcome(
-        model=final, test=test, epochs_run=len(history.epoch), stopped=progress.stopped, pruned_layers=pruned_names,
+        model=final, test=test, epochs_run=epochs_run, stopped=progress.stopped, pruned_layers=pruned_names,
         seconds=time.perf_counter() - started, test_before_threshold=before,
+        transfer={"checksums": checksums} if transfer else None,
     )
+
+

@@ -1,0 +1,111 @@
+"""Transfer from a finished job: which of its stored Keras layers a new job reuses, checked without TensorFlow.
+
+The base job's recipe says exactly which Keras layers its stored model has (``keras_plan``), so the API
+can refuse a bad reuse — unknown or unfinished base, ``reuse`` larger than the base, a head that does not
+fit the base's output — before anything is queued; the worker then slices the stored model by the same
+count.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from core.errors import RecipeError
+from core.layers import PRUNABLE_TYPES, KernelLayer, activation_name
+from core.models import Job, JobStatus
+from core.recipe import Recipe, ShapeError, layer_shapes
+
+
+@dataclass(frozen=True)
+class KerasLayer:
+    name: str
+    recipe_index: int  # index into recipe.all_layers(); -1 for the standardize preprocessing
+    output_shape: tuple[int, ...]
+    params: int
+    prunable: bool
+
+
+def keras_plan(recipe: Recipe) -> list[KerasLayer]:
+    """The Keras layers ``worker.builder`` makes for a (non-transfer) recipe, in order, InputLayer excluded."""
+    shape = tuple(recipe.model.input_shape)
+    plan = []
+    if recipe.dataset.standardize:
+        plan.append(KerasLayer("standardize", -1, shape, 0, False))
+    layers = recipe.all_layers()
+    for index, (layer, (in_shape, out_shape)) in enumerate(zip(layers, layer_shapes(layers, shape))):
+        plan.append(KerasLayer(layer.name, index, out_shape, layer.param_count(in_shape), layer.type in PRUNABLE_TYPES))
+        if isinstance(layer, KernelLayer) and activation_name(layer.activation) == "leaky_relu":
+            plan.append(KerasLayer(f"{layer.name}_leaky_relu", index, out_shape, 0, False))
+    return plan
+
+
+@dataclass(frozen=True)
+class TransferPlan:
+    base_job_id: str
+    base_input_shape: tuple[int, ...]
+    reused: list[KerasLayer]
+    unfreeze: list[str]
+    fine_tune_learning_rate: float
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.reused[-1].output_shape if self.reused else self.base_input_shape
+
+    def as_dict(self) -> dict:
+        return {"base_job_id": self.base_job_id, "reused_layers": [layer.name for layer in self.reused],
+                "unfreeze_layers": self.unfreeze, "fine_tune_learning_rate": self.fine_tune_learning_rate}
+
+
+def resolve(session: Session, recipe: Recipe, owner: str) -> TransferPlan:
+    spec = recipe.transfer
+    where = ["transfer", "base_job_id"]
+    base_row = session.get(Job, spec.base_job_id)
+    if base_row is None or base_row.owner != owner:
+        raise RecipeError(where, f"no job {spec.base_job_id!r} to transfer from")
+    if base_row.status != JobStatus.SUCCEEDED.value:
+        raise RecipeError(where, f"job {spec.base_job_id} is {base_row.status}; only a succeeded job can be a base")
+    if not {"h5", "keras"} & set(base_row.recipe["export"]["formats"]):
+        raise RecipeError(where, f"job {spec.base_job_id} exported no h5 or keras model to load")
+    base = Recipe.model_validate(base_row.recipe)
+    if base.transfer is not None:
+        raise RecipeError(where, "the base is itself a transfer job; chains of transfers are not supported yet")
+    if recipe.dataset.standardize:
+        raise RecipeError(["dataset", "standardize"], "a transfer job reuses its base's input preprocessing; "
+                          "standardize is set by the base's recipe")
+    plan = keras_plan(base)
+    all_layers = base.all_layers()
+    if spec.reuse == "encoder":
+        if base.kind != "autoencoder":
+            raise RecipeError(["transfer", "reuse"], "'encoder' needs a base of kind 'autoencoder'")
+        keep = len(base.model.layers)
+    elif spec.reuse == "all_but_output":
+        keep = len(all_layers) - 1
+    else:
+        if spec.reuse > len(all_layers):
+            raise RecipeError(["transfer", "reuse"], f"the base has {len(all_layers)} layers; cannot reuse {spec.reuse}")
+        keep = spec.reuse
+    reused = [layer for layer in plan if layer.recipe_index < keep]
+    reused_recipe_layers = sorted({layer.recipe_index for layer in reused if layer.recipe_index >= 0})
+    if spec.unfreeze == "all":
+        thawed = reused_recipe_layers
+    else:
+        if spec.unfreeze > len(reused_recipe_layers):
+            raise RecipeError(["transfer", "unfreeze"],
+                              f"only {len(reused_recipe_layers)} layers are reused; cannot unfreeze {spec.unfreeze}")
+        thawed = reused_recipe_layers[len(reused_recipe_layers) - spec.unfreeze:]
+    unfreeze = [layer.name for layer in reused if layer.recipe_index in thawed]
+    if tuple(recipe.model.input_shape) != tuple(base.model.input_shape):
+        raise RecipeError(["model", "input_shape"],
+                          f"the base takes inputs of shape {base.model.input_shape}, not {recipe.model.input_shape}")
+    clash = {layer.name for layer in reused} & {layer.name for layer in recipe.model.layers}
+    if clash:
+        raise RecipeError(["model", "layers"], f"head layer names {sorted(clash)} are taken by reused layers")
+    tp = TransferPlan(spec.base_job_id, tuple(base.model.input_shape), reused, unfreeze,
+                      spec.fine_tune_learning_rate or recipe.training.optimizer.learning_rate / 10)
+    try:
+        recipe.model.shapes(tp.output_shape)
+    except ShapeError as exc:
+        raise RecipeError(["model", "layers", exc.index], f"the reused layers output {list(tp.output_shape)}: "
+                          f"{exc}") from None
+    return tp
