@@ -81,6 +81,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINER_", "DATABASE_URL", "CELERY_"))}
+    env["TRAINER_SINGLE_USER"] = "1"
     pg_db = None
     if args.redis:
         import psycopg

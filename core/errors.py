@@ -17,6 +17,14 @@ class BadRequest(TrainerError):
     status, title = 400, "Bad request"
 
 
+class Unauthorized(TrainerError):
+    status, title = 401, "Unauthorized"
+
+
+class TooManyRequests(TrainerError):
+    status, title = 429, "Too many requests"
+
+
 class NotFound(TrainerError):
     status, title = 404, "Not found"
 
@@ -31,6 +39,10 @@ class PayloadTooLarge(TrainerError):
 
 class UnsupportedMediaType(TrainerError):
     status, title = 415, "Unsupported media type"
+
+
+class IdempotencyMismatch(TrainerError):
+    status, title = 422, "Idempotency key reused"
 
 
 class RecipeError(TrainerError):

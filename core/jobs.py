@@ -16,8 +16,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core import artifacts, datasets, selection, transfer
-from core.errors import Conflict, NotFound, RecipeError
-from core.models import FINISHED, Artifact, EpochRecord, Job, JobStatus, LogLine, utcnow
+from core.errors import Conflict, IdempotencyMismatch, NotFound, RecipeError, TooManyRequests
+from core.models import FINISHED, Artifact, EpochRecord, IdempotencyKey, Job, JobStatus, LogLine, utcnow
 from core.recipe import LayerChoiceError, Recipe, ShapeError, layer_shapes, resolve_end_step, split_sizes, steps_per_epoch
 from core.settings import Settings
 
@@ -104,6 +104,10 @@ def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> d
 
 
 def create(session: Session, recipe: Recipe, owner: str, settings: Settings) -> Job:
+    queued = session.scalar(select(func.count()).select_from(Job).where(Job.owner == owner, Job.status == Q))
+    if queued >= settings.max_queued_per_owner:
+        raise TooManyRequests(f"{queued} of your jobs are queued (the limit is {settings.max_queued_per_owner}); "
+                              "wait for some to start", headers={"Retry-After": "30"})
     job_plan = check(session, recipe, owner, settings)
     job = Job(
         id=uuid.uuid4().hex, owner=owner, name=recipe.name, status=Q,
@@ -113,6 +117,28 @@ def create(session: Session, recipe: Recipe, owner: str, settings: Settings) -> 
     )
     session.add(job)
     return job
+
+
+def submit(session: Session, recipe: Recipe, owner: str, settings: Settings,
+           idempotency_key: str | None = None, body_sha256: str = "") -> tuple[Job, bool]:
+    """Create the job, or with an Idempotency-Key seen before (same body, not expired) return its job.
+
+    Returns (job, created)."""
+    if idempotency_key:
+        expiry = utcnow() - timedelta(seconds=settings.idempotency_ttl_s)
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < expiry))
+        seen = session.get(IdempotencyKey, (owner, idempotency_key))
+        if seen is not None:
+            if seen.request_sha256 != body_sha256:
+                raise IdempotencyMismatch(
+                    "this Idempotency-Key was used with a different body; use a new key for a new job")
+            job = session.get(Job, seen.job_id)
+            if job is not None:
+                return job, False
+    job = create(session, recipe, owner, settings)
+    if idempotency_key:
+        session.merge(IdempotencyKey(owner=owner, key=idempotency_key, request_sha256=body_sha256, job_id=job.id))
+    return job, True
 
 
 # --- reading -----------------------------------------------------------------------------------------------

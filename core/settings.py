@@ -46,6 +46,14 @@ class Settings:
     max_attempts: int = 3
     broker_polling_interval_s: float = 0.1
     log_level: str = "INFO"
+    #: ``token:owner,…``; more can be created with ``python -m core.tokens create``.
+    api_tokens: str = ""
+    #: No tokens: every request acts as owner "default". Only for a local ``make run``; it says so in its log.
+    single_user: bool = False
+    max_queued_per_owner: int = 100
+    idempotency_ttl_s: float = 24 * 3600
+    #: Write a resumable checkpoint (weights, optimizer state, pruning step) at most this often.
+    checkpoint_interval_s: float = 0.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -70,6 +78,11 @@ def load_settings(**overrides) -> Settings:
         max_attempts=_int("TRAINER_MAX_ATTEMPTS", 3),
         broker_polling_interval_s=_float("TRAINER_BROKER_POLLING_INTERVAL_S", 0.1),
         log_level=os.environ.get("TRAINER_LOG_LEVEL", "INFO"),
+        api_tokens=os.environ.get("TRAINER_API_TOKENS", ""),
+        single_user=os.environ.get("TRAINER_SINGLE_USER", "") in ("1", "true", "yes"),
+        max_queued_per_owner=_int("TRAINER_MAX_QUEUED_PER_OWNER", 100),
+        idempotency_ttl_s=_float("TRAINER_IDEMPOTENCY_TTL_S", 24 * 3600),
+        checkpoint_interval_s=_float("TRAINER_CHECKPOINT_INTERVAL_S", 0.0),
     )
     values.update(overrides)
     if values["database_url"].startswith("sqlite:///"):

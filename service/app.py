@@ -15,7 +15,7 @@ from core.db import Database
 from core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from core.queue import make_celery
 from core.settings import Settings, load_settings
-from service import problems
+from service import auth, problems
 
 
 @dataclass
@@ -40,12 +40,14 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         doc_url="/openapi.json",
         validation_error_status=422,
         validation_error_callback=problems.validation_problem,
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
     app.extensions["trainer"] = Services(settings, Database(settings), make_celery(settings))
 
     problems.install(app)
+    auth.install(app)
     _install_body_checks(app, settings)
 
     from service.datasets_api import api as datasets_api

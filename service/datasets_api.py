@@ -15,9 +15,10 @@ from core.datasets import BUILTIN
 from core.errors import DatasetError
 from core.models import Dataset
 from service.app import services
+from service.auth import current_owner
 
-api = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", abp_tags=[Tag(name="datasets")])
-OWNER = "default"
+api = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", abp_tags=[Tag(name="datasets")],
+                   abp_security=[{"bearer": []}])
 
 
 class UploadForm(BaseModel):
@@ -32,7 +33,8 @@ def list_datasets():
     svc = services()
     items = [{"id": name, **info.as_dict()} for name, info in BUILTIN.items()]
     with svc.db.session() as session:
-        for row in session.execute(select(Dataset).where(Dataset.owner == OWNER).order_by(Dataset.created_at)).scalars():
+        mine = select(Dataset).where(Dataset.owner == current_owner()).order_by(Dataset.created_at)
+        for row in session.execute(mine).scalars():
             items.append({"id": row.id, **row.info, "uploaded_name": row.name, "format": row.format})
     return {"items": items}
 
@@ -54,7 +56,8 @@ def upload_dataset(form: UploadForm):
     np.savez(buffer, x=arrays.x, y=arrays.y, **extra)
     buffer.seek(0)
     with svc.db.session() as session:
-        session.add(Dataset(id=dataset_id, owner=OWNER, name=form.name or filename, format=fmt, info=info.as_dict()))
+        session.add(Dataset(id=dataset_id, owner=current_owner(), name=form.name or filename, format=fmt,
+                            info=info.as_dict()))
         session.flush()
         artifacts.store(session, buffer, kind="dataset", format="npz", filename=f"{dataset_id}.npz",
                         chunk_bytes=svc.settings.artifact_chunk_bytes, dataset_id=dataset_id)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Literal
 
 from flask import Response, json, request, stream_with_context
@@ -9,15 +10,15 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
 from core import artifacts, jobs
-from core.errors import Conflict, NotFound
+from core.errors import BadRequest, Conflict, NotFound
 from core.models import JobStatus
 from core.queue import dispatch
 from core.recipe import ExportFormat, Recipe
 from service.app import services
+from service.auth import current_owner
 from service.representation import history_csv, job_body
 
-api = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", abp_tags=[Tag(name="jobs")])
-OWNER = "default"  # single-user until API tokens exist
+api = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", abp_tags=[Tag(name="jobs")], abp_security=[{"bearer": []}])
 
 
 class JobPath(BaseModel):
@@ -42,9 +43,14 @@ class HistoryQuery(BaseModel):
 def submit(body: Recipe):
     """Validate a recipe, store the job as queued, and send its id to the workers."""
     svc = services()
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise BadRequest("an Idempotency-Key is 1 to 255 characters")
     with svc.db.session() as session:
-        job = jobs.create(session, body, OWNER, svc.settings)
-    dispatch(svc.celery, job.id)  # if the broker is down the job stays queued; the reconciler re-sends it
+        job, created = jobs.submit(session, body, current_owner(), svc.settings, key,
+                                   hashlib.sha256(request.get_data()).hexdigest())
+    if created:
+        dispatch(svc.celery, job.id)  # if the broker is down the job stays queued; the reconciler re-sends it
     response = _job_response(job.id, status=202)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return response
@@ -55,7 +61,7 @@ def list_jobs(query: ListQuery):
     """Newest first; follow ``next_cursor`` for the next page."""
     svc = services()
     with svc.db.session() as session:
-        rows, cursor = jobs.page(session, OWNER, query.status, query.limit, query.cursor)
+        rows, cursor = jobs.page(session, current_owner(), query.status, query.limit, query.cursor)
         items = [job_body(job, None) for job in rows]
     for item in items:
         item.pop("history")
@@ -71,7 +77,7 @@ def get_job(path: JobPath):
 def _job_response(job_id: str, status: int = 200) -> Response:
     svc = services()
     with svc.db.session() as session:
-        job = jobs.get(session, job_id, OWNER)
+        job = jobs.get(session, job_id, current_owner())
         tag = f"{job.id}-{job.version}"
         if status == 200 and request.if_none_match.contains_weak(tag):
             return Response(status=304, headers={"ETag": f'"{tag}"'})
@@ -91,7 +97,7 @@ def cancel_job(path: JobPath):
     """Queued: cancelled at once. Running: stops at the next batch boundary. Finished: 409."""
     svc = services()
     with svc.db.session() as session:
-        jobs.cancel(session, path.job_id, OWNER)
+        jobs.cancel(session, path.job_id, current_owner())
     return _job_response(path.job_id, status=202)
 
 
@@ -100,7 +106,7 @@ def delete_job(path: JobPath):
     """A finished job goes with its artifacts, history and logs."""
     svc = services()
     with svc.db.session() as session:
-        jobs.remove(session, path.job_id, OWNER)
+        jobs.remove(session, path.job_id, current_owner())
     return Response(status=204)
 
 
@@ -109,7 +115,7 @@ def download_model(path: JobPath, query: ModelQuery):
     """The trained model, pruning wrappers stripped, streamed from the database with its sha256."""
     svc = services()
     with svc.db.session() as session:
-        job = jobs.get(session, path.job_id, OWNER)
+        job = jobs.get(session, path.job_id, current_owner())
         if job.status != JobStatus.SUCCEEDED.value:
             raise Conflict(f"job {job.id} is {job.status}; the model exists once it has succeeded")
         artifact = jobs.model_artifacts(session, job.id).get(query.format)
@@ -140,7 +146,7 @@ def get_history(path: JobPath, query: HistoryQuery):
     """One row per finished epoch, as JSON or CSV."""
     svc = services()
     with svc.db.session() as session:
-        jobs.get(session, path.job_id, OWNER)
+        jobs.get(session, path.job_id, current_owner())
         rows = jobs.history(session, path.job_id)
     if query.format == "csv":
         return Response(history_csv(rows), mimetype="text/csv",
@@ -153,7 +159,7 @@ def get_diagnostics(path: JobPath):
     """Per epoch and layer: mean |gradient| of the loss w.r.t. the kernel, and the share of saturated outputs."""
     svc = services()
     with svc.db.session() as session:
-        jobs.get(session, path.job_id, OWNER)
+        jobs.get(session, path.job_id, current_owner())
         rows = jobs.diagnostics(session, path.job_id)
     return {"job_id": path.job_id, "epochs": rows}
 
@@ -163,6 +169,6 @@ def get_logs(path: JobPath):
     """The job's own log lines from the worker, growing while it runs (a failure's traceback is here)."""
     svc = services()
     with svc.db.session() as session:
-        jobs.get(session, path.job_id, OWNER)
+        jobs.get(session, path.job_id, current_owner())
         lines = [f"{ln.at.isoformat()} {ln.level} {ln.message}" for ln in jobs.logs(session, path.job_id)]
     return Response("\n".join(lines) + ("\n" if lines else ""), mimetype="text/plain")

@@ -19,7 +19,7 @@ from tests.support import start_worker
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-FAST = dict(heartbeat_interval_s=0.5, reconcile_interval_s=1.0)
+FAST = dict(heartbeat_interval_s=0.5, reconcile_interval_s=1.0, single_user=True)
 
 
 def pytest_configure(config):

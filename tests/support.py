@@ -51,6 +51,7 @@ def worker_env(settings: Settings, **extra) -> dict:
         "TRAINER_RECONCILE_INTERVAL_S": str(settings.reconcile_interval_s),
         "TRAINER_REDISPATCH_AFTER_S": str(settings.redispatch_after_s),
         "TRAINER_MAX_ATTEMPTS": str(settings.max_attempts),
+        "TRAINER_CHECKPOINT_INTERVAL_S": str(settings.checkpoint_interval_s),
         "PYTHONUNBUFFERED": "1",
     })
     env.update({k: str(v) for k, v in extra.items()})
