@@ -62,9 +62,17 @@ def read_all(db: Database, artifact: Artifact) -> bytes:
     return b"".join(stream(db, artifact))
 
 
-def delete_for(session: Session, *, job_id: str | None = None, dataset_id: str | None = None) -> None:
+def delete_for(session: Session, *, job_id: str | None = None, dataset_id: str | None = None,
+               kind: str | None = None) -> None:
     """Explicit, not only ON DELETE CASCADE: SQLite enforces foreign keys only when told to."""
     column = Artifact.job_id if job_id is not None else Artifact.dataset_id
-    ids = select(Artifact.id).where(column == (job_id if job_id is not None else dataset_id))
+    where = [column == (job_id if job_id is not None else dataset_id)]
+    if kind is not None:
+        where.append(Artifact.kind == kind)
+    ids = select(Artifact.id).where(*where)
     session.execute(delete(ArtifactChunk).where(ArtifactChunk.artifact_id.in_(ids)))
-    session.execute(delete(Artifact).where(column == (job_id if job_id is not None else dataset_id)))
+    session.execute(delete(Artifact).where(*where))
+
+
+def find(session: Session, job_id: str, kind: str) -> Artifact | None:
+    return session.execute(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind)).scalars().first()

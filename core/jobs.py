@@ -292,13 +292,28 @@ def diagnostics(session: Session, job_id: str) -> list[dict]:
 
 
 def finish(session: Session, job_id: str, attempt: int, status: JobStatus, **values) -> bool:
-    """running → final, only by the attempt that holds the job."""
-    return bool(
+    """running → final, only by the attempt that holds the job; its checkpoint goes with it."""
+    done = bool(
         session.execute(
             update(Job).where(*_mine(job_id, attempt))
             .values(status=status.value, finished_at=utcnow(), version=Job.version + 1, **values)
         ).rowcount
     )
+    if done:
+        artifacts.delete_for(session, job_id=job_id, kind=CHECKPOINT)
+    return done
+
+
+CHECKPOINT = "checkpoint"
+
+
+def save_checkpoint(session: Session, job_id: str, data: bytes, chunk_bytes: int) -> None:
+    """Replaces the job's previous checkpoint in the caller's transaction (with the epoch it belongs to)."""
+    import io
+
+    artifacts.delete_for(session, job_id=job_id, kind=CHECKPOINT)
+    artifacts.store(session, io.BytesIO(data), kind=CHECKPOINT, format="npz", filename=f"{job_id}-checkpoint.npz",
+                    chunk_bytes=chunk_bytes, job_id=job_id)
 
 
 def append_logs(session: Session, job_id: str, lines: list[tuple[datetime, str, str]]) -> None:
@@ -346,6 +361,7 @@ def reconcile(session: Session, settings: Settings, now: datetime | None = None)
                        "memory than the worker has"},
             )
         ).rowcount:
+            artifacts.delete_for(session, job_id=job_id, kind=CHECKPOINT)
             out["failed"].append(job_id)
     return out
 

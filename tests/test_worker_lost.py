@@ -7,7 +7,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from core import jobs
+from core import artifacts, jobs
 from core.db import Database
 from core.models import Job, JobStatus, utcnow
 from core.recipe import Recipe
@@ -25,9 +25,11 @@ def test_sigkilled_worker_job_is_requeued_and_finished_by_another(isolated_backe
             first = start_worker(settings, tmp_path / "a.log")
             recipe = small_recipe(**{"training.epochs": 60, "training.batch_size": 4})
             job = http.post("/v1/jobs", json=recipe).json()
-            wait_until(lambda: len(http.get(f"/v1/jobs/{job['id']}").json()["history"]) >= 1, timeout=120)
+            wait_until(lambda: len(http.get(f"/v1/jobs/{job['id']}").json()["history"]) >= 3, timeout=120)
             first.stop(signal.SIGKILL)  # parent and child, mid-training
-            assert http.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
+            killed = http.get(f"/v1/jobs/{job['id']}").json()
+            assert killed["status"] == "running"
+            k = len(killed["history"])
 
             second = start_worker(settings, tmp_path / "b.log", TRAINER_HEARTBEAT_TIMEOUT_S=3)
             try:
@@ -36,8 +38,16 @@ def test_sigkilled_worker_job_is_requeued_and_finished_by_another(isolated_backe
                 second.stop()
             assert done["status"] == "succeeded", done["error"]
             assert done["attempt"] == 2
-            assert [h["epoch"] for h in done["history"]] == list(range(1, 61))
-            assert "queued again" in http.get(f"/v1/jobs/{job['id']}/logs").text
+            history = done["history"]
+            assert [h["epoch"] for h in history] == list(range(1, 61))
+            # resumed from its checkpoint: the epochs done before the kill stay attempt 1's
+            assert [h["attempt"] for h in history[:k]] == [1] * k
+            assert [h["attempt"] for h in history[k:]] == [2] * (60 - k)
+            logs = http.get(f"/v1/jobs/{job['id']}/logs").text
+            assert "queued again" in logs and f"resuming from the checkpoint after epoch {k}" in logs
+            assert done["result"]["sparsity"]["overall"] == pytest.approx(0.5, abs=0.02)  # the schedule's target
+            with Database(settings).session() as session:
+                assert artifacts.find(session, job["id"], jobs.CHECKPOINT) is None  # deleted when the job ended
     finally:
         server.close()
 

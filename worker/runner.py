@@ -56,6 +56,7 @@ class JobRun:
         self.db, self.settings, self.job_id, self.attempt, self.recipe = db, settings, job_id, attempt, recipe
         self.base_progress = progress
         self.last_progress: dict = {}
+        self.last_checkpoint = float("-inf")
         self.log = JobLog()
         self.deadline = time.monotonic() + (recipe.training.max_runtime_s or settings.max_runtime_s)
         self._stop: str | None = None
@@ -63,7 +64,8 @@ class JobRun:
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
 
     # -- hooks for worker.training --
-    def on_epoch(self, epoch: int, metrics: dict, diagnostics: list[dict] | None = None, phase: str = "train") -> None:
+    def on_epoch(self, epoch: int, metrics: dict, diagnostics: list[dict] | None = None, phase: str = "train",
+                 state=None) -> None:
         progress = {**self.base_progress, "epoch": epoch, "phase": phase}
         if "sparsity" in metrics:
             progress["sparsity"] = metrics["sparsity"]
@@ -73,6 +75,9 @@ class JobRun:
             if not jobs.record_epoch(session, self.job_id, self.attempt, epoch, phase, metrics, progress,
                                      diagnostics):
                 self._stop = self._stop or "lost"
+            elif state is not None and time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_interval_s:
+                jobs.save_checkpoint(session, self.job_id, state(), self.settings.artifact_chunk_bytes)
+                self.last_checkpoint = time.monotonic()
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         log.info("epoch %d/%d %s", epoch, self.recipe.training.epochs, summary)
 
@@ -175,10 +180,13 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
         log.info("reusing %s of job %s", ", ".join(spec["reused_layers"]), spec["base_job_id"])
     log.info("data: %d train, %d validation, %d test samples", len(splits.x_train),
              0 if splits.x_val is None else len(splits.x_val), len(splits.x_test))
+    resume = None
+    if run.attempt > 1 and not recipe.transfer:
+        resume = _checkpoint(run)
     for warning in job_plan.get("warnings", []):
         log.warning("%s", warning)
     outcome = training.train(recipe, splits, run, end_step=end_step, device=training_device(device),
-                             pruned_layers=job_plan.get("pruned_layers"), transfer=transfer)
+                             pruned_layers=job_plan.get("pruned_layers"), transfer=transfer, resume=resume)
     if outcome.stopped == "cancelled":
         log.info("cancelled after %d epochs", outcome.epochs_run)
         return JobStatus.CANCELLED
@@ -207,6 +215,19 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
                     artifacts.store(session, fh, kind="model", format=fmt, filename=f"{run.job_id}-{path.name}",
                                     chunk_bytes=run.settings.artifact_chunk_bytes, job_id=run.job_id)
     return JobStatus.SUCCEEDED
+
+
+def _checkpoint(run: JobRun):
+    from worker import checkpoint
+
+    with run.db.session() as session:
+        stored = artifacts.find(session, run.job_id, jobs.CHECKPOINT)
+    if stored is None:
+        log.info("attempt %d: no checkpoint; starting from epoch 1", run.attempt)
+        return None
+    state = checkpoint.parse(artifacts.read_all(run.db, stored))
+    log.info("attempt %d: resuming from the checkpoint after epoch %d", run.attempt, state.epoch)
+    return state
 
 
 def training_device(description: str) -> str:

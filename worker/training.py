@@ -14,14 +14,15 @@ from typing import Protocol
 import numpy as np
 
 from core.recipe import Recipe, ReduceOnPlateau
-from worker import builder, pruning, reuse
+from worker import builder, checkpoint, pruning, reuse
 from worker.data import Splits, standardization, to_dataset
 from worker.diagnostics import Probe
 from worker.tf_env import keras, tf
 
 
 class Hooks(Protocol):
-    def on_epoch(self, epoch: int, metrics: dict, diagnostics: list[dict] | None, phase: str) -> None: ...
+    def on_epoch(self, epoch: int, metrics: dict, diagnostics: list[dict] | None, phase: str,
+                 state: Callable[[], bytes] | None = None) -> None: ...
 
     def stop_reason(self) -> str | None: ...
 
@@ -55,6 +56,7 @@ class _Progress(keras.callbacks.Callback):
         self.hooks, self.measure_sparsity, self.probe = hooks, measure_sparsity, probe
         self.stopped: str | None = None
         self.phase = "train"
+        self.checkpointable = False
         self._epoch_started, self._epoch = 0.0, 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -79,7 +81,8 @@ class _Progress(keras.callbacks.Callback):
         current = self.measure_sparsity()
         if current is not None:
             metrics["sparsity"] = current
-        self.hooks.on_epoch(epoch + 1, metrics, self.probe.measure() if self.probe else None, self.phase)
+        state = (lambda: checkpoint.capture(self.model, epoch + 1)) if self.checkpointable else None
+        self.hooks.on_epoch(epoch + 1, metrics, self.probe.measure() if self.probe else None, self.phase, state)
 
 
 def _kernel_sparsity(kernels) -> Callable[[], float | None]:
@@ -137,7 +140,9 @@ def _callbacks(recipe: Recipe) -> list:
 
 
 def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = None, device: str = "/CPU:0",
-          pruned_layers: list[str] | None = None, transfer: Transfer | None = None) -> Outcome:
+          pruned_layers: list[str] | None = None, transfer: Transfer | None = None,
+          resume: checkpoint.State | None = None) -> Outcome:
+    """``resume``: continue after the checkpoint's epoch (not for transfer jobs, whose phases restart)."""
     started = time.perf_counter()
     keras.utils.set_random_seed(recipe.seed)
     tf.config.experimental.enable_op_determinism()
@@ -186,7 +191,12 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
                 checksums["fine_tune"] = reuse.checksums(wrapped)
         else:
             _compile(model, recipe)
-            epochs_run = len(model.fit(epochs=epochs, **fit).epoch)
+            progress.checkpointable = True
+            start = 0
+            if resume is not None:
+                checkpoint.restore(model, resume)
+                start = resume.epoch
+            epochs_run = start + len(model.fit(epochs=epochs, initial_epoch=start, **fit).epoch)
         final = pruning.strip(model) if pruned_names else model
         before = None
         if pruning_spec and not pruning_spec.during_training:

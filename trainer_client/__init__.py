@@ -1,0 +1,7 @@
+"""Client for the Keras training service: a Python SDK (``Client``, ``Job``) and the ``trainer`` CLI.
+
+Talks to the service over HTTP only, so it installs and runs without TensorFlow or database drivers.
+"""
+from trainer_client.sdk import ChecksumMismatch, Client, Download, Job, TrainerError, sha256_file, verify_sha256
+
+__all__ = ["ChecksumMismatch", "Client", "Download", "Job", "TrainerError", "sha256_file", "verify_sha256"]

@@ -1,0 +1,322 @@
+"""A small Python SDK for the training service, over HTTP only.
+
+It deliberately imports nothing from ``core``, ``service`` or ``worker``: a client machine needs
+httpx, not TensorFlow or the database drivers, and the HTTP API is the only contract it relies on.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+MAX_PAGE = 200  # the API's own upper bound for ?limit=
+USER_AGENT = "trainer-client/0.1"
+
+
+class TrainerError(Exception):
+    """An RFC 9457 problem from the API (or a transport failure, with ``status`` None).
+
+    The fields are kept as the server sent them so a caller can branch on ``status`` and show
+    ``detail``, which is the sentence the API wrote for humans.
+    """
+
+    def __init__(self, status: int | None, title: str, detail: str, errors: list | None = None):
+        super().__init__(f"{status} {title}: {detail}" if status else f"{title}: {detail}")
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.errors = errors or []
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> TrainerError:
+        """Read a problem+json body; fall back to the status line for anything else (a proxy's HTML page)."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            text = response.text.strip()[:500]
+            return cls(response.status_code, response.reason_phrase, text or response.reason_phrase)
+        return cls(
+            body.get("status", response.status_code),
+            body.get("title", response.reason_phrase),
+            body.get("detail", ""),
+            body.get("errors"),
+        )
+
+    def as_dict(self) -> dict:
+        return {"status": self.status, "title": self.title, "detail": self.detail, "errors": self.errors}
+
+
+class ChecksumMismatch(TrainerError):
+    """The bytes on disk do not hash to what the server said: the download must not be trusted."""
+
+    def __init__(self, expected: str, actual: str):
+        super().__init__(None, "Checksum mismatch", f"expected sha256 {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+def verify_sha256(actual: str, expected: str) -> None:
+    """Raise ChecksumMismatch unless the two hex digests are equal (case-insensitive, constant time)."""
+    if not hmac.compare_digest(actual.lower(), expected.strip().lower()):
+        raise ChecksumMismatch(expected, actual)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file, read in chunks so large models do not need to fit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Download:
+    """Where a model was written, its verified sha256 and its size in bytes."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+class Client:
+    """Talks to one training service. Defaults come from TRAINER_URL and TRAINER_TOKEN.
+
+    Extra keyword arguments go to ``httpx.Client`` (``verify=`` for a private CA, ``event_hooks=``
+    to observe requests), so the SDK needs no option of its own for each transport concern.
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0, **httpx_options):
+        self.url = (url or os.environ.get("TRAINER_URL") or DEFAULT_URL).rstrip("/")
+        token = token if token is not None else os.environ.get("TRAINER_TOKEN")
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json, application/problem+json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, **httpx_options)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- the resources -------------------------------------------------------------------------------
+
+    def submit(self, recipe: dict | str | os.PathLike) -> Job:
+        """Send a recipe (a dict, or the path of a JSON file sent as is, so the server judges it)."""
+        if isinstance(recipe, dict):
+            content = json.dumps(recipe).encode()
+        else:
+            content = Path(recipe).read_bytes()
+        response = self.request("POST", "/v1/jobs", content=content, headers={"Content-Type": "application/json"})
+        return Job(self, response.json(), etag=response.headers.get("ETag"))
+
+    def job(self, job_id: str) -> Job:
+        response = self.request("GET", f"/v1/jobs/{job_id}")
+        return Job(self, response.json(), etag=response.headers.get("ETag"))
+
+    def jobs(self, status: str | None = None, limit: int = 20, *, page_size: int = MAX_PAGE) -> list[Job]:
+        """Newest first, following ``next_cursor`` until ``limit`` jobs (listings carry no history)."""
+        return [Job(self, item) for item in self._pages(status, limit, page_size)]
+
+    def _pages(self, status: str | None, limit: int, page_size: int) -> Iterator[dict]:
+        cursor = None
+        remaining = limit
+        while remaining > 0:
+            params = {"limit": min(remaining, page_size, MAX_PAGE), "status": status, "cursor": cursor}
+            body = self.request("GET", "/v1/jobs", params={k: v for k, v in params.items() if v is not None}).json()
+            items = body["items"][:remaining]
+            yield from items
+            remaining -= len(items)
+            cursor = body.get("next_cursor")
+            if not cursor or not items:
+                return
+
+    # -- transport -----------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, ok: Iterable[int] = (), **kwargs) -> httpx.Response:
+        """One request; any status >= 400 not listed in ``ok`` becomes a TrainerError."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code >= 400 and response.status_code not in ok:
+            raise TrainerError.from_response(response)
+        return response
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs) -> Iterator[httpx.Response]:
+        """A streamed response whose errors are read in full first, so their problem body is not lost."""
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise TrainerError.from_response(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: Exception) -> TrainerError:
+        return TrainerError(None, "Connection failed", f"{self.url}: {exc or type(exc).__name__}")
+
+
+class Job:
+    """A job as last seen by this client; ``data`` is the server's JSON, untouched."""
+
+    def __init__(self, client: Client, data: dict, etag: str | None = None):
+        self.client = client
+        self.data = data
+        self.etag = etag
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.status}>"
+
+    @property
+    def id(self) -> str:
+        return self.data["id"]
+
+    @property
+    def name(self) -> str | None:
+        return self.data.get("name")
+
+    @property
+    def status(self) -> str:
+        return self.data["status"]
+
+    @property
+    def progress(self) -> dict:
+        return self.data.get("progress") or {}
+
+    @property
+    def result(self) -> dict | None:
+        return self.data.get("result")
+
+    @property
+    def error(self) -> dict | None:
+        return self.data.get("error")
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    def refresh(self) -> Job:
+        """Re-read the job; with an ETag in hand the server answers 304 when nothing changed."""
+        self._poll()
+        return self
+
+    def _poll(self) -> bool:
+        """True if the job changed since the last read."""
+        headers = {"If-None-Match": self.etag} if self.etag else {}
+        response = self.client.request("GET", f"/v1/jobs/{self.id}", headers=headers)
+        if response.status_code == 304:
+            return False
+        self.data = response.json()
+        self.etag = response.headers.get("ETag")
+        return True
+
+    def wait(self, poll: float = 0.5, timeout: float | None = None, on_update: Callable[[Job], Any] | None = None) -> Job:
+        """Poll until the job succeeds, fails or is cancelled; ``on_update(job)`` runs once per change.
+
+        Raises TimeoutError after ``timeout`` seconds; the job itself keeps running on the server.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._poll()
+        changed = True  # the caller has not seen this state yet, even if the server says 304
+        while True:
+            if changed and on_update is not None:
+                on_update(self)
+            if self.done:
+                return self
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} is still {self.status} after {timeout} s")
+            time.sleep(poll)
+            changed = self._poll()
+
+    def cancel(self) -> Job:
+        """Queued: cancelled at once. Running: the server stops it at the next batch. Finished: 409."""
+        response = self.client.request("POST", f"/v1/jobs/{self.id}/cancel")
+        self.data = response.json()
+        self.etag = response.headers.get("ETag")
+        return self
+
+    def history(self) -> list[dict]:
+        """The per-epoch metrics, read from the history endpoint (listings do not carry them)."""
+        return self.client.request("GET", f"/v1/jobs/{self.id}/history").json()["history"]
+
+    def history_csv(self) -> str:
+        """The same rows as the server's CSV, byte for byte."""
+        return self.client.request("GET", f"/v1/jobs/{self.id}/history", params={"format": "csv"}).text
+
+    def download(
+        self,
+        path: str | os.PathLike | None = None,
+        format: str = "h5",
+        progress: Callable[[int, int | None], Any] | None = None,
+        expected_sha256: str | None = None,
+    ) -> Download:
+        """Stream the model to ``path`` and verify its sha256 before it takes that name.
+
+        ``path`` None or a directory means the server's filename there. The bytes go to a hidden
+        ``.part`` file first, so a failed or tampered download never leaves a plausible model behind.
+        ``expected_sha256`` pins a digest you got elsewhere; by default the X-Checksum-Sha256 header is
+        the reference. ``progress(done_bytes, total_bytes)`` is called after each chunk.
+        """
+        with self.client.stream("GET", f"/v1/jobs/{self.id}/model", params={"format": format}) as response:
+            expected = expected_sha256 or response.headers.get("X-Checksum-Sha256")
+            if not expected:
+                raise TrainerError(None, "No checksum", "the server sent no X-Checksum-Sha256; refusing to trust the file")
+            target = _target_path(path, response.headers.get("Content-Disposition"), f"{self.id}-model.{format}")
+            total = int(response.headers["Content-Length"]) if "Content-Length" in response.headers else None
+            return _save_verified(response.iter_bytes(), target, expected, total, progress)
+
+
+def _target_path(path: str | os.PathLike | None, disposition: str | None, fallback: str) -> Path:
+    """The file to write: the caller's, or the server's filename (its base name only) in a directory."""
+    if path is not None and not Path(path).is_dir():
+        return Path(path)
+    match = re.search(r'filename="?([^";]+)"?', disposition or "")
+    name = Path(match.group(1)).name if match else fallback
+    return Path(path or ".") / (name or fallback)
+
+
+def _save_verified(chunks: Iterable[bytes], target: Path, expected: str, total: int | None,
+                   progress: Callable[[int, int | None], Any] | None) -> Download:
+    """Write and hash in one pass; rename into place only when the digest matches."""
+    partial = target.with_name(f".{target.name}.part")
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        with open(partial, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+        verify_sha256(digest.hexdigest(), expected)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, target)
+    return Download(target, digest.hexdigest(), done)
