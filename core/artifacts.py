@@ -6,6 +6,7 @@ at most ``artifact_chunk_bytes`` with its total size and sha256 on the artifact 
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -14,7 +15,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from core.db import Database
+from core.errors import TrainerError
 from core.models import Artifact, ArtifactChunk
+
+log = logging.getLogger(__name__)
 
 
 def store(
@@ -39,23 +43,53 @@ def store(
     while block := source.read(chunk_bytes):
         digest.update(block)
         size += len(block)
-        session.add(ArtifactChunk(artifact_id=artifact.id, seq=seq, data=block))
+        session.add(ArtifactChunk(artifact_id=artifact.id, seq=seq, data=block,
+                                  sha256=hashlib.sha256(block).hexdigest()))
         session.flush()
         seq += 1
     artifact.size, artifact.sha256, artifact.chunk_count = size, digest.hexdigest(), seq
     return artifact
 
 
+class CorruptArtifact(TrainerError):
+    status, title = 500, "Corrupted artifact"
+
+
+def _chunk(db: Database, artifact: Artifact, seq: int) -> bytes:
+    with db.session() as session:
+        row = session.execute(
+            select(ArtifactChunk.data, ArtifactChunk.sha256).where(
+                ArtifactChunk.artifact_id == artifact.id, ArtifactChunk.seq == seq)
+        ).one_or_none()
+    if row is None:
+        raise CorruptArtifact(f"stored file {artifact.filename} is missing part {seq}; it cannot be served")
+    data = bytes(row.data)
+    if row.sha256 is not None and hashlib.sha256(data).hexdigest() != row.sha256:
+        log.error("artifact %s part %d fails its sha256 check", artifact.id, seq)
+        raise CorruptArtifact(f"stored file {artifact.filename} fails its sha256 check; it cannot be served")
+    return data
+
+
 def stream(db: Database, artifact: Artifact) -> Iterator[bytes]:
-    """Yield the chunks one query at a time so a download never holds more than one chunk in memory."""
-    for seq in range(artifact.chunk_count):
-        with db.session() as session:
-            data = session.execute(
-                select(ArtifactChunk.data).where(
-                    ArtifactChunk.artifact_id == artifact.id, ArtifactChunk.seq == seq
-                )
-            ).scalar_one()
-        yield bytes(data)
+    """The chunks one query at a time (a download never holds more than one chunk in memory), each checked
+    against its sha256. The first chunk is read and checked before this returns, so a corrupted
+    single-chunk file — most models — is an error response, never a download; a later bad chunk aborts
+    the transfer short of its Content-Length."""
+    first = _chunk(db, artifact, 0) if artifact.chunk_count else b""
+
+    def rest() -> Iterator[bytes]:
+        if artifact.chunk_count:
+            yield first
+        digest = hashlib.sha256(first)
+        for seq in range(1, artifact.chunk_count):
+            data = _chunk(db, artifact, seq)
+            digest.update(data)
+            yield data
+        if digest.hexdigest() != artifact.sha256:
+            log.error("artifact %s fails its whole-file sha256 check", artifact.id)
+            raise CorruptArtifact(f"stored file {artifact.filename} fails its sha256 check")
+
+    return rest()
 
 
 def read_all(db: Database, artifact: Artifact) -> bytes:

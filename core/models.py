@@ -134,6 +134,8 @@ class ArtifactChunk(Base):
     artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    #: Checked as each chunk is streamed, so a corrupted row is reported instead of served.
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ApiToken(Base):

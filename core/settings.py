@@ -54,6 +54,8 @@ class Settings:
     idempotency_ttl_s: float = 24 * 3600
     #: Write a resumable checkpoint (weights, optimizer state, pruning step) at most this often.
     checkpoint_interval_s: float = 0.0
+    #: How long a worker keeps retrying to store a finished job through a database outage.
+    db_retry_s: float = 600.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -83,6 +85,7 @@ def load_settings(**overrides) -> Settings:
         max_queued_per_owner=_int("TRAINER_MAX_QUEUED_PER_OWNER", 100),
         idempotency_ttl_s=_float("TRAINER_IDEMPOTENCY_TTL_S", 24 * 3600),
         checkpoint_interval_s=_float("TRAINER_CHECKPOINT_INTERVAL_S", 0.0),
+        db_retry_s=_float("TRAINER_DB_RETRY_S", 600.0),
     )
     values.update(overrides)
     if values["database_url"].startswith("sqlite:///"):

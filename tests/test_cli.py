@@ -43,11 +43,11 @@ def trainer(live_api):
     return run
 
 
-def recipe_file(tmp_path: Path, name: str = "recipe.json", drop: tuple[str, ...] = (), **overrides) -> Path:
+def recipe_file(tmp_path: Path, filename: str = "recipe.json", drop: tuple[str, ...] = (), **overrides) -> Path:
     recipe = small_recipe(**overrides)
     for key in drop:
         recipe.pop(key)
-    path = tmp_path / name
+    path = tmp_path / filename
     path.write_text(json.dumps(recipe))
     return path
 

@@ -14,6 +14,8 @@ import traceback
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy.exc import OperationalError
+
 from core import artifacts, jobs
 from core.db import Database
 from core.errors import DatasetError, RecipeError
@@ -57,6 +59,7 @@ class JobRun:
         self.base_progress = progress
         self.last_progress: dict = {}
         self.last_checkpoint = float("-inf")
+        self.pending: list[tuple] = []  # epochs not yet written (the database was unreachable)
         self.log = JobLog()
         self.deadline = time.monotonic() + (recipe.training.max_runtime_s or settings.max_runtime_s)
         self._stop: str | None = None
@@ -70,16 +73,33 @@ class JobRun:
         if "sparsity" in metrics:
             progress["sparsity"] = metrics["sparsity"]
         self.last_progress = {k: progress[k] for k in ("epoch", "sparsity") if k in progress}
-        with self.db.session() as session:
-            jobs.append_logs(session, self.job_id, self.log.drain())
-            if not jobs.record_epoch(session, self.job_id, self.attempt, epoch, phase, metrics, progress,
-                                     diagnostics):
-                self._stop = self._stop or "lost"
-            elif state is not None and time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_interval_s:
-                jobs.save_checkpoint(session, self.job_id, state(), self.settings.artifact_chunk_bytes)
-                self.last_checkpoint = time.monotonic()
+        self.pending.append((epoch, phase, metrics, progress, diagnostics))
+        try:
+            self._write_epochs(state)
+        except OperationalError as exc:  # the database is away: keep training, write these epochs later
+            logging.getLogger(__name__).warning("epoch %d not stored yet (%s); will retry", epoch,
+                                                str(exc).splitlines()[0])
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         log.info("epoch %d/%d %s", epoch, self.recipe.training.epochs, summary)
+
+    def _write_epochs(self, state=None) -> None:
+        with self.db.session() as session:
+            jobs.append_logs(session, self.job_id, self.log.drain())
+            for epoch, phase, metrics, progress, diagnostics in self.pending:
+                if not jobs.record_epoch(session, self.job_id, self.attempt, epoch, phase, metrics, progress,
+                                         diagnostics):
+                    self._stop = self._stop or "lost"
+                    break
+            else:
+                due = time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_interval_s
+                if state is not None and due:
+                    jobs.save_checkpoint(session, self.job_id, state(), self.settings.artifact_chunk_bytes)
+                    self.last_checkpoint = time.monotonic()
+        self.pending = []
+
+    def flush_pending(self) -> None:
+        if self.pending:
+            self._write_epochs()
 
     def stop_reason(self) -> str | None:
         if self._stop is None and time.monotonic() > self.deadline:
@@ -137,11 +157,16 @@ def run_job(db: Database, settings: Settings, job_id: str, device: str = "CPU:0"
         log.error("job failed: %s\n%s", exc, traceback.format_exc())
     finally:
         run.stop()
-    with db.session() as session:
-        run.flush_logs(session)
-        if status != JobStatus.SUCCEEDED:  # a success was recorded with its artifacts, in one transaction
-            jobs.finish(session, job_id, attempt, status, error=error,
-                        progress={**progress, **run.last_progress, "phase": status.value})
+    if status != JobStatus.SUCCEEDED:  # a success was recorded with its artifacts, in one transaction
+
+        def record_end() -> None:
+            run.flush_pending()
+            with db.session() as session:
+                run.flush_logs(session)
+                jobs.finish(session, job_id, attempt, status, error=error,
+                            progress={**progress, **run.last_progress, "phase": status.value})
+
+        with_retries(record_end, settings.db_retry_s, f"recording the job as {status.value}")
     return status.value
 
 
@@ -204,17 +229,37 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
         if outcome.transfer is not None:
             result["transfer"] = {**job_plan["transfer"], **outcome.transfer}
         log.info("test %s; sparsity %.4f", outcome.test, result["sparsity"]["overall"])
-        with run.db.session() as session:
-            run.flush_logs(session)
-            progress = {**run.base_progress, "epoch": outcome.epochs_run, "phase": "succeeded"}
-            if not jobs.finish(session, run.job_id, run.attempt, JobStatus.SUCCEEDED, result=result,
-                               progress=progress):
-                raise RuntimeError("the job was taken from this worker before it could store its model")
-            for fmt, path in files.items():
-                with path.open("rb") as fh:
-                    artifacts.store(session, fh, kind="model", format=fmt, filename=f"{run.job_id}-{path.name}",
-                                    chunk_bytes=run.settings.artifact_chunk_bytes, job_id=run.job_id)
+
+        def store() -> None:
+            run.flush_pending()
+            with run.db.session() as session:
+                run.flush_logs(session)
+                progress = {**run.base_progress, "epoch": outcome.epochs_run, "phase": "succeeded"}
+                if not jobs.finish(session, run.job_id, run.attempt, JobStatus.SUCCEEDED, result=result,
+                                   progress=progress):
+                    raise RuntimeError("the job was taken from this worker before it could store its model")
+                for fmt, path in files.items():
+                    with path.open("rb") as fh:
+                        artifacts.store(session, fh, kind="model", format=fmt, filename=f"{run.job_id}-{path.name}",
+                                        chunk_bytes=run.settings.artifact_chunk_bytes, job_id=run.job_id)
+
+        with_retries(store, run.settings.db_retry_s, "storing the trained model")
     return JobStatus.SUCCEEDED
+
+
+def with_retries(action, give_up_after_s: float, what: str):
+    """Retry through a database outage: a trained model is not thrown away because the database blinked."""
+    deadline, delay = time.monotonic() + give_up_after_s, 0.5
+    while True:
+        try:
+            return action()
+        except OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise
+            logging.getLogger(__name__).warning("%s failed (%s); retrying in %.1fs", what,
+                                                str(exc).splitlines()[0], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def _checkpoint(run: JobRun):
