@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         validation_error_status=422,
         validation_error_callback=problems.validation_problem,
         security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        responses=problems.COMMON_RESPONSES,
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
@@ -87,4 +88,6 @@ def _install_body_checks(app: OpenAPI, settings: Settings) -> None:
             json.loads(data)
         except ValueError as exc:
             raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("the body is nested too deeply to be a recipe") from None
         return None

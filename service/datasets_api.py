@@ -16,9 +16,10 @@ from core.errors import DatasetError
 from core.models import Dataset
 from service.app import services
 from service.auth import current_owner
+from service.problems import COMMON_RESPONSES, body
 
 api = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", abp_tags=[Tag(name="datasets")],
-                   abp_security=[{"bearer": []}])
+                   abp_security=[{"bearer": []}], abp_responses=COMMON_RESPONSES)
 
 
 class UploadForm(BaseModel):
@@ -27,7 +28,7 @@ class UploadForm(BaseModel):
     label_column: str | None = Field(None, max_length=200, description="For .csv: the column holding the label.")
 
 
-@api.get("")
+@api.get("", responses={200: body("Built-in and uploaded datasets")})
 def list_datasets():
     """Built-in datasets (scikit-learn's bundled ones) and your uploads; use ``id`` as ``dataset.name``."""
     svc = services()
@@ -39,7 +40,7 @@ def list_datasets():
     return {"items": items}
 
 
-@api.post("", responses={201: None})
+@api.post("", responses={201: body("The stored dataset, described")})
 def upload_dataset(form: UploadForm):
     """Parsed as data only (no pickles); stored as .npz in the database; returns its id."""
     svc = services()

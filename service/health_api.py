@@ -5,17 +5,19 @@ from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
 from service.app import services
+from service.problems import COMMON_RESPONSES, body
 
-api = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
+api = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")],
+                   abp_responses={k: v for k, v in COMMON_RESPONSES.items() if k in (404, 405, 500)})
 
 
-@api.get("/healthz")
+@api.get("/healthz", responses={200: body("The process is up")})
 def healthz():
     """The process is up."""
     return {"status": "ok"}
 
 
-@api.get("/readyz")
+@api.get("/readyz", responses={200: body("Ready"), 503: body("Not ready: which dependency is down")})
 def readyz():
     """The database and the broker can be reached; 503 otherwise."""
     svc = services()

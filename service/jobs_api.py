@@ -7,7 +7,7 @@ from typing import Literal
 
 from flask import Response, json, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from core import artifacts, jobs
 from core.errors import BadRequest, Conflict, NotFound
@@ -16,9 +16,11 @@ from core.queue import dispatch
 from core.recipe import ExportFormat, Recipe
 from service.app import services
 from service.auth import current_owner
+from service.problems import COMMON_RESPONSES, NOT_MODIFIED, body
 from service.representation import history_csv, job_body
 
-api = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", abp_tags=[Tag(name="jobs")], abp_security=[{"bearer": []}])
+api = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", abp_tags=[Tag(name="jobs")], abp_security=[{"bearer": []}],
+                   abp_responses=COMMON_RESPONSES)
 
 
 class JobPath(BaseModel):
@@ -26,20 +28,26 @@ class JobPath(BaseModel):
 
 
 class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt parameter is an error, not silently ignored
+
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
     limit: int = Field(20, ge=1, le=200)
     cursor: str | None = Field(None, max_length=200)
 
 
 class ModelQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt parameter is an error, not silently ignored
+
     format: ExportFormat = "h5"
 
 
 class HistoryQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt parameter is an error, not silently ignored
+
     format: Literal["json", "csv"] = "json"
 
 
-@api.post("", responses={202: None})
+@api.post("", responses={202: body("The job, queued (or the one this Idempotency-Key made)")})
 def submit(body: Recipe):
     """Validate a recipe, store the job as queued, and send its id to the workers."""
     svc = services()
@@ -56,7 +64,7 @@ def submit(body: Recipe):
     return response
 
 
-@api.get("")
+@api.get("", responses={200: body("A page of jobs and next_cursor")})
 def list_jobs(query: ListQuery):
     """Newest first; follow ``next_cursor`` for the next page."""
     svc = services()
@@ -68,7 +76,7 @@ def list_jobs(query: ListQuery):
     return {"items": items, "next_cursor": cursor}
 
 
-@api.get("/<job_id>")
+@api.get("/<job_id>", responses={200: body("The job"), 304: NOT_MODIFIED})
 def get_job(path: JobPath):
     """The job with its history so far; send If-None-Match with the ETag to poll cheaply."""
     return _job_response(path.job_id)
@@ -92,7 +100,7 @@ def api_json(body, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
-@api.post("/<job_id>/cancel")
+@api.post("/<job_id>/cancel", responses={202: body("The job, cancelled or asked to stop")})
 def cancel_job(path: JobPath):
     """Queued: cancelled at once. Running: stops at the next batch boundary. Finished: 409."""
     svc = services()
@@ -110,7 +118,8 @@ def delete_job(path: JobPath):
     return Response(status=204)
 
 
-@api.get("/<job_id>/model")
+@api.get("/<job_id>/model", responses={
+    200: body("The model file", "application/octet-stream", {"type": "string", "format": "binary"}), 304: NOT_MODIFIED})
 def download_model(path: JobPath, query: ModelQuery):
     """The trained model, pruning wrappers stripped, streamed from the database with its sha256."""
     svc = services()
@@ -141,7 +150,8 @@ def download_model(path: JobPath, query: ModelQuery):
     )
 
 
-@api.get("/<job_id>/history")
+@api.get("/<job_id>/history", responses={200: {"description": "One row per epoch", "content": {
+    "application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}}})
 def get_history(path: JobPath, query: HistoryQuery):
     """One row per finished epoch, as JSON or CSV."""
     svc = services()
@@ -154,7 +164,7 @@ def get_history(path: JobPath, query: HistoryQuery):
     return {"job_id": path.job_id, "history": rows}
 
 
-@api.get("/<job_id>/diagnostics")
+@api.get("/<job_id>/diagnostics", responses={200: body("Per epoch and layer figures")})
 def get_diagnostics(path: JobPath):
     """Per epoch and layer: mean |gradient| of the loss w.r.t. the kernel, and the share of saturated outputs."""
     svc = services()
@@ -164,7 +174,7 @@ def get_diagnostics(path: JobPath):
     return {"job_id": path.job_id, "epochs": rows}
 
 
-@api.get("/<job_id>/logs")
+@api.get("/<job_id>/logs", responses={200: body("Log lines", "text/plain", {"type": "string"})})
 def get_logs(path: JobPath):
     """The job's own log lines from the worker, growing while it runs (a failure's traceback is here)."""
     svc = services()

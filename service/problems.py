@@ -13,6 +13,38 @@ log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 
 
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object", "properties": {
+            "loc": {"type": "array"}, "msg": {"type": "string"}, "type": {"type": "string"}}}},
+    },
+}
+
+
+def problem_response(description: str) -> dict:
+    return {"description": description, "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}}}
+
+
+#: Documented on every operation: what any request may get back.
+COMMON_RESPONSES = {
+    400: problem_response("Malformed request (e.g. invalid JSON)"),
+    401: problem_response("Missing or invalid API token"),
+    404: problem_response("No such resource for this owner"),
+    405: problem_response("Method not allowed"),
+    409: problem_response("Not possible in the resource's current state"),
+    413: problem_response("Body too large"),
+    415: problem_response("Unsupported media type"),
+    422: problem_response("Invalid request: `errors` lists each field"),
+    429: problem_response("Too many queued jobs"),
+    500: problem_response("Internal error, or a stored file failed its sha256 check"),
+    503: problem_response("Database or broker unavailable; retry after Retry-After"),
+}
+
+
 def problem(status: int, title: str, detail: str, errors: list | None = None, headers: dict | None = None) -> Response:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if errors is not None:
@@ -70,7 +102,8 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
-        return problem(exc.code or 500, exc.name, exc.description or exc.name)
+        headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
+        return problem(exc.code or 500, exc.name, exc.description or exc.name, headers=headers)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
@@ -82,3 +115,11 @@ def install(app: Flask) -> None:
                            headers={"Retry-After": "5"})
         log.exception("unhandled error")
         return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
+
+
+def body(description: str, media: str = "application/json", schema: dict | None = None) -> dict:
+    """A documented success response (bodies are described as objects; the Job fields are in the README)."""
+    return {"description": description, "content": {media: {"schema": schema or {"type": "object"}}}}
+
+
+NOT_MODIFIED = {"description": "Unchanged since the ETag sent in If-None-Match"}
