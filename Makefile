@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8000
 
-.PHONY: install run migrate test test-fast bench lint clean
+.PHONY: install run migrate test test-fast bench bench-load lint clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, not {sys.version}"'
@@ -36,6 +36,10 @@ bench: install
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.overhead --redis
 	$(BIN)/python -m bench.sparsity
+
+## 50 pollers + 10 submitters for 60 s with wrk while a job trains (installs wrk if missing).
+bench-load: install
+	$(BIN)/python -m bench.load 60
 
 lint: install
 	$(BIN)/ruff check core service worker tests bench
