@@ -110,3 +110,41 @@ def test_limits_are_clear_4xx(client, overrides, loc):
     response = client.post("/v1/jobs", json=small_recipe(**overrides))
     assert response.status_code == 422
     assert any(e["loc"][: len(loc)] == loc for e in response.get_json()["errors"])
+
+
+def test_idempotency_keys_expire(backend):
+    app = create_app(replace(backend, idempotency_ttl_s=0))
+    client = app.test_client()
+    key = {"Idempotency-Key": "short-lived"}
+    first = client.post("/v1/jobs", json=small_recipe(), headers=key).get_json()
+    second = client.post("/v1/jobs", json=small_recipe(), headers=key).get_json()
+    assert first["id"] != second["id"]
+    for job in (first, second):
+        client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def test_upload_over_the_limit_is_413(backend):
+    import io
+
+    app = create_app(replace(backend, max_upload_bytes=1000))
+    response = app.test_client().post("/v1/datasets", data={"file": (io.BytesIO(b"x" * 5000), "big.csv")},
+                                      content_type="multipart/form-data")
+    assert response.status_code == 413 and response.mimetype == "application/problem+json"
+
+
+def test_cancel_racing_completion_ends_in_exactly_one_state(client, db, backend):
+    from core import jobs
+    from core.models import Job, JobStatus
+    from core.recipe import Recipe
+
+    with db.session() as s:
+        job = jobs.create(s, Recipe.model_validate(small_recipe()), "default", backend)
+    with db.session() as s:
+        attempt = jobs.claim(s, job.id, "w")
+    assert client.post(f"/v1/jobs/{job.id}/cancel").get_json()["cancel_requested"] is True
+    with db.session() as s:  # the worker finished before it saw the request
+        assert jobs.finish(s, job.id, attempt, JobStatus.SUCCEEDED)
+        assert not jobs.finish(s, job.id, attempt, JobStatus.CANCELLED)
+    assert client.post(f"/v1/jobs/{job.id}/cancel").status_code == 409
+    with db.session() as s:
+        assert s.get(Job, job.id).status == "succeeded"
