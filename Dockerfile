@@ -17,6 +17,8 @@ FROM ${PYTHON_IMAGE}
 # cpu -> .[worker,monitor]; gpu -> .[worker,gpu,monitor] (tensorflow[and-cuda])
 ARG TF_VARIANT=cpu
 
+# PYTHONPATH=/app: the app is imported from /app, beside alembic.ini and
+# migrations/ (core.settings.ROOT), not from the copy pip puts in site-packages.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -28,8 +30,9 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONPATH=/app \
     TRAINER_VAR_DIR=/app/var
 
+# a writable home: gunicorn's control socket (~/.gunicorn), ~/.keras
 RUN groupadd --system --gid 10001 trainer \
- && useradd --system --uid 10001 --gid trainer --home-dir /app --no-create-home \
+ && useradd --system --uid 10001 --gid trainer --home-dir /home/trainer --create-home \
         --shell /usr/sbin/nologin trainer \
  && python -m venv "$VIRTUAL_ENV"
 
@@ -66,7 +69,7 @@ RUN pip install --no-deps --no-build-isolation --no-cache-dir /app \
  && rm -rf /app/build /app/*.egg-info \
  && mkdir -p /app/var && chown trainer:trainer /app/var
 
-USER trainer
+USER 10001:10001
 EXPOSE 8000
 
 # The api's liveness probe; compose overrides it for the worker and flower.

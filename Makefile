@@ -41,8 +41,8 @@ bench: install
 bench-load: install
 	$(BIN)/python -m bench.load 60
 
-lint: install
-	$(BIN)/ruff check core service worker tests bench
+lint: install lint-containers
+	$(BIN)/ruff check core service worker tests bench examples trainer_client
 
 clean:
 	rm -rf var/ .pytest_cache

@@ -105,14 +105,29 @@ EOF
     log "built $BASE_TAG in $((SECONDS - t0))s"
 }
 
+# A stand-in is rebuilt when its Containerfile or entrypoint changed (the hash
+# of deploy/podman/standins/<name>/ is in a label); a real image is kept.
+src_hash() { (cd "$HERE/standins/$1" && find . -type f | LC_ALL=C sort | xargs cat) | sha256sum | cut -c1-16; }
+
 build_standin() { # name tag
-    local name=$1 tag=$2 t0=$SECONDS
-    if have "$tag"; then log "cached: $tag"; return; fi
-    if try_pull "$tag"; then log "pulled: $tag (real image)"; return; fi
+    local name=$1 tag=$2 t0=$SECONDS hash label
+    hash=$(src_hash "$name")
+    if have "$tag"; then
+        label=$(podman image inspect "$tag" \
+            --format '{{index .Labels "io.keras-trainer.standin"}} {{index .Labels "io.keras-trainer.standin.hash"}}' 2>/dev/null || true)
+        case "$label" in
+            "true $hash") log "cached: $tag (stand-in)"; return ;;
+            true*) ;;
+            *) log "cached: $tag"; return ;;
+        esac
+        log "stand-in $tag is out of date (sources changed): rebuilding"
+    elif try_pull "$tag"; then
+        log "pulled: $tag (real image)"; return
+    fi
     build_base
     log "building stand-in $tag from deploy/podman/standins/$name ..."
     podman build --format docker --pull=never --build-arg "BASE_IMAGE=$BASE_TAG" \
-        --label io.keras-trainer.standin=true \
+        --label io.keras-trainer.standin=true --label "io.keras-trainer.standin.hash=$hash" \
         -t "$tag" "$HERE/standins/$name" >"$WORK/build-$name.log" 2>&1 \
         || { tail -n 40 "$WORK/build-$name.log" >&2; exit 1; }
     log "built stand-in $tag in $((SECONDS - t0))s"

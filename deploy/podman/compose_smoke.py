@@ -93,11 +93,12 @@ def wait_for(base: str, job_id: str, want: set[str], timeout: float, seen: list 
     last = None
     while True:
         job = get_job(base, job_id)
-        if job["status"] != last:
-            log(f"{job_id}: {job['status']}")
-            last = job["status"]
+        state = f"{job['status']}#{job.get('attempt')}"
+        if state != last:
+            log(f"{job_id}: {job['status']} (attempt {job.get('attempt')})")
+            last = state
             if seen is not None:
-                seen.append((round(time.monotonic(), 1), job["status"]))
+                seen.append((round(time.monotonic(), 1), state))
         if job["status"] in want:
             return job
         if time.monotonic() > deadline:
@@ -193,7 +194,7 @@ def cmd_wait_terminal(a) -> None:
     seen: list = []
     job = wait_for(a.base, a.job_id, TERMINAL, a.timeout, seen)
     print(json.dumps({"job": job["id"], "status": job["status"], "error": job.get("error"),
-                      "attempts": job.get("attempts"), "transitions": [s for _, s in seen]}))
+                      "attempt": job.get("attempt"), "transitions": [s for _, s in seen]}))
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ if [ "$(id -u)" = '0' ]; then
 	mkdir -p /var/run/postgresql
 	chown postgres:postgres /var/run/postgresql
 	chmod 3777 /var/run/postgresql
-	exec setpriv --reuid=postgres --regid=postgres --init-groups "$BASH_SOURCE" "$@"
+	exec setpriv --reuid=postgres --regid=postgres --init-groups "${BASH_SOURCE[0]}" "$@"
 fi
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
@@ -47,7 +47,11 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
 	fi
 	for f in /docker-entrypoint-initdb.d/*; do
 		case "$f" in
-			*.sh) echo "running $f"; . "$f" ;;
+			*.sh)
+				echo "running $f"
+				# shellcheck disable=SC1090
+				. "$f"
+				;;
 			*.sql) echo "running $f"; "${psql[@]}" --dbname "$POSTGRES_DB" -f "$f" ;;
 			*.sql.gz) echo "running $f"; gunzip -c "$f" | "${psql[@]}" --dbname "$POSTGRES_DB" ;;
 			*) [ -e "$f" ] && echo "ignoring $f" ;;
