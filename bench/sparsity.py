@@ -18,7 +18,7 @@ from worker import data, export, training
 
 
 class Quiet:
-    def on_epoch(self, epoch, metrics, diagnostics=None, phase=None):
+    def on_epoch(self, epoch, metrics, diagnostics=None, phase=None, state=None):
         pass
 
     def stop_reason(self):

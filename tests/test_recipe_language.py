@@ -17,7 +17,7 @@ class Recorder:
     def __init__(self):
         self.epochs, self.diagnostics = [], []
 
-    def on_epoch(self, epoch, metrics, diagnostics=None, phase=None):
+    def on_epoch(self, epoch, metrics, diagnostics=None, phase=None, state=None):
         self.epochs.append(metrics)
         self.diagnostics.append(diagnostics)
 

@@ -14,7 +14,7 @@ class Recorder:
         self.diagnostics: list = []
         self.stop_after = stop_after
 
-    def on_epoch(self, epoch, metrics, diagnostics=None, phase=None):
+    def on_epoch(self, epoch, metrics, diagnostics=None, phase=None, state=None):
         self.epochs.append((epoch, metrics))
         self.diagnostics.append(diagnostics)
 
