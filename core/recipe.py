@@ -192,6 +192,10 @@ class TrainingSpec(Strict):
     early_stopping: EarlyStopping | None = None
     max_runtime_s: int | None = Field(None, ge=1, description="The job fails with 'timeout' past this.")
     diagnostics: bool = Field(True, description="Per-epoch gradient and saturation figures on a probe batch.")
+    distribution: Literal["none", "mirrored"] = Field(
+        "none", description="mirrored: data-parallel over the worker's GPUs (or its logical CPUs when it has none).")
+    jit_compile: bool = Field(False, description="XLA-compile the training step.")
+    mixed_precision: bool = Field(False, description="float16 compute, float32 weights; applied on a GPU only.")
 
 
 class DatasetSpec(Strict):

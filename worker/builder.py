@@ -123,8 +123,12 @@ def build_model(recipe: Recipe, standardize: tuple[np.ndarray, np.ndarray] | Non
     elif standardize is not None:
         mean, variance = standardize
         layers.append(keras.layers.Normalization(axis=-1, mean=mean, variance=variance, name="standardize"))
-    for i, spec in enumerate(recipe.all_layers()):
+    specs = recipe.all_layers()
+    for i, spec in enumerate(specs):
         layers += build_layers(spec, recipe, i)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        # TF's mixed-precision guide: the model's outputs (and so its loss) stay float32
+        layers.append(keras.layers.Activation("linear", dtype="float32", name="float32_output"))
     return keras.Sequential(layers, name="".join(c if c.isalnum() else "_" for c in recipe.name)[:60] or "model")
 
 

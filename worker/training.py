@@ -5,6 +5,7 @@ it is the only way this module talks to the outside.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from worker import builder, checkpoint, pruning, reuse
 from worker.data import Splits, standardization, to_dataset
 from worker.diagnostics import Probe
 from worker.tf_env import keras, tf
+
+log = logging.getLogger("trainer.job")
 
 
 class Hooks(Protocol):
@@ -123,7 +126,30 @@ def _targets(recipe: Recipe, x, y, stats):
 
 def _compile(model, recipe: Recipe, learning_rate: float | None = None) -> None:
     model.compile(optimizer=builder.build_optimizer(recipe, learning_rate), loss=recipe.training.loss,
-                  metrics=list(recipe.training.metrics))
+                  metrics=list(recipe.training.metrics), jit_compile=recipe.training.jit_compile)
+
+
+def placement(recipe: Recipe, device: str):
+    """Where the model's variables live: one pinned device, or a MirroredStrategy's scope (model and pruning
+    wrappers must be built inside it)."""
+    if recipe.training.distribution != "mirrored":
+        return tf.device(device), None
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    strategy = tf.distribute.MirroredStrategy(devices)
+    log.info("mirrored over %s", ", ".join(devices))
+    return strategy.scope(), strategy
+
+
+def precision(recipe: Recipe) -> None:
+    """mixed_float16 only where it pays (a GPU); on a CPU it is slower, so the job says so and trains in float32."""
+    policy = "float32"
+    if recipe.training.mixed_precision:
+        if tf.config.list_physical_devices("GPU"):
+            policy = "mixed_float16"
+        else:
+            log.warning("mixed_precision needs a GPU; this worker has none, so the job trains in float32")
+    keras.mixed_precision.set_global_policy(policy)
 
 
 def _callbacks(recipe: Recipe) -> list:
@@ -146,7 +172,9 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
     started = time.perf_counter()
     keras.utils.set_random_seed(recipe.seed)
     tf.config.experimental.enable_op_determinism()
-    with tf.device(device):
+    precision(recipe)
+    scope, strategy = placement(recipe, device)
+    with scope:
         stats = standardization(splits.x_train) if recipe.dataset.standardize else None
         model = builder.build_model(recipe, standardize=stats, reused=transfer.layers if transfer else None)
         callbacks: list = []
@@ -159,7 +187,9 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
             callbacks += pruning.callbacks()
             measure = _kernel_sparsity(pruning.wrapped_kernels(model))
         y_train = _targets(recipe, splits.x_train, splits.y_train, stats)
-        probe = Probe(model, splits.x_train, y_train, recipe.training.loss) if recipe.training.diagnostics else None
+        probe = None
+        if recipe.training.diagnostics and strategy is None:  # mirrored variables can't be read off a replica
+            probe = Probe(model, splits.x_train, y_train, recipe.training.loss)
         progress = _Progress(hooks, measure, probe)
         callbacks += [progress, *_callbacks(recipe)]
         batch = recipe.training.batch_size
