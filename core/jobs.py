@@ -174,6 +174,11 @@ def model_artifacts(session: Session, job_id: str) -> dict[str, Artifact]:
     return {a.format: a for a in rows}
 
 
+def plot_artifacts(session: Session, job_id: str) -> dict[str, Artifact]:
+    rows = session.execute(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == "plot")).scalars()
+    return {a.filename.removesuffix(".png"): a for a in rows}
+
+
 def _encode_cursor(job: Job) -> str:
     return base64.urlsafe_b64encode(json.dumps([job.created_at.isoformat(), job.id]).encode()).decode()
 

@@ -150,6 +150,24 @@ def download_model(path: JobPath, query: ModelQuery):
     )
 
 
+class PlotPath(JobPath):
+    name: Literal["curves", "sparsity", "layers", "weights"]
+
+
+@api.get("/<job_id>/plots/<name>.png",
+         responses={200: body("The picture", "image/png", {"type": "string", "format": "binary"})})
+def get_plot(path: PlotPath):
+    """Drawn by the worker when the job ends: curves, sparsity vs the schedule, per-layer sparsity, weights."""
+    svc = services()
+    with svc.db.session() as session:
+        jobs.get(session, path.job_id, current_owner())
+        artifact = jobs.plot_artifacts(session, path.job_id).get(path.name)
+    if artifact is None:
+        raise NotFound(f"job {path.job_id} has no {path.name} plot (plots are drawn when a job succeeds)")
+    return Response(stream_with_context(artifacts.stream(svc.db, artifact)), mimetype="image/png",
+                    headers={"Content-Length": str(artifact.size), "Cache-Control": "max-age=3600"})
+
+
 @api.get("/<job_id>/history", responses={200: {"description": "One row per epoch", "content": {
     "application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}}})
 def get_history(path: JobPath, query: HistoryQuery):

@@ -11,6 +11,9 @@ def iso(value):
     return value.isoformat() if value else None
 
 
+PLOTS = ("curves", "sparsity", "layers", "weights")
+
+
 def job_body(job: Job, history: list[dict] | None, models: dict[str, Artifact] | None = None) -> dict:
     base = f"/v1/jobs/{job.id}"
     progress = dict(job.progress or {})
@@ -37,6 +40,7 @@ def job_body(job: Job, history: list[dict] | None, models: dict[str, Artifact] |
             "diagnostics": f"{base}/diagnostics",
             "cancel": f"{base}/cancel",
             "models": {fmt: f"{base}/model?format={fmt}" for fmt in (models or {})},
+            "plots": {name: f"{base}/plots/{name}.png" for name in PLOTS} if job.status == "succeeded" else {},
         },
     }
     return body

@@ -9,21 +9,24 @@ import hashlib
 import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from core.settings import ROOT
+from service.app import create_app
+from tests.conftest import LiveServer
 from tests.support import small_recipe, wait_for, wait_until
 from trainer_client import ChecksumMismatch, Client, TrainerError, sha256_file, verify_sha256
 from trainer_client.cli import cli
 
+WAIT = ("--wait", "--poll", "0.2", "--timeout", "120")  # a broken worker fails the test instead of hanging it
 LONG = {"training.epochs": 400, "training.batch_size": 4, "name": "long"}
 DIVERGES = {
     "training.optimizer": {"type": "sgd", "learning_rate": 5.0},
@@ -58,7 +61,7 @@ def submitted_id(stderr: str) -> str:
 
 @pytest.mark.worker
 def test_submit_wait_shows_progress_then_result_tables(trainer, http, worker, tmp_path):
-    result = trainer("submit", recipe_file(tmp_path, **{"training.epochs": 3}), "--wait", "--poll", "0.2")
+    result = trainer("submit", recipe_file(tmp_path, **{"training.epochs": 3}), *WAIT)
     assert result.exit_code == 0, result.stderr
 
     job = http.get(f"/v1/jobs/{submitted_id(result.stderr)}").json()
@@ -69,13 +72,13 @@ def test_submit_wait_shows_progress_then_result_tables(trainer, http, worker, tm
     assert "sparsity (pruned kernels)" in result.stdout
     # the progress bar's last frame, on stderr: epochs, the last metrics, the sparsity reached
     assert "epoch 3/3" in result.stderr
-    assert f"sparsity {job['progress']['sparsity']:.3f}" in result.stderr
+    assert f"sparsity {job['history'][-1]['sparsity']:.3f}" in result.stderr
     assert f"val_acc {job['history'][-1]['val_accuracy']:.4f}" in result.stderr
 
 
 @pytest.mark.worker
 def test_json_output_status_list_and_history(trainer, http, worker, tmp_path):
-    result = trainer("--json", "submit", recipe_file(tmp_path, **{"training.epochs": 3}), "--wait", "--poll", "0.2")
+    result = trainer("--json", "submit", recipe_file(tmp_path, **{"training.epochs": 3}), *WAIT)
     assert result.exit_code == 0, result.stderr
     job = json.loads(result.stdout)
     assert job["status"] == "succeeded" and [row["epoch"] for row in job["history"]] == [1, 2, 3]
@@ -94,7 +97,8 @@ def test_json_output_status_list_and_history(trainer, http, worker, tmp_path):
 
     rows = http.get(f"/v1/jobs/{job_id}/history").json()["history"]
     assert json.loads(trainer("--json", "history", job_id).stdout) == rows
-    assert trainer("history", job_id, "--csv").stdout == http.get(f"/v1/jobs/{job_id}/history?format=csv").text
+    as_csv = trainer("history", job_id, "--csv").stdout_bytes  # as served, CRLF line ends included
+    assert as_csv == http.get(f"/v1/jobs/{job_id}/history?format=csv").content
     lines = trainer("history", job_id).stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["epoch", "loss", "acc"] and len(lines) == 2 + 3
     assert lines[-1].split()[:2] == ["3", f"{rows[-1]['loss']:.4f}"]
@@ -156,12 +160,14 @@ def test_sdk_polls_with_etag_sends_the_token_and_follows_cursors(live_api, http,
         seen.append((request.method, request.url.path, response.status_code, request.headers.get("Authorization")))
 
     monkeypatch.setenv("TRAINER_URL", live_api.url)
-    monkeypatch.setenv("TRAINER_TOKEN", "s3cret")
+    monkeypatch.setenv("TRAINER_TOKEN", "s3cret")  # single-user mode ignores it; it must still be sent
     updates = []
     with Client(event_hooks={"response": [record]}) as client:
         assert client.url == live_api.url
-        for _ in range(2):
-            client.submit(small_recipe(**{"training.epochs": 1}))
+        key = f"cli-test-{time.time_ns()}"
+        first = client.submit(small_recipe(**{"training.epochs": 1}), idempotency_key=key)
+        assert client.submit(small_recipe(**{"training.epochs": 1}), idempotency_key=key).id == first.id
+        client.submit(small_recipe(**{"training.epochs": 1}))
         job = client.submit(small_recipe(**{"training.epochs": 3}))
         job.wait(poll=0.05, timeout=120, on_update=lambda j: updates.append(j.status))
         assert job.succeeded and updates[-1] == "succeeded"
@@ -175,6 +181,29 @@ def test_sdk_polls_with_etag_sends_the_token_and_follows_cursors(live_api, http,
     newest = http.get("/v1/jobs", params={"limit": 3}).json()["items"]
     assert len(newest) == 3 and [j.id for j in paged] == [item["id"] for item in newest]
     assert sum(1 for method, path, *_ in seen if method == "GET" and path == "/v1/jobs") == 3  # one page each
+
+
+@pytest.fixture(scope="module")
+def secured_api(backend):
+    """The same database served with tokens required (the suite's own app is single-user)."""
+    server = LiveServer(create_app(replace(backend, single_user=False, api_tokens="cli-secret:cli-user")))
+    yield server
+    server.close()
+
+
+def test_token_from_option_or_environment_and_a_401_says_what_to_do(secured_api):
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["--url", secured_api.url, "list"], env={"TRAINER_TOKEN": None})
+    assert refused.exit_code == 1 and "401" in refused.stderr and "Authorization: Bearer" in refused.stderr
+    assert "--token or set TRAINER_TOKEN" in refused.stderr
+
+    wrong = runner.invoke(cli, ["--url", secured_api.url, "--token", "nope", "list"])
+    assert wrong.exit_code == 1 and "not valid" in wrong.stderr
+
+    by_option = runner.invoke(cli, ["--url", secured_api.url, "--token", "cli-secret", "--json", "list"])
+    by_env = runner.invoke(cli, ["--json", "list"], env={"TRAINER_URL": secured_api.url, "TRAINER_TOKEN": "cli-secret"})
+    assert by_option.exit_code == by_env.exit_code == 0, by_option.stderr + by_env.stderr
+    assert json.loads(by_option.stdout) == json.loads(by_env.stdout) == []  # cli-user owns no job yet
 
 
 def test_invalid_recipe_exits_2_with_the_servers_detail(trainer, http, tmp_path):
@@ -200,7 +229,7 @@ def test_invalid_recipe_exits_2_with_the_servers_detail(trainer, http, tmp_path)
 
 @pytest.mark.worker
 def test_a_job_that_fails_under_wait_exits_1_with_its_error(trainer, http, worker, tmp_path):
-    result = trainer("submit", recipe_file(tmp_path, drop=("pruning",), **DIVERGES), "--wait", "--poll", "0.2")
+    result = trainer("submit", recipe_file(tmp_path, drop=("pruning",), **DIVERGES), *WAIT)
     assert result.exit_code == 1
     job = http.get(f"/v1/jobs/{submitted_id(result.stderr)}").json()
     assert job["status"] == "failed" and job["error"]["type"] == "diverged"
@@ -214,14 +243,16 @@ def test_cancel_a_queued_job_and_ctrl_c_a_real_process(trainer, live_api, http, 
     stays queued and `trainer cancel` ends it at once; then Ctrl-C (SIGINT) + "y" cancels the first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINER_")}
     env.update(TRAINER_URL=live_api.url, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer_client.cli", "submit", recipe_file(tmp_path, "long.json", **LONG),
-         "--wait", "--poll", "0.2"],
-        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    stderr = tmp_path / "trainer.stderr"  # a file, so the test can watch it while the process runs
+    with stderr.open("w") as err_file:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trainer_client.cli", "submit", recipe_file(tmp_path, "long.json", **LONG),
+             "--wait", "--poll", "0.2"],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, text=True,
+        )
     ours: list[str] = []
     try:
-        long_id = submitted_id(read_line(proc.stderr, "Submitted job", timeout=60))
+        long_id = submitted_id(wait_until(lambda: re.search(r"Submitted job \w+", stderr.read_text()), timeout=60)[0])
         ours.append(long_id)
         wait_until(lambda: http.get(f"/v1/jobs/{long_id}").json()["history"], timeout=120)
 
@@ -235,7 +266,8 @@ def test_cancel_a_queued_job_and_ctrl_c_a_real_process(trainer, live_api, http, 
         assert again.exit_code == 1 and "cancelled" in again.stderr
 
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(input="y\n", timeout=60)
+        proc.communicate(input="y\n", timeout=60)
+        err = stderr.read_text()
         assert proc.returncode == 130, err
         assert f"Cancel job {long_id}? [y/N]" in err and "Cancel requested" in err
         done = wait_for(http, long_id, {"cancelled", "succeeded", "failed"}, timeout=60)
@@ -246,17 +278,3 @@ def test_cancel_a_queued_job_and_ctrl_c_a_real_process(trainer, live_api, http, 
             proc.wait(10)
         for job_id in ours:  # never leave the shared worker busy with a 400-epoch job
             http.post(f"/v1/jobs/{job_id}/cancel")
-
-
-def read_line(stream, needle: str, timeout: float) -> str:
-    """The first line of a child's pipe containing ``needle``; fails instead of blocking forever."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], 0.5)
-        if ready:
-            line = stream.readline()
-            if not line:
-                break
-            if needle in line:
-                return line
-    raise AssertionError(f"no line with {needle!r} within {timeout} s")

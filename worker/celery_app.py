@@ -31,6 +31,7 @@ def database() -> Database:
 @signals.worker_init.connect
 def _preload_tensorflow(**_):
     """Import TF in the parent (shared by every forked child); create no device context here."""
+    import worker.plots  # noqa: F401  (matplotlib too: once per worker, not per job)
     import worker.tf_env  # noqa: F401
 
     # Celery runs gc.collect() before forking each child: ~0.25 s over TF's ~430k objects unless

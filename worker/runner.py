@@ -5,6 +5,7 @@ writes ``heartbeat_at``, ships the job's log lines and watches for a cancel requ
 """
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import tempfile
@@ -230,6 +231,8 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
             result["transfer"] = {**job_plan["transfer"], **outcome.transfer}
         log.info("test %s; sparsity %.4f", outcome.test, result["sparsity"]["overall"])
 
+        pictures = _render_plots(run, recipe, outcome, result, job_plan)
+
         def store() -> None:
             run.flush_pending()
             with run.db.session() as session:
@@ -242,9 +245,28 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
                     with path.open("rb") as fh:
                         artifacts.store(session, fh, kind="model", format=fmt, filename=f"{run.job_id}-{path.name}",
                                         chunk_bytes=run.settings.artifact_chunk_bytes, job_id=run.job_id)
+                for name, png in pictures.items():
+                    artifacts.store(session, io.BytesIO(png), kind="plot", format="png", filename=f"{name}.png",
+                                    chunk_bytes=run.settings.artifact_chunk_bytes, job_id=run.job_id)
 
         with_retries(store, run.settings.db_retry_s, "storing the trained model")
     return JobStatus.SUCCEEDED
+
+
+def _render_plots(run: JobRun, recipe: Recipe, outcome, result: dict, job_plan: dict) -> dict[str, bytes]:
+    """Pictures are a courtesy: a failure to draw them is logged, never a failed job."""
+    try:
+        from worker import plots
+
+        run.flush_pending()
+        with run.db.session() as session:
+            history = jobs.history(session, run.job_id)
+        final = [layer.kernel.numpy() for layer in outcome.model.layers if getattr(layer, "kernel", None) is not None]
+        return plots.render(history, recipe, result, job_plan.get("steps_per_epoch", 1), job_plan.get("pruning_end_step"),
+                            outcome.initial_kernels, final)
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        log.warning("could not draw the plots: %s", exc)
+        return {}
 
 
 def with_retries(action, give_up_after_s: float, what: str):

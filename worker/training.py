@@ -48,6 +48,7 @@ class Outcome:
     seconds: float = 0.0
     test_before_threshold: dict | None = None
     transfer: dict | None = None
+    initial_kernels: list = field(default_factory=list)
 
 
 class _Progress(keras.callbacks.Callback):
@@ -186,6 +187,7 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
             model, pruned_names = pruning.apply(model, recipe, end_step, names)
             callbacks += pruning.callbacks()
             measure = _kernel_sparsity(pruning.wrapped_kernels(model))
+        initial_kernels = [k.numpy() for k in _kernels(model)]
         y_train = _targets(recipe, splits.x_train, splits.y_train, stats)
         probe = None
         if recipe.training.diagnostics and strategy is None:  # mirrored variables can't be read off a replica
@@ -237,7 +239,12 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
     return Outcome(
         model=final, test=test, epochs_run=epochs_run, stopped=progress.stopped, pruned_layers=pruned_names,
         seconds=time.perf_counter() - started, test_before_threshold=before,
-        transfer={"checksums": checksums} if transfer else None,
+        transfer={"checksums": checksums} if transfer else None, initial_kernels=initial_kernels,
     )
+
+
+def _kernels(model) -> list:
+    return [k for k in (getattr(getattr(layer, "layer", layer), "kernel", None) for layer in model.layers)
+            if k is not None]
 
 

@@ -1,0 +1,106 @@
+"""Pictures of what training did, rendered once at the end of a job (matplotlib, Agg) and stored as PNGs.
+
+curves: loss and accuracy, train vs validation, phases marked. sparsity: measured sparsity at each epoch's
+end against the schedule's target. layers: sparsity per layer. weights: kernel weights at initialization
+vs trained (and pruned) — L1 and pruning pile weights up at zero.
+"""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from core.recipe import PolynomialDecay, Recipe  # noqa: E402
+
+NAMES = ("curves", "sparsity", "layers", "weights")
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def curves(history: list[dict]) -> bytes:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    epochs = [row["epoch"] for row in history]
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            values = [row.get(key) for row in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, label=key)
+        for prev, row in zip(history, history[1:]):
+            if row.get("phase") != prev.get("phase"):
+                ax.axvline(row["epoch"] - 0.5, color="grey", lw=0.8)
+                ax.annotate(row.get("phase", ""), (row["epoch"] - 0.5, 0.95), xycoords=("data", "axes fraction"),
+                            fontsize=8, color="grey")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def target_sparsity(recipe: Recipe, step: int, end_step: int) -> float:
+    """The schedule's own formula (TF-MOT's PolynomialDecay / ConstantSparsity), for comparison."""
+    schedule = recipe.pruning.schedule
+    if step < schedule.begin_step:
+        return 0.0
+    if isinstance(schedule, PolynomialDecay):
+        p = min(1.0, max(0.0, (step - schedule.begin_step) / max(1, end_step - schedule.begin_step)))
+        return schedule.final_sparsity + (schedule.initial_sparsity - schedule.final_sparsity) * (1 - p) ** schedule.power
+    return schedule.target_sparsity
+
+
+def sparsity(history: list[dict], recipe: Recipe, steps_per_epoch: int, end_step: int | None) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    steps = [row["epoch"] * steps_per_epoch for row in history]
+    ax.plot(steps, [row.get("sparsity", 0.0) for row in history], "o-", label="measured (kernels of pruned layers)")
+    if recipe.pruning and recipe.pruning.schedule and end_step:
+        grid = np.linspace(0, max(steps or [1]), 200)
+        ax.plot(grid, [target_sparsity(recipe, int(s), end_step) for s in grid], "--", label="schedule target")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("sparsity")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def layers(report: dict) -> bytes:
+    rows = [layer for layer in report["sparsity"]["layers"] if "sparsity" in layer]
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * max(1, len(rows))))
+    names = [row["name"] for row in rows]
+    ax.barh(names, [row["sparsity"] for row in rows], color=["C1" if row["pruned"] else "C0" for row in rows])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("kernel sparsity (orange: pruned)")
+    ax.invert_yaxis()
+    return _png(fig)
+
+
+def weights(initial: list[np.ndarray], final: list[np.ndarray]) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    before = np.concatenate([k.ravel() for k in initial]) if initial else np.zeros(1)
+    after = np.concatenate([k.ravel() for k in final]) if final else np.zeros(1)
+    limit = float(np.percentile(np.abs(np.concatenate([before, after])), 99.5)) or 1.0
+    bins = np.linspace(-limit, limit, 81)
+    ax.hist(before, bins=bins, alpha=0.5, label="at initialization")
+    ax.hist(after, bins=bins, alpha=0.5, label=f"trained ({np.mean(after == 0):.0%} exactly zero)")
+    ax.set_yscale("log")
+    ax.set_xlabel("kernel weight")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def render(history: list[dict], recipe: Recipe, report: dict, steps_per_epoch: int, end_step: int | None,
+           initial_kernels: list[np.ndarray], final_kernels: list[np.ndarray]) -> dict[str, bytes]:
+    return {
+        "curves": curves(history),
+        "sparsity": sparsity(history, recipe, steps_per_epoch, end_step),
+        "layers": layers(report),
+        "weights": weights(initial_kernels, final_kernels),
+    }
