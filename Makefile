@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8000
 
-.PHONY: install run migrate test test-fast bench bench-load lint clean
+.PHONY: browser install run migrate test test-fast bench bench-load lint clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, not {sys.version}"'
@@ -24,7 +24,11 @@ migrate: install
 run: install
 	PORT=$(PORT) scripts/run.sh
 
-test: install
+## Debian's Chromium, for the job-page tests (installed when missing; needs root).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: install browser
 	$(BIN)/pytest
 
 ## Schema, API and training unit tests only (no worker process).

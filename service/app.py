@@ -59,6 +59,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(datasets_api)
     app.register_api(health_api)
 
+    from service.pages import pages
+
+    app.register_blueprint(pages)
+
     @app.get("/openapi.json", doc_ui=False)
     def openapi_json():
         return app.api_doc

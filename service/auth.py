@@ -14,7 +14,7 @@ from core.errors import Unauthorized
 
 log = logging.getLogger(__name__)
 SINGLE_USER_OWNER = "default"
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/docs", "/openapi.json")
+PUBLIC_PREFIXES = ("/healthz", "/readyz", "/docs", "/openapi.json", "/jobs/")  # pages fetch data with the token
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="trainer"'}
 
 
