@@ -76,8 +76,10 @@ def report_problem(exc: TrainerError, as_json: bool) -> None:
     """The server's own ``detail`` is the message; --json gets the whole problem as JSON."""
     if as_json:
         click.echo(json.dumps(exc.as_dict()), err=True)
-    else:
-        click.echo(f"Error: {exc}", err=True)
+        return
+    click.echo(f"Error: {exc}", err=True)
+    if exc.status == 401:
+        click.echo("Hint: pass --token or set TRAINER_TOKEN", err=True)
 
 
 def _set_json(ctx: click.Context, _param, value: bool) -> None:
@@ -109,16 +111,17 @@ def cli(ctx: click.Context, url: str, token: str | None, as_json: bool) -> None:
 @click.option("--wait", is_flag=True, help="Follow the job to its end; exit 1 unless it succeeds.")
 @click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(min=0.05),
               help="Seconds between polls while waiting.")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Stop waiting after this many seconds (exit 1).")
 @json_option
 @click.pass_obj
-def submit(s: Session, recipe: Path, wait: bool, poll: float) -> None:
+def submit(s: Session, recipe: Path, wait: bool, poll: float, timeout: float | None) -> None:
     """Submit RECIPE (a JSON file) as a new job."""
     job = s.client.submit(recipe)
     click.echo(f"Submitted job {job.id} ({job.status})", err=True)
     for warning in job.data.get("warnings") or []:
         click.echo(f"Warning: {warning}", err=True)
     if wait:
-        follow(s, job, poll)
+        follow(s, job, poll, timeout)
     show_job(s, job)
     if wait:
         conclude(job)
@@ -153,7 +156,7 @@ def list_jobs(s: Session, status: str | None, limit: int) -> None:
 @click.pass_obj
 def cancel(s: Session, job_id: str) -> None:
     """Cancel a job: a queued one at once, a running one at its next batch."""
-    job = s.client.job(job_id).cancel()
+    job = s.client.job(job_id, fetch=False).cancel()
     if s.as_json:
         s.emit(job.data)
     elif job.status == "cancelled":
@@ -169,7 +172,7 @@ def cancel(s: Session, job_id: str) -> None:
 @click.pass_obj
 def history(s: Session, job_id: str, as_csv: bool) -> None:
     """Per-epoch metrics of a job."""
-    job = Job(s.client, {"id": job_id})
+    job = s.client.job(job_id, fetch=False)
     if as_csv:
         click.echo(job.history_csv(), nl=False)
     elif s.as_json:
@@ -187,7 +190,7 @@ def history(s: Session, job_id: str, as_csv: bool) -> None:
 @click.pass_obj
 def download(s: Session, job_id: str, fmt: str, output: Path | None) -> None:
     """Download a job's model, verify its sha256 and print it (as sha256sum does)."""
-    job = Job(s.client, {"id": job_id})
+    job = s.client.job(job_id, fetch=False)
     with Progress(TextColumn(fmt), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=s.err, transient=True, disable=s.as_json or not s.err.is_terminal) as bar:
         task = bar.add_task("download", total=None)
@@ -202,17 +205,20 @@ def download(s: Session, job_id: str, fmt: str, output: Path | None) -> None:
 # -- waiting -----------------------------------------------------------------------------------------
 
 
-def follow(s: Session, job: Job, poll: float) -> None:
+def follow(s: Session, job: Job, poll: float, timeout: float | None) -> None:
     """Wait with a live bar (none with --json); on Ctrl-C offer to cancel, then exit 130."""
     try:
         if s.as_json:
-            job.wait(poll=poll)
+            job.wait(poll=poll, timeout=timeout)
         else:
             with EpochProgress(s.err, job) as bar:
-                job.wait(poll=poll, on_update=bar.update)
+                job.wait(poll=poll, timeout=timeout, on_update=bar.update)
     except KeyboardInterrupt:
         offer_cancel(job)
         raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    except TimeoutError as exc:
+        click.echo(f"Error: {exc}; it goes on on the server (trainer status {job.id})", err=True)
+        raise click.exceptions.Exit(EXIT_FAILED) from None
 
 
 def offer_cancel(job: Job) -> None:

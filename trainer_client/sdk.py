@@ -101,7 +101,7 @@ class Client:
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0, **httpx_options):
-        self.url = (url or os.environ.get("TRAINER_URL") or DEFAULT_URL).rstrip("/")
+        self.url = str(url or os.environ.get("TRAINER_URL") or DEFAULT_URL).rstrip("/")
         token = token if token is not None else os.environ.get("TRAINER_TOKEN")
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json, application/problem+json"}
         if token:
@@ -119,16 +119,26 @@ class Client:
 
     # -- the resources -------------------------------------------------------------------------------
 
-    def submit(self, recipe: dict | str | os.PathLike) -> Job:
-        """Send a recipe (a dict, or the path of a JSON file sent as is, so the server judges it)."""
+    def submit(self, recipe: dict | str | os.PathLike, idempotency_key: str | None = None) -> Job:
+        """Send a recipe (a dict, or the path of a JSON file sent as is, so the server judges it).
+
+        With ``idempotency_key``, retrying after a lost response returns the same job instead of a second one.
+        """
         if isinstance(recipe, dict):
             content = json.dumps(recipe).encode()
         else:
             content = Path(recipe).read_bytes()
-        response = self.request("POST", "/v1/jobs", content=content, headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        response = self.request("POST", "/v1/jobs", content=content, headers=headers)
         return Job(self, response.json(), etag=response.headers.get("ETag"))
 
-    def job(self, job_id: str) -> Job:
+    def job(self, job_id: str, *, fetch: bool = True) -> Job:
+        """The job as it is now; ``fetch=False`` gives a handle with only its id, for calls that need no
+        more (cancel, history, download) — one request fewer, and the server still says 404 if it is unknown."""
+        if not fetch:
+            return Job(self, {"id": job_id})
         response = self.request("GET", f"/v1/jobs/{job_id}")
         return Job(self, response.json(), etag=response.headers.get("ETag"))
 
@@ -151,13 +161,13 @@ class Client:
 
     # -- transport -----------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, *, ok: Iterable[int] = (), **kwargs) -> httpx.Response:
-        """One request; any status >= 400 not listed in ``ok`` becomes a TrainerError."""
+    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """One request; a status >= 400 becomes a TrainerError, a transport failure too (status None)."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
-        if response.status_code >= 400 and response.status_code not in ok:
+        if response.status_code >= 400:
             raise TrainerError.from_response(response)
         return response
 
@@ -174,7 +184,7 @@ class Client:
             raise self._unreachable(exc) from exc
 
     def _unreachable(self, exc: Exception) -> TrainerError:
-        return TrainerError(None, "Connection failed", f"{self.url}: {exc or type(exc).__name__}")
+        return TrainerError(None, "Connection failed", f"{self.url}: {str(exc) or type(exc).__name__}")
 
 
 class Job:
@@ -197,8 +207,8 @@ class Job:
         return self.data.get("name")
 
     @property
-    def status(self) -> str:
-        return self.data["status"]
+    def status(self) -> str | None:
+        return self.data.get("status")  # None on a handle made with fetch=False, until refresh()
 
     @property
     def progress(self) -> dict:
