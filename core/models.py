@@ -70,6 +70,8 @@ class Job(Base):
     error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     device: Mapped[str | None] = mapped_column(String(128), nullable=True)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    experiment_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    variant: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class EpochRecord(Base):
@@ -159,3 +161,15 @@ class IdempotencyKey(Base):
     request_sha256: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class Experiment(Base):
+    """A base recipe × variants × seeds: one child job each, compared when they are done."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -52,11 +52,13 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     _install_body_checks(app, settings)
 
     from service.datasets_api import api as datasets_api
+    from service.experiments_api import api as experiments_api
     from service.health_api import api as health_api
     from service.jobs_api import api as jobs_api
 
     app.register_api(jobs_api)
     app.register_api(datasets_api)
+    app.register_api(experiments_api)
     app.register_api(health_api)
 
     from service.pages import pages

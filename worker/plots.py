@@ -104,3 +104,21 @@ def render(history: list[dict], recipe: Recipe, report: dict, steps_per_epoch: i
         "layers": layers(report),
         "weights": weights(initial_kernels, final_kernels),
     }
+
+
+def compare(curves: dict[str, list[list[dict]]], metric: str = "val_accuracy") -> bytes:
+    """One line per variant: the mean over its seeds, with the seeds' range shaded."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for index, (variant, runs) in enumerate(sorted(curves.items())):
+        length = min(len(run) for run in runs)
+        if not length:
+            continue
+        values = np.array([[row.get(metric) or np.nan for row in run[:length]] for run in runs], dtype=float)
+        epochs = np.arange(1, length + 1)
+        ax.plot(epochs, np.nanmean(values, axis=0), label=variant, color=f"C{index}")
+        if len(runs) > 1:
+            ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), alpha=0.15, color=f"C{index}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=8)
+    return _png(fig)

@@ -15,12 +15,13 @@ import traceback
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from core import artifacts, jobs
 from core.db import Database
 from core.errors import DatasetError, RecipeError
-from core.models import JobStatus, utcnow
+from core.models import Job, JobStatus, utcnow
 from core.recipe import Recipe
 from core.settings import Settings
 
@@ -168,7 +169,28 @@ def run_job(db: Database, settings: Settings, job_id: str, device: str = "CPU:0"
                             progress={**progress, **run.last_progress, "phase": status.value})
 
         with_retries(record_end, settings.db_retry_s, f"recording the job as {status.value}")
+    _maybe_compare(db, settings, job_id)
     return status.value
+
+
+def _maybe_compare(db: Database, settings: Settings, job_id: str) -> None:
+    """The worker that ends an experiment's last job draws its comparison (each checks after its own commit,
+    so the last one to finish always sees every sibling ended)."""
+    try:
+        from core import experiments
+
+        with db.session() as session:
+            experiment_id = session.scalar(select(Job.experiment_id).where(Job.id == job_id))
+            curves = experiments.finished_curves(session, experiment_id) if experiment_id else None
+        if curves is None:
+            return
+        from worker import plots
+
+        png = plots.compare(curves)
+        with db.session() as session:
+            experiments.store_plot(session, experiment_id, png, settings.artifact_chunk_bytes)
+    except Exception as exc:  # noqa: BLE001 - a picture must never fail a job
+        logging.getLogger(__name__).warning("could not draw the experiment's comparison: %s", exc)
 
 
 def _error_for(exc: Exception) -> dict:

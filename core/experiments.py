@@ -1,0 +1,176 @@
+"""Experiments: the seed's comparisons run as one request — a base recipe, variants of it, several seeds.
+
+Each variant × seed is an ordinary job (queued, trained, cancellable like any); the comparison is computed
+from their results when asked. Variants are overrides by dotted path (``training.optimizer.type``), applied to
+the base and validated like any recipe, so a bad variant is a 422 naming it.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from core import artifacts, jobs
+from core.errors import Conflict, NotFound, RecipeError
+from core.models import FINISHED, Artifact, ArtifactChunk, Experiment, Job, JobStatus
+from core.recipe import Recipe
+from core.settings import Settings
+
+
+class Variant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    overrides: dict[str, Any] = Field(default_factory=dict, description='e.g. {"training.optimizer.type": "nadam"}')
+
+
+class ExperimentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("experiment", min_length=1, max_length=200)
+    base: dict = Field(description="A recipe; every variant starts from it.")
+    variants: list[Variant] = Field(min_length=1, max_length=20)
+    repeats: int = Field(1, ge=1, le=10, description="Seeds per variant: base seed, +1, +2, …")
+    target_accuracy: float | None = Field(None, gt=0, le=1, description="For 'epochs to reach' in the table.")
+
+
+def apply_overrides(base: dict, overrides: dict[str, Any]) -> dict:
+    recipe = copy.deepcopy(base)
+    for dotted, value in overrides.items():
+        *path, last = dotted.split(".")
+        target = recipe
+        for part in path:
+            key: Any = int(part) if part.isdigit() and isinstance(target, list) else part
+            if isinstance(target, dict):
+                target = target.setdefault(key, {})
+            else:
+                target = target[key]
+        if isinstance(target, list):
+            target[int(last)] = value
+        elif value is None:
+            target.pop(last, None)
+        else:
+            target[last] = value
+    return recipe
+
+
+def create(session: Session, spec: ExperimentSpec, owner: str, settings: Settings) -> tuple[Experiment, list[Job]]:
+    experiment = Experiment(id=uuid.uuid4().hex, owner=owner, name=spec.name, spec=spec.model_dump(mode="json"))
+    session.add(experiment)
+    children = []
+    for index, variant in enumerate(spec.variants):
+        for repeat in range(spec.repeats):
+            raw = apply_overrides(spec.base, variant.overrides)
+            raw["seed"] = int(raw.get("seed", 42)) + repeat
+            raw["name"] = f"{spec.name}/{variant.name}/seed{raw['seed']}"[:200]
+            try:
+                recipe = Recipe.model_validate(raw)
+                job = jobs.create(session, recipe, owner, settings)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise RecipeError(["variants", index], f"variant {variant.name!r}: "
+                                  f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+            except RecipeError as exc:
+                raise RecipeError(["variants", index], f"variant {variant.name!r}: {exc.detail}") from None
+            job.experiment_id, job.variant = experiment.id, variant.name
+            children.append(job)
+    return experiment, children
+
+
+def get(session: Session, experiment_id: str, owner: str) -> tuple[Experiment, list[Job]]:
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None or experiment.owner != owner:
+        raise NotFound(f"no experiment {experiment_id!r}")
+    children = list(session.execute(select(Job).where(Job.experiment_id == experiment_id)
+                                    .order_by(Job.created_at, Job.id)).scalars())
+    return experiment, children
+
+
+def _mean_spread(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"mean": round(statistics.fmean(values), 4),
+            "spread": round(statistics.pstdev(values), 4) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def comparison(session: Session, experiment: Experiment, children: list[Job]) -> list[dict]:
+    target = experiment.spec.get("target_accuracy")
+    rows = []
+    for variant in experiment.spec["variants"]:
+        mine = [job for job in children if job.variant == variant["name"]]
+        done = [job for job in mine if job.status == JobStatus.SUCCEEDED.value]
+        histories = {job.id: jobs.history(session, job.id) for job in done}
+        reach = []
+        for job in done:
+            hits = [h["epoch"] for h in histories[job.id] if (h.get("val_accuracy") or 0) >= (target or 2)]
+            if target and hits:
+                reach.append(hits[0])
+        sizes = [next(iter(job.result["sizes"].values()))["gzip_bytes"] for job in done if job.result.get("sizes")]
+        rows.append({
+            "variant": variant["name"], "overrides": variant["overrides"],
+            "jobs": {job.id: job.status for job in mine},
+            "test_accuracy": _mean_spread([job.result["test"]["accuracy"] for job in done
+                                           if "accuracy" in job.result["test"]]),
+            "best_val_accuracy": _mean_spread([max((h.get("val_accuracy") or 0) for h in histories[job.id])
+                                               for job in done if histories[job.id]]),
+            "epochs_to_target": _mean_spread([float(e) for e in reach]) if target else None,
+            "reached_target": f"{len(reach)}/{len(done)}" if target else None,
+            "wall_seconds": _mean_spread([(job.finished_at - job.started_at).total_seconds() for job in done]),
+            "sparsity": _mean_spread([job.result["sparsity"]["overall"] for job in done]),
+            "gzip_bytes": _mean_spread([float(s) for s in sizes]),
+        })
+    return rows
+
+
+def cancel(session: Session, experiment_id: str, owner: str) -> int:
+    _, children = get(session, experiment_id, owner)
+    count = 0
+    for job in children:
+        if job.status in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+            try:
+                jobs.cancel(session, job.id, owner)
+                count += 1
+            except Conflict:  # it finished meanwhile
+                pass
+    return count
+
+
+PLOT_KIND = "experiment-plot"
+
+
+def finished_curves(session: Session, experiment_id: str) -> dict[str, list[list[dict]]] | None:
+    """Each variant's histories once every child job has ended, else None."""
+    children = list(session.execute(select(Job).where(Job.experiment_id == experiment_id)).scalars())
+    if not children or any(JobStatus(job.status) not in FINISHED for job in children):
+        return None
+    curves: dict[str, list[list[dict]]] = {}
+    for job in children:
+        if job.status == JobStatus.SUCCEEDED.value:
+            curves.setdefault(job.variant, []).append(jobs.history(session, job.id))
+    return curves
+
+
+def store_plot(session: Session, experiment_id: str, png: bytes, chunk_bytes: int) -> None:
+    import io
+
+    session.execute(delete(Artifact).where(Artifact.kind == PLOT_KIND, Artifact.filename == f"{experiment_id}.png"))
+    artifacts.store(session, io.BytesIO(png), kind=PLOT_KIND, format="png", filename=f"{experiment_id}.png",
+                    chunk_bytes=chunk_bytes)
+
+
+def remove(session: Session, experiment_id: str, owner: str) -> None:
+    experiment, children = get(session, experiment_id, owner)
+    busy = [job.id for job in children if JobStatus(job.status) not in FINISHED]
+    if busy:
+        raise Conflict(f"{len(busy)} jobs of this experiment are still queued or running: cancel it first")
+    for job in children:
+        jobs.remove(session, job.id, owner)
+    plot = select(Artifact.id).where(Artifact.kind == PLOT_KIND, Artifact.filename == f"{experiment_id}.png")
+    session.execute(delete(ArtifactChunk).where(ArtifactChunk.artifact_id.in_(plot)))
+    session.execute(delete(Artifact).where(Artifact.kind == PLOT_KIND, Artifact.filename == f"{experiment_id}.png"))
+    session.execute(delete(Experiment).where(Experiment.id == experiment_id))

@@ -1,0 +1,88 @@
+"""/v1/experiments: a base recipe, variants and seeds as child jobs, and the comparison table."""
+from __future__ import annotations
+
+from flask import Response, stream_with_context
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from core import artifacts, experiments
+from core.errors import NotFound
+from core.models import Artifact
+from core.queue import dispatch
+from service.app import services
+from service.auth import current_owner
+from service.problems import COMMON_RESPONSES, body
+
+api = APIBlueprint("experiments", __name__, url_prefix="/v1/experiments", abp_tags=[Tag(name="experiments")],
+                   abp_security=[{"bearer": []}], abp_responses=COMMON_RESPONSES)
+
+
+class ExperimentPath(BaseModel):
+    experiment_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+
+
+def _body(session, experiment, children) -> dict:
+    base = f"/v1/experiments/{experiment.id}"
+    finished = sum(job.status in ("succeeded", "failed", "cancelled") for job in children)
+    return {"id": experiment.id, "name": experiment.name, "created_at": experiment.created_at.isoformat(),
+            "spec": experiment.spec, "jobs": len(children), "finished": finished,
+            "comparison": experiments.comparison(session, experiment, children),
+            "links": {"self": base, "cancel": f"{base}/cancel", "compare_plot": f"{base}/plots/compare.png"}}
+
+
+@api.post("", responses={202: body("The experiment with its queued child jobs")})
+def create_experiment(body: experiments.ExperimentSpec):
+    """One child job per variant × seed, queued like any job."""
+    svc = services()
+    with svc.db.session() as session:
+        experiment, children = experiments.create(session, body, current_owner(), svc.settings)
+        ids = [job.id for job in children]
+    for job_id in ids:
+        dispatch(svc.celery, job_id)
+    with svc.db.session() as session:
+        experiment, children = experiments.get(session, experiment.id, current_owner())
+        out = _body(session, experiment, children)
+    return out, 202, {"Location": f"/v1/experiments/{experiment.id}"}
+
+
+@api.get("/<experiment_id>", responses={200: body("The comparison table, per variant")})
+def get_experiment(path: ExperimentPath):
+    """Per variant: mean ± spread over seeds of test accuracy, best val accuracy, epochs to the target,
+    wall time, sparsity and gzipped size."""
+    svc = services()
+    with svc.db.session() as session:
+        experiment, children = experiments.get(session, path.experiment_id, current_owner())
+        return _body(session, experiment, children)
+
+
+@api.post("/<experiment_id>/cancel", responses={202: body("How many child jobs were cancelled")})
+def cancel_experiment(path: ExperimentPath):
+    svc = services()
+    with svc.db.session() as session:
+        count = experiments.cancel(session, path.experiment_id, current_owner())
+    return {"cancelled": count}, 202
+
+
+@api.delete("/<experiment_id>", responses={204: None})
+def delete_experiment(path: ExperimentPath):
+    svc = services()
+    with svc.db.session() as session:
+        experiments.remove(session, path.experiment_id, current_owner())
+    return Response(status=204)
+
+
+@api.get("/<experiment_id>/plots/compare.png",
+         responses={200: body("Validation accuracy per variant", "image/png", {"type": "string", "format": "binary"})})
+def compare_plot(path: ExperimentPath):
+    """Drawn by the worker that finishes the experiment's last job."""
+    svc = services()
+    with svc.db.session() as session:
+        experiments.get(session, path.experiment_id, current_owner())
+        found = select(Artifact).where(Artifact.kind == experiments.PLOT_KIND,
+                                       Artifact.filename == f"{path.experiment_id}.png")
+        artifact = session.execute(found).scalars().first()
+    if artifact is None:
+        raise NotFound("the comparison plot is drawn when every job of the experiment has ended")
+    return Response(stream_with_context(artifacts.stream(svc.db, artifact)), mimetype="image/png",
+                    headers={"Content-Length": str(artifact.size)})
