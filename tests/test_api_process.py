@@ -14,8 +14,8 @@ app = create_app(load_settings(database_url="sqlite:///{db}", broker_url="sqla+s
 c = app.test_client()
 c.get("/openapi.json"); c.get("/v1/datasets"); c.get("/readyz")
 c.post("/v1/jobs", json={{"dataset": {{"name": "iris"}}, "model": {{"input_shape": [4], "layers": []}}}})
-heavy = sorted(m for m in ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "sklearn", "h5py", "matplotlib")
-               if m in sys.modules)
+heavy = sorted(m for m in ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "sklearn", "h5py",
+                           "matplotlib") if m in sys.modules)
 print("HEAVY=" + ",".join(heavy))
 """
 

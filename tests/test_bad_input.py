@@ -63,7 +63,8 @@ def catalogue() -> list[tuple[str, dict]]:
                  ("pruning", "schedule", "final_sparsity"), ("training", "optimizer", "type")]:
         cases.append((f"missing {'.'.join(map(str, path))}", {"json": removed(path)}))
     for raw in ('{"seed": NaN}', '{"seed": Infinity}', '{"training": {"optimizer": {"type": "sgd", "learning_rate": NaN}}}',
-                "[" * 100_000 + "]" * 100_000, '{"a": ' * 5000 + "1" + "}" * 5000, "{", '{"name": "x"', '{"name": "\\ud800"}',
+                "[" * 100_000 + "]" * 100_000, '{"a": ' * 5000 + "1" + "}" * 5000, "{", '{"name": "x"',
+                '{"name": "\\ud800"}',
                 "null", "[]", '"recipe"', "42", '{"dataset": []}', "\x00\x01\x02", '{"name": "' + "é" * 300 + '"}'):
         cases.append((f"raw body {raw[:30]!r}", {"data": raw, "content_type": "application/json"}))
     for name in ("../../etc/passwd", "/etc/passwd", "digits; rm -rf /", "C:\\\\windows", "", " digits", "%2e%2e",
