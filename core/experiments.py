@@ -33,6 +33,7 @@ class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("experiment", min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=4000)
     base: dict = Field(description="A recipe; every variant starts from it.")
     variants: list[Variant] = Field(min_length=1, max_length=20)
     repeats: int = Field(1, ge=1, le=10, description="Seeds per variant: base seed, +1, +2, …")
