@@ -156,6 +156,11 @@ def finished_curves(session: Session, experiment_id: str) -> dict[str, list[list
     return curves
 
 
+def plot_artifact(session: Session, experiment_id: str) -> Artifact | None:
+    return session.execute(select(Artifact).where(Artifact.kind == PLOT_KIND,
+                                                  Artifact.filename == f"{experiment_id}.png")).scalars().first()
+
+
 def store_plot(session: Session, experiment_id: str, png: bytes, chunk_bytes: int) -> None:
     import io
 

@@ -1,18 +1,17 @@
 """/v1/experiments: a base recipe, variants and seeds as child jobs, and the comparison table."""
 from __future__ import annotations
 
-from flask import Response, stream_with_context
+from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
-from core import artifacts, experiments
+from core import experiments
 from core.errors import NotFound
-from core.models import Artifact
 from core.queue import dispatch
 from service.app import services
 from service.auth import current_owner
 from service.problems import COMMON_RESPONSES, body
+from service.representation import png
 
 api = APIBlueprint("experiments", __name__, url_prefix="/v1/experiments", abp_tags=[Tag(name="experiments")],
                    abp_security=[{"bearer": []}], abp_responses=COMMON_RESPONSES)
@@ -79,10 +78,7 @@ def compare_plot(path: ExperimentPath):
     svc = services()
     with svc.db.session() as session:
         experiments.get(session, path.experiment_id, current_owner())
-        found = select(Artifact).where(Artifact.kind == experiments.PLOT_KIND,
-                                       Artifact.filename == f"{path.experiment_id}.png")
-        artifact = session.execute(found).scalars().first()
+        artifact = experiments.plot_artifact(session, path.experiment_id)
     if artifact is None:
         raise NotFound("the comparison plot is drawn when every job of the experiment has ended")
-    return Response(stream_with_context(artifacts.stream(svc.db, artifact)), mimetype="image/png",
-                    headers={"Content-Length": str(artifact.size)})
+    return png(svc.db, artifact)

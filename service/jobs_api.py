@@ -17,7 +17,7 @@ from core.recipe import ExportFormat, Recipe
 from service.app import services
 from service.auth import current_owner
 from service.problems import COMMON_RESPONSES, NOT_MODIFIED, body
-from service.representation import history_csv, job_body
+from service.representation import history_csv, job_body, png
 
 api = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", abp_tags=[Tag(name="jobs")], abp_security=[{"bearer": []}],
                    abp_responses=COMMON_RESPONSES)
@@ -164,8 +164,7 @@ def get_plot(path: PlotPath):
         artifact = jobs.plot_artifacts(session, path.job_id).get(path.name)
     if artifact is None:
         raise NotFound(f"job {path.job_id} has no {path.name} plot (plots are drawn when a job succeeds)")
-    return Response(stream_with_context(artifacts.stream(svc.db, artifact)), mimetype="image/png",
-                    headers={"Content-Length": str(artifact.size), "Cache-Control": "max-age=3600"})
+    return png(svc.db, artifact)
 
 
 @api.get("/<job_id>/history", responses={200: {"description": "One row per epoch", "content": {

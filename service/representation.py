@@ -4,6 +4,9 @@ from __future__ import annotations
 import csv
 import io
 
+from flask import Response, stream_with_context
+
+from core import artifacts
 from core.models import Artifact, Job
 
 
@@ -44,6 +47,12 @@ def job_body(job: Job, history: list[dict] | None, models: dict[str, Artifact] |
         },
     }
     return body
+
+
+def png(db, artifact: Artifact) -> Response:
+    """A stored picture, streamed (and checked) like any artifact."""
+    return Response(stream_with_context(artifacts.stream(db, artifact)), mimetype="image/png",
+                    headers={"Content-Length": str(artifact.size), "Cache-Control": "max-age=3600"})
 
 
 def history_csv(history: list[dict]) -> str:
