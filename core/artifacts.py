@@ -55,19 +55,31 @@ class CorruptArtifact(TrainerError):
     status, title = 500, "Corrupted artifact"
 
 
-def _chunk(db: Database, artifact: Artifact, seq: int) -> bytes:
+def _fetch(db: Database, artifact_id: str, seq: int) -> tuple[bytes, str | None] | None:
     with db.session() as session:
-        row = session.execute(
+        conn = session.connection()
+        if conn.dialect.name == "postgresql":
+            # bytea in binary form: psycopg's default text (hex) form reads about 3× slower
+            with conn.connection.dbapi_connection.cursor(binary=True) as cur:
+                cur.execute("SELECT data, sha256 FROM artifact_chunks WHERE artifact_id = %s AND seq = %s",
+                            (artifact_id, seq))
+                return cur.fetchone()
+        return session.execute(
             select(ArtifactChunk.data, ArtifactChunk.sha256).where(
-                ArtifactChunk.artifact_id == artifact.id, ArtifactChunk.seq == seq)
+                ArtifactChunk.artifact_id == artifact_id, ArtifactChunk.seq == seq)
         ).one_or_none()
+
+
+def _chunk(db: Database, artifact: Artifact, seq: int) -> tuple[bytes, bool]:
+    """(bytes, whether they were checked against the chunk's own sha256)."""
+    row = _fetch(db, artifact.id, seq)
     if row is None:
         raise CorruptArtifact(f"stored file {artifact.filename} is missing part {seq}; it cannot be served")
-    data = bytes(row.data)
-    if row.sha256 is not None and hashlib.sha256(data).hexdigest() != row.sha256:
+    data, expected = bytes(row[0]), row[1]
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         log.error("artifact %s part %d fails its sha256 check", artifact.id, seq)
         raise CorruptArtifact(f"stored file {artifact.filename} fails its sha256 check; it cannot be served")
-    return data
+    return data, expected is not None
 
 
 def stream(db: Database, artifact: Artifact) -> Iterator[bytes]:
@@ -75,17 +87,19 @@ def stream(db: Database, artifact: Artifact) -> Iterator[bytes]:
     against its sha256. The first chunk is read and checked before this returns, so a corrupted
     single-chunk file — most models — is an error response, never a download; a later bad chunk aborts
     the transfer short of its Content-Length."""
-    first = _chunk(db, artifact, 0) if artifact.chunk_count else b""
+    first, checked = _chunk(db, artifact, 0) if artifact.chunk_count else (b"", True)
 
     def rest() -> Iterator[bytes]:
         if artifact.chunk_count:
             yield first
-        digest = hashlib.sha256(first)
+        # chunks stored before per-chunk digests existed are checked against the whole file's instead
+        digest = None if checked else hashlib.sha256(first)
         for seq in range(1, artifact.chunk_count):
-            data = _chunk(db, artifact, seq)
-            digest.update(data)
+            data, _ = _chunk(db, artifact, seq)
+            if digest is not None:
+                digest.update(data)
             yield data
-        if digest.hexdigest() != artifact.sha256:
+        if digest is not None and digest.hexdigest() != artifact.sha256:
             log.error("artifact %s fails its whole-file sha256 check", artifact.id)
             raise CorruptArtifact(f"stored file {artifact.filename} fails its sha256 check")
 

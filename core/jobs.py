@@ -158,11 +158,20 @@ def get_any(session: Session, job_id: str) -> Job:
     return job
 
 
+def version(session: Session, job_id: str, owner: str) -> int:
+    """What a poller's If-None-Match is compared with: one column, no job body."""
+    found = session.scalar(select(Job.version).where(Job.id == job_id, Job.owner == owner))
+    if found is None:
+        raise NotFound(f"no job {job_id!r}")
+    return found
+
+
 def history(session: Session, job_id: str) -> list[dict]:
-    rows = session.execute(
-        select(EpochRecord).where(EpochRecord.job_id == job_id).order_by(EpochRecord.epoch)
-    ).scalars()
-    return [{"epoch": r.epoch, "phase": r.phase, "attempt": r.attempt, **r.metrics} for r in rows]
+    rows = session.execute(  # not the diagnostics column: it has an endpoint of its own
+        select(EpochRecord.epoch, EpochRecord.phase, EpochRecord.attempt, EpochRecord.metrics)
+        .where(EpochRecord.job_id == job_id).order_by(EpochRecord.epoch)
+    ).all()
+    return [{"epoch": epoch, "phase": phase, "attempt": attempt, **metrics} for epoch, phase, attempt, metrics in rows]
 
 
 def logs(session: Session, job_id: str) -> list[LogLine]:

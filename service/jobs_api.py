@@ -85,10 +85,12 @@ def get_job(path: JobPath):
 def _job_response(job_id: str, status: int = 200) -> Response:
     svc = services()
     with svc.db.session() as session:
+        if status == 200 and request.if_none_match:
+            version = jobs.version(session, job_id, current_owner())  # one indexed column, nothing else
+            if request.if_none_match.contains_weak(f"{job_id}-{version}"):
+                return Response(status=304, headers={"ETag": f'"{job_id}-{version}"'})
         job = jobs.get(session, job_id, current_owner())
         tag = f"{job.id}-{job.version}"
-        if status == 200 and request.if_none_match.contains_weak(tag):
-            return Response(status=304, headers={"ETag": f'"{tag}"'})
         body = job_body(job, jobs.history(session, job_id), jobs.model_artifacts(session, job_id))
     response = api_json(body, status)
     response.headers["ETag"] = f'"{tag}"'
