@@ -35,10 +35,15 @@ test: install browser
 test-fast: install
 	$(BIN)/pytest -m "not worker"
 
-## Service overhead vs a plain script, API RSS/start, submit-to-running: embedded, then PostgreSQL + Redis.
+## Every benchmark (about 20 min; each writes bench/results/*.json and prints its table; README quotes them).
 bench: install
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.overhead --redis
+	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.polling
+	$(BIN)/python -m bench.download
+	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.sparsity
 
 ## 50 pollers + 10 submitters for 60 s with wrk while a job trains (installs wrk if missing).
