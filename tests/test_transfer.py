@@ -120,3 +120,16 @@ def test_a_base_that_has_not_succeeded_is_422(http, model_a):
     data = recipe("3-model-B-on-A", base_job_id=queued["id"])
     response = http.post("/v1/jobs", json=data)
     assert response.status_code == 422 and "only a succeeded job" in response.json()["detail"]
+
+
+def test_another_owners_job_is_not_a_base(backend, model_a):
+    from dataclasses import replace
+
+    from service.app import create_app
+
+    app = create_app(replace(backend, single_user=False, api_tokens="stranger-token:stranger"))
+    data = recipe("3-model-B-on-A", base_job_id=model_a["id"])
+    response = app.test_client().post("/v1/jobs", json=data, headers={"Authorization": "Bearer stranger-token"})
+    assert response.status_code == 422
+    assert response.get_json()["errors"][0]["loc"] == ["transfer", "base_job_id"]
+    assert "no job" in response.get_json()["detail"]
