@@ -17,19 +17,11 @@ from core.settings import ROOT
 from worker import data, export, training
 
 
-class Quiet:
-    def on_epoch(self, epoch, metrics, diagnostics=None, phase=None, state=None):
-        pass
-
-    def stop_reason(self):
-        return None
-
-
 def run(recipe_json: dict) -> dict:
     recipe = Recipe.model_validate(recipe_json)
     splits = data.split(data.load(None, recipe.dataset), recipe.dataset, recipe.seed)
     info = describe(BUILTIN[recipe.dataset.name], recipe.dataset)
-    outcome = training.train(recipe, splits, Quiet(), end_step=plan(recipe, info).get("pruning_end_step"))
+    outcome = training.train(recipe, splits, training.Silent(), end_step=plan(recipe, info).get("pruning_end_step"))
     report = export.sparsity_report(outcome.model, outcome.pruned_layers)
     sizes = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,12 +23,6 @@ from worker.tf_env import keras, tf
 EPOCHS, REPEATS = 20, 3
 
 
-class Quiet:
-    def on_epoch(self, *args, **kwargs):
-        pass
-
-    def stop_reason(self):
-        return None
 
 
 def recipe_for(pruned: bool, **training_options) -> Recipe:
@@ -42,7 +36,7 @@ def recipe_for(pruned: bool, **training_options) -> Recipe:
 def worker_loop(recipe: Recipe, splits) -> float:
     end = plan(recipe, describe(BUILTIN["digits"], recipe.dataset)).get("pruning_end_step")
     started = time.perf_counter()
-    training.train(recipe, splits, Quiet(), end_step=end)
+    training.train(recipe, splits, training.Silent(), end_step=end)
     return time.perf_counter() - started
 
 

@@ -454,7 +454,7 @@ def first_mask_update(begin_step: int, frequency: int) -> int:
     return begin_step if begin_step >= 1 else frequency
 
 
-def resolve_end_step(schedule: PolynomialDecay | ConstantSparsity, total_steps: int) -> int:  # noqa: C901
+def resolve_end_step(schedule: PolynomialDecay | ConstantSparsity, total_steps: int) -> int:
     """The step at which the schedule's target is reached, or ValueError saying why it never is.
 
     Masks change only at steps where ``(step - begin_step) % frequency == 0``: ``auto`` becomes the last

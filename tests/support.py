@@ -16,6 +16,22 @@ import httpx
 from core.settings import ROOT, Settings
 
 
+class Recorder:
+    """Training hooks that keep every epoch's metrics and diagnostics, and stop after ``stop_after`` epochs."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.epochs: list[dict] = []
+        self.diagnostics: list = []
+        self.stop_after = stop_after
+
+    def on_epoch(self, epoch, metrics, diagnostics=None, phase=None, state=None):
+        self.epochs.append(metrics)
+        self.diagnostics.append(diagnostics)
+
+    def stop_reason(self):
+        return "cancelled" if self.stop_after is not None and len(self.epochs) >= self.stop_after else None
+
+
 def small_recipe(**overrides) -> dict:
     """A tiny pruned iris model: trains in about a second."""
     recipe = {

@@ -23,23 +23,19 @@ from core.selection import describe
 from worker import data, export, training
 from tests.support import small_recipe
 
-class Quiet:
-    def on_epoch(self, *args, **kwargs): pass
-    def stop_reason(self): return None
-
 out = {}
 for mode in ("none", "mirrored"):
     recipe = Recipe.model_validate(small_recipe(**{"training.distribution": mode, "training.epochs": 8}))
     splits = data.split(data.load(None, recipe.dataset), recipe.dataset, recipe.seed)
     end = plan(recipe, describe(BUILTIN["iris"], recipe.dataset))["pruning_end_step"]
-    outcome = training.train(recipe, splits, Quiet(), end_step=end)
+    outcome = training.train(recipe, splits, training.Silent(), end_step=end)
     report = export.sparsity_report(outcome.model, outcome.pruned_layers)
     out[mode] = {"accuracy": outcome.test["accuracy"], "loss": outcome.test["loss"],
                  "sparsity": report["sparsity"]["overall"], "devices": len(tf.config.list_logical_devices("CPU"))}
 recipe = Recipe.model_validate(small_recipe(**{"training.jit_compile": True, "training.epochs": 2}))
 splits = data.split(data.load(None, recipe.dataset), recipe.dataset, recipe.seed)
 end = plan(recipe, describe(BUILTIN["iris"], recipe.dataset))["pruning_end_step"]
-out["jit"] = training.train(recipe, splits, Quiet(), end_step=end).test
+out["jit"] = training.train(recipe, splits, training.Silent(), end_step=end).test
 print("RESULT=" + json.dumps(out))
 """
 

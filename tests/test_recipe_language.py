@@ -8,21 +8,9 @@ import pytest
 
 from core.recipe import Recipe
 from core.settings import ROOT
-from tests.support import small_recipe, wait_for
+from tests.support import Recorder, small_recipe, wait_for
 
 GALLERY = {p.stem: json.loads(p.read_text()) for p in (ROOT / "examples" / "recipes").glob("*.json")}
-
-
-class Recorder:
-    def __init__(self):
-        self.epochs, self.diagnostics = [], []
-
-    def on_epoch(self, epoch, metrics, diagnostics=None, phase=None, state=None):
-        self.epochs.append(metrics)
-        self.diagnostics.append(diagnostics)
-
-    def stop_reason(self):
-        return None
 
 
 def train(data: dict, epochs: int | None = None):

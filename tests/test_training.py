@@ -5,21 +5,7 @@ import numpy as np
 import pytest
 
 from core.recipe import Recipe
-from tests.support import small_recipe
-
-
-class Recorder:
-    def __init__(self, stop_after: int | None = None):
-        self.epochs: list[tuple[int, dict]] = []
-        self.diagnostics: list = []
-        self.stop_after = stop_after
-
-    def on_epoch(self, epoch, metrics, diagnostics=None, phase=None, state=None):
-        self.epochs.append((epoch, metrics))
-        self.diagnostics.append(diagnostics)
-
-    def stop_reason(self):
-        return "cancelled" if self.stop_after is not None and len(self.epochs) >= self.stop_after else None
+from tests.support import Recorder, small_recipe
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +53,7 @@ def test_only_named_layers_are_pruned_and_the_rest_reported_dense(iris):
 def test_sparsity_grows_epoch_by_epoch_as_the_schedule_says(iris):
     recorder = Recorder()
     train(small_recipe(**{"training.epochs": 6}), iris, recorder)
-    values = [metrics["sparsity"] for _, metrics in recorder.epochs]
+    values = [metrics["sparsity"] for metrics in recorder.epochs]
     assert values == sorted(values) and values[0] < values[-1]
     assert values[-1] == pytest.approx(0.5, abs=0.02)
 
@@ -76,7 +62,7 @@ def test_same_recipe_and_seed_give_the_same_history(iris):
     first, second = Recorder(), Recorder()
     train(small_recipe(), iris, first)
     train(small_recipe(), iris, second)
-    strip = lambda rec: [{k: v for k, v in m.items() if k != "seconds"} for _, m in rec.epochs]  # noqa: E731
+    strip = lambda rec: [{k: v for k, v in m.items() if k != "seconds"} for m in rec.epochs]  # noqa: E731
     assert strip(first) == strip(second)
 
 

@@ -211,7 +211,7 @@ def _error_for(exc: Exception) -> dict:
 
 
 def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
-    from worker import data, export, training
+    from worker import data, devices, export, training
 
     arrays = data.load(run.db, recipe.dataset)
     splits = data.split(arrays, recipe.dataset, recipe.seed)
@@ -233,7 +233,7 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
         resume = _checkpoint(run)
     for warning in job_plan.get("warnings", []):
         log.warning("%s", warning)
-    outcome = training.train(recipe, splits, run, end_step=end_step, device=training_device(device),
+    outcome = training.train(recipe, splits, run, end_step=end_step, device=devices.training_device(device),
                              pruned_layers=job_plan.get("pruned_layers"), transfer=transfer, resume=resume)
     if outcome.stopped == "cancelled":
         log.info("cancelled after %d epochs", outcome.epochs_run)
@@ -319,7 +319,3 @@ def _checkpoint(run: JobRun):
     return state
 
 
-def training_device(description: str) -> str:
-    from worker.devices import training_device as pin
-
-    return pin(description)

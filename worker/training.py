@@ -30,6 +30,16 @@ class Hooks(Protocol):
     def stop_reason(self) -> str | None: ...
 
 
+class Silent:
+    """Hooks that watch nothing and never stop: for benchmarks and tests of the training code alone."""
+
+    def on_epoch(self, *args, **kwargs) -> None:
+        pass
+
+    def stop_reason(self) -> str | None:
+        return None
+
+
 class Diverged(Exception):
     """The loss became NaN or infinite."""
 
