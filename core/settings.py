@@ -56,6 +56,19 @@ class Settings:
     checkpoint_interval_s: float = 0.0
     #: How long a worker keeps retrying to store a finished job through a database outage.
     db_retry_s: float = 600.0
+    #: An upload's arrays, decompressed, may declare at most this many bytes (checked from headers first).
+    max_dataset_bytes: int = 512 * 1024 * 1024
+    #: Admission refuses a recipe whose estimated training memory (weights, optimizer slots,
+    #: pruning masks, activations × batch, the dataset) is over this.
+    max_training_bytes: int = 4 * 1024 * 1024 * 1024
+    #: Datasets, models and checkpoints one owner may keep in the database.
+    max_stored_bytes_per_owner: int = 2 * 1024 * 1024 * 1024
+    #: Requests one token may make per minute (429 with Retry-After beyond it); 0 turns the limit off.
+    rate_limit_per_minute: int = 600
+    #: Lines of a job's own log kept in the database; later lines are counted, not stored.
+    max_log_lines_per_job: int = 2000
+    #: Single-user mode answers only requests whose Host is one of these (DNS rebinding).
+    allowed_hosts: str = "localhost,127.0.0.1,[::1]"
 
     @property
     def is_sqlite(self) -> bool:
@@ -86,6 +99,12 @@ def load_settings(**overrides) -> Settings:
         idempotency_ttl_s=_float("TRAINER_IDEMPOTENCY_TTL_S", 24 * 3600),
         checkpoint_interval_s=_float("TRAINER_CHECKPOINT_INTERVAL_S", 0.0),
         db_retry_s=_float("TRAINER_DB_RETRY_S", 600.0),
+        max_dataset_bytes=_int("TRAINER_MAX_DATASET_BYTES", 512 * 1024 * 1024),
+        max_training_bytes=_int("TRAINER_MAX_TRAINING_BYTES", 4 * 1024 * 1024 * 1024),
+        max_stored_bytes_per_owner=_int("TRAINER_MAX_STORED_BYTES_PER_OWNER", 2 * 1024 * 1024 * 1024),
+        rate_limit_per_minute=_int("TRAINER_RATE_LIMIT_PER_MINUTE", 600),
+        max_log_lines_per_job=_int("TRAINER_MAX_LOG_LINES_PER_JOB", 2000),
+        allowed_hosts=os.environ.get("TRAINER_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]"),
     )
     values.update(overrides)
     if values["database_url"].startswith("sqlite:///"):
