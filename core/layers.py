@@ -103,6 +103,21 @@ class LayerBase(Strict):
     def param_count(self, input_shape: Shape) -> int:
         return 0
 
+    def activation_size(self, input_shape: Shape) -> int:
+        """Values per sample this layer keeps from the forward pass until backprop has used them
+        (``core.footprint`` multiplies by the batch); by default its output."""
+        return math.prod(self.output_shape(input_shape))
+
+
+#: Tensors of the output's size an activation keeps for its gradient: ReLU, sigmoid, tanh, ELU, SELU and
+#: softmax need only their output; swish keeps its input too, gelu its input and erf term, and
+#: ``leaky_relu`` on a kernel layer is a separate LeakyReLU layer after the linear output.
+_KEPT_PER_OUTPUT = {"swish": 2, "gelu": 3, "leaky_relu": 2}
+
+
+def _kept(activation: Activation) -> int:
+    return _KEPT_PER_OUTPUT.get(activation_name(activation), 1)
+
 
 class KernelLayer(LayerBase):
     """Options every layer with a kernel takes."""
@@ -112,6 +127,9 @@ class KernelLayer(LayerBase):
     use_bias: bool = True
     regularization: Regularization | None = Field(None, description="Overrides the recipe's global one.")
     kernel_constraint: MaxNorm | None = None
+
+    def activation_size(self, input_shape: Shape) -> int:
+        return math.prod(self.output_shape(input_shape)) * _kept(self.activation)
 
 
 class DenseLayer(KernelLayer):
@@ -193,6 +211,9 @@ class FlattenLayer(LayerBase):
     def output_shape(self, input_shape: Shape) -> Shape:
         return (math.prod(input_shape),)
 
+    def activation_size(self, input_shape: Shape) -> int:
+        return 0  # a view of its input's buffer
+
 
 class ReshapeLayer(LayerBase):
     type: Literal["reshape"]
@@ -203,6 +224,9 @@ class ReshapeLayer(LayerBase):
             raise ValueError(f"cannot reshape {list(input_shape)} ({math.prod(input_shape)} values) "
                              f"to {self.target_shape}")
         return tuple(self.target_shape)
+
+    def activation_size(self, input_shape: Shape) -> int:
+        return 0  # a view of its input's buffer: the layers after it pay for the shape
 
 
 class BatchNormalizationLayer(LayerBase):
@@ -234,10 +258,16 @@ class BatchNormalizationLayer(LayerBase):
         size = math.prod(input_shape[a - 1] for a in self._axes(input_shape))
         return size * (2 + int(self.center) + int(self.scale))
 
+    def activation_size(self, input_shape: Shape) -> int:
+        return 2 * math.prod(input_shape)  # the normalized input and the output (unfused below rank 4)
+
 
 class ActivationLayer(LayerBase):
     type: Literal["activation"]
     activation: Activation
+
+    def activation_size(self, input_shape: Shape) -> int:
+        return math.prod(input_shape) * _kept(self.activation)
 
 
 class LeakyReLULayer(LayerBase):
@@ -254,6 +284,9 @@ class PReLULayer(LayerBase):
 
     def param_count(self, input_shape: Shape) -> int:
         return math.prod(input_shape)
+
+    def activation_size(self, input_shape: Shape) -> int:
+        return 3 * math.prod(input_shape)  # relu(x), the negative part and the sum
 
 
 class RReLULayer(LayerBase):
@@ -272,6 +305,9 @@ class RReLULayer(LayerBase):
             raise ValueError("lower must not be above upper")
         return self
 
+    def activation_size(self, input_shape: Shape) -> int:
+        return 3 * math.prod(input_shape)  # the random slopes, inputs × slopes and the output
+
 
 class ELULayer(LayerBase):
     type: Literal["elu"]
@@ -282,12 +318,18 @@ class DropoutLayer(LayerBase):
     type: Literal["dropout"]
     rate: float = Field(ge=0, lt=1)
 
+    def activation_size(self, input_shape: Shape) -> int:
+        return 2 * math.prod(input_shape)  # the output and the keep mask
+
 
 class AlphaDropoutLayer(LayerBase):
     """Dropout that keeps SELU's self-normalisation (mean and variance of the inputs)."""
 
     type: Literal["alpha_dropout"]
     rate: float = Field(ge=0, lt=1)
+
+    def activation_size(self, input_shape: Shape) -> int:
+        return 2 * math.prod(input_shape)  # the output and the keep mask
 
 
 Layer = Annotated[
