@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Shape = tuple[int, ...]
 ActivationName = Literal[
@@ -20,10 +21,57 @@ InitializerName = Literal[
 ]
 
 
-class Strict(BaseModel):
-    """Unknown fields are errors: a misspelt option silently ignored would train the wrong model."""
+def nul_errors(data, limit: int = 10) -> list[InitErrorDetails]:
+    """Where the input's text (dict keys included) holds a NUL, walked without recursion so any depth is safe."""
+    errors: list[InitErrorDetails] = []
+    stack: list[tuple[tuple, object]] = [((), data)]
+    while stack and len(errors) < limit:
+        loc, node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                errors.append(InitErrorDetails(type=PydanticCustomError(
+                    "nul_character", "text must not contain a NUL (\\u0000) character"), loc=loc, input=node))
+        elif isinstance(node, dict):
+            for key, value in reversed(list(node.items())):
+                if isinstance(key, str) and "\x00" in key:
+                    stack.append(((*loc, key), key))
+                else:
+                    stack.append(((*loc, key), value))
+        elif isinstance(node, (list, tuple)):
+            stack.extend(((*loc, i), value) for i, value in reversed(list(enumerate(node))))
+    return errors
 
-    model_config = ConfigDict(extra="forbid")
+
+class NulFree(BaseModel):
+    """Text holding a NUL is refused everywhere a client's input is validated: PostgreSQL cannot store it
+    (a ``DataError`` after validation), and no name, path or option needs one."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data):
+        errors = nul_errors(data) if isinstance(data, (dict, list)) else []
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
+
+
+class Strict(NulFree):
+    """Unknown fields are errors: a misspelt option silently ignored would train the wrong model.
+
+    Types are strict: ``"300"`` is not a number, ``true`` not an integer, ``3.0`` not an integer, ``1`` not a
+    boolean. An integer may stand where a float belongs (pydantic's strict mode allows it).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _tuple_from_list(value):
+    """JSON has no tuples: a list stands for one (strict mode alone would refuse it)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+#: For a fixed-length ``tuple`` field: the JSON array a client sends is that tuple.
+FromList = BeforeValidator(_tuple_from_list)
 
 
 class LeakyReLUActivation(Strict):
@@ -74,7 +122,8 @@ class Regularization(Strict):
 
     l1: float = Field(0.0, ge=0, le=1)
     l2: float = Field(0.0, ge=0, le=1)
-    l1_l2: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] | None = None
+    l1_l2: Annotated[tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]],
+                     FromList] | None = None
 
     @model_validator(mode="after")
     def _unpack(self):
@@ -144,7 +193,7 @@ class DenseLayer(KernelLayer):
 
 
 Size = Annotated[int, Field(ge=1, le=64)]
-Pair = Union[Size, tuple[Size, Size]]
+Pair = Union[Size, Annotated[tuple[Size, Size], FromList]]
 
 
 def _pair(value) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from core.layers import (  # noqa: F401  (re-exported: the recipe's vocabulary)
     PRUNABLE_TYPES,
     Activation,
     DenseLayer,
+    FromList,
     KernelLayer,
     Layer,
     Regularization,
@@ -217,7 +218,7 @@ class DatasetSpec(Strict):
     def _relabel_keys(self):
         if self.relabel:
             for key in self.relabel:
-                if not key.isdigit():
+                if not (key.isascii() and key.isdigit() and len(key) <= 6):  # "²" is a digit to isdigit()
                     raise ValueError(f"relabel keys are original labels as strings, not {key!r}")
             if self.classes is not None and set(map(int, self.relabel)) != set(self.classes):
                 raise ValueError("relabel must map exactly the kept classes")
@@ -263,9 +264,10 @@ class PruningSpec(Strict):
     layers: list[str] | None = Field(
         None, description="Names of the layers to prune; default every layer TF-MOT can prune."
     )
-    block_size: tuple[Annotated[int, Field(ge=1, le=64)], Annotated[int, Field(ge=1, le=64)]] = (1, 1)
+    block_size: Annotated[tuple[Annotated[int, Field(ge=1, le=64)], Annotated[int, Field(ge=1, le=64)]],
+                          FromList] = (1, 1)
     block_pooling_type: Literal["AVG", "MAX"] = "AVG"
-    sparsity_m_by_n: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=2)]] | None = Field(
+    sparsity_m_by_n: Annotated[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=2)]], FromList] | None = Field(
         None, description="e.g. [2, 4]: at most 2 non-zero weights in every 4 (TF-MOT structured pruning)")
     post_training_threshold: float | None = Field(None, gt=0, lt=1)
 
