@@ -8,8 +8,9 @@ import logging
 from dataclasses import dataclass
 
 from celery import Celery
-from flask import current_app, json, redirect, request
+from flask import Request, current_app, redirect, request
 from flask_openapi3 import Info, OpenAPI
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from core.db import Database
 from core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -55,11 +56,13 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     from service.experiments_api import api as experiments_api
     from service.health_api import api as health_api
     from service.jobs_api import api as jobs_api
+    from service.usage_api import api as usage_api
 
     app.register_api(jobs_api)
     app.register_api(datasets_api)
     app.register_api(experiments_api)
     app.register_api(health_api)
+    app.register_api(usage_api)
 
     from service.pages import pages
 
@@ -76,24 +79,38 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     return app
 
 
+class TrainerRequest(Request):
+    """JSON that does not parse is the API's own 400 problem, naming the parser's complaint."""
+
+    def on_json_loading_failed(self, e: ValueError | None):
+        if e is None:
+            raise UnsupportedMediaType(f"send JSON with Content-Type: application/json, not {self.mimetype!r}")
+        raise BadRequest(f"the body is not valid JSON: {e}")
+
+
 def _install_body_checks(app: OpenAPI, settings: Settings) -> None:
-    """A malformed body is a 400 and a wrong media type a 415, before any schema validation runs."""
+    """A body is read up to ``max_request_bytes`` counted on the bytes actually read (werkzeug's limited stream:
+    a chunked body without Content-Length is cut there too, nothing past it is read) and parsed once — werkzeug
+    caches ``get_json``, and that cached object is what flask-openapi3 validates. Malformed JSON is a 400 and a
+    wrong media type a 415, before any schema validation runs. Uploads keep the larger MAX_CONTENT_LENGTH."""
+    app.request_class = TrainerRequest
 
     @app.before_request
     def _check_body():
         if request.method not in ("POST", "PUT", "PATCH") or request.path.startswith("/v1/datasets"):
             return None
-        if request.content_length and request.content_length > settings.max_request_bytes:
-            raise PayloadTooLarge(f"the request body is over {settings.max_request_bytes:,} bytes")
-        data = request.get_data(cache=True)
+        request.max_content_length = settings.max_request_bytes
+        try:
+            data = request.get_data(cache=True)
+        except RequestEntityTooLarge:
+            raise PayloadTooLarge(f"the request body is over {settings.max_request_bytes:,} bytes "
+                                  "(TRAINER_MAX_REQUEST_BYTES)") from None
         if not data:
             return None
         if request.mimetype != "application/json":
             raise UnsupportedMediaType(f"send JSON with Content-Type: application/json, not {request.mimetype!r}")
         try:
-            json.loads(data)
-        except ValueError as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+            request.get_json(force=True)
         except RecursionError:
             raise BadRequest("the body is nested too deeply to be a recipe") from None
         return None
