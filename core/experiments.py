@@ -6,32 +6,29 @@ the base and validated like any recipe, so a bad variant is a 422 naming it.
 """
 from __future__ import annotations
 
-import copy
+import re
 import statistics
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from core import artifacts, jobs
 from core.errors import Conflict, NotFound, RecipeError
 from core.models import FINISHED, Artifact, ArtifactChunk, Experiment, Job, JobStatus
-from core.recipe import Recipe
+from core.recipe import Recipe, Strict
 from core.settings import Settings
 
 
-class Variant(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Variant(Strict):
     name: str = Field(min_length=1, max_length=100)
-    overrides: dict[str, Any] = Field(default_factory=dict, description='e.g. {"training.optimizer.type": "nadam"}')
+    overrides: dict[str, Any] = Field(default_factory=dict, max_length=200,
+                                      description='e.g. {"training.optimizer.type": "nadam"}')
 
 
-class ExperimentSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ExperimentSpec(Strict):
     name: str = Field("experiment", min_length=1, max_length=200)
     description: str | None = Field(None, max_length=4000)
     base: dict = Field(description="A recipe; every variant starts from it.")
@@ -40,46 +37,86 @@ class ExperimentSpec(BaseModel):
     target_accuracy: float | None = Field(None, gt=0, le=1, description="For 'epochs to reach' in the table.")
 
 
+class OverrideError(ValueError):
+    """An override path that does not lead anywhere in the base: past a list's end, or through a number."""
+
+
+_INDEX = re.compile(r"[0-9]{1,6}")
+
+
+def _step(node: dict | list, part: str, dotted: str, where: str):
+    """The key or index ``part`` names in ``node``; OverrideError when it names nothing there."""
+    if isinstance(node, dict):
+        return part
+    if not _INDEX.fullmatch(part):
+        raise OverrideError(f"{dotted!r}: {where or 'the recipe'} is a list, and {part!r} is not an index of it")
+    if int(part) >= len(node):
+        raise OverrideError(f"{dotted!r}: index {part} is past the end of {where} ({len(node)} items)")
+    return int(part)
+
+
 def apply_overrides(base: dict, overrides: dict[str, Any]) -> dict:
-    recipe = copy.deepcopy(base)
+    """The base with each dotted path set (``None`` removes a key). Only the containers on a path are copied,
+    so the base is never changed and is never walked as a whole (it may be nested arbitrarily deep)."""
+    recipe = dict(base)
     for dotted, value in overrides.items():
         *path, last = dotted.split(".")
-        target = recipe
-        for part in path:
-            key: Any = int(part) if part.isdigit() and isinstance(target, list) else part
-            if isinstance(target, dict):
-                target = target.setdefault(key, {})
-            else:
-                target = target[key]
-        if isinstance(target, list):
-            target[int(last)] = value
-        elif value is None:
-            target.pop(last, None)
+        node: dict | list = recipe
+        for depth, part in enumerate(path):
+            where = ".".join(path[:depth])
+            key = _step(node, part, dotted, where)
+            child = node.get(key, {}) if isinstance(node, dict) else node[key]
+            if not isinstance(child, (dict, list)):
+                raise OverrideError(f"{dotted!r}: {'.'.join(path[:depth + 1])} is {type(child).__name__} "
+                                    f"{str(child)[:40]!r}, not an object or a list to go into")
+            node[key] = child = dict(child) if isinstance(child, dict) else list(child)
+            node = child
+        key = _step(node, last, dotted, ".".join(path))
+        if value is None and isinstance(node, dict):
+            node.pop(key, None)
         else:
-            target[last] = value
+            node[key] = value
     return recipe
 
 
+def variant_recipe(spec: ExperimentSpec, index: int, repeat: int) -> Recipe:
+    """The recipe of one child job; every way it can be wrong is a RecipeError naming the variant."""
+    variant = spec.variants[index]
+    try:
+        raw = apply_overrides(spec.base, variant.overrides)
+        seed = raw.get("seed", 42)
+        if isinstance(seed, int) and not isinstance(seed, bool):  # anything else: validation names the seed
+            raw["seed"] = seed = seed + repeat
+        raw["name"] = f"{spec.name}/{variant.name}/seed{seed if isinstance(seed, int) else repeat}"[:200]
+        return Recipe.model_validate(raw)
+    except OverrideError as exc:
+        raise RecipeError(["variants", index, "overrides"], f"variant {variant.name!r}: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        raise RecipeError(["variants", index], f"variant {variant.name!r}: "
+                          f"{'.'.join(map(str, first['loc'])) or 'recipe'}: {first['msg']}") from None
+    except RecursionError:
+        raise RecipeError(["variants", index], f"variant {variant.name!r}: the recipe is nested too deeply") from None
+
+
 def create(session: Session, spec: ExperimentSpec, owner: str, settings: Settings) -> tuple[Experiment, list[Job]]:
-    experiment = Experiment(id=uuid.uuid4().hex, owner=owner, name=spec.name, spec=spec.model_dump(mode="json"))
+    recipes = [(index, variant_recipe(spec, index, repeat))
+               for index in range(len(spec.variants)) for repeat in range(spec.repeats)]
+    try:
+        stored = spec.model_dump(mode="json")
+    except (ValueError, RecursionError):  # pydantic's serializer refuses very deep values the variants dropped
+        raise RecipeError(["base"], "nested too deeply to store") from None
+    experiment = Experiment(id=uuid.uuid4().hex, owner=owner, name=spec.name, spec=stored)
     session.add(experiment)
     children = []
-    for index, variant in enumerate(spec.variants):
-        for repeat in range(spec.repeats):
-            raw = apply_overrides(spec.base, variant.overrides)
-            raw["seed"] = int(raw.get("seed", 42)) + repeat
-            raw["name"] = f"{spec.name}/{variant.name}/seed{raw['seed']}"[:200]
-            try:
-                recipe = Recipe.model_validate(raw)
-                job = jobs.create(session, recipe, owner, settings)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                raise RecipeError(["variants", index], f"variant {variant.name!r}: "
-                                  f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-            except RecipeError as exc:
-                raise RecipeError(["variants", index], f"variant {variant.name!r}: {exc.detail}") from None
-            job.experiment_id, job.variant = experiment.id, variant.name
-            children.append(job)
+    for index, recipe in recipes:
+        variant = spec.variants[index]
+        try:
+            job = jobs.create(session, recipe, owner, settings)
+        except RecipeError as exc:
+            raise RecipeError(["variants", index], f"variant {variant.name!r}: {exc.detail}") from None
+        job.experiment_id, job.variant = experiment.id, variant.name
+        children.append(job)
     return experiment, children
 
 
