@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from core import artifacts, datasets, selection, transfer
+from core import artifacts, datasets, selection, storage, transfer
 from core.errors import Conflict, IdempotencyMismatch, NotFound, RecipeError, TooManyRequests
 from core.models import FINISHED, Artifact, EpochRecord, IdempotencyKey, Job, JobStatus, LogLine, utcnow
 from core.recipe import LayerChoiceError, Recipe, ShapeError, layer_shapes, resolve_end_step, split_sizes, steps_per_epoch
@@ -108,6 +108,7 @@ def create(session: Session, recipe: Recipe, owner: str, settings: Settings) -> 
     if queued >= settings.max_queued_per_owner:
         raise TooManyRequests(f"{queued} of your jobs are queued (the limit is {settings.max_queued_per_owner}); "
                               "wait for some to start", headers={"Retry-After": "30"})
+    storage.admit_job(session, owner, settings)
     job_plan = check(session, recipe, owner, settings)
     job = Job(
         id=uuid.uuid4().hex, owner=owner, name=recipe.name, status=Q,
@@ -240,6 +241,7 @@ def remove(session: Session, job_id: str, owner: str) -> None:
     job = get(session, job_id, owner)
     if JobStatus(job.status) not in FINISHED:
         raise Conflict(f"job {job_id} is {job.status}: cancel it first")
+    storage.refuse_removing_a_base(session, job_id, owner)
     artifacts.delete_for(session, job_id=job_id)
     session.execute(delete(EpochRecord).where(EpochRecord.job_id == job_id))
     session.execute(delete(LogLine).where(LogLine.job_id == job_id))
