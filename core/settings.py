@@ -54,6 +54,8 @@ class Settings:
     idempotency_ttl_s: float = 24 * 3600
     #: Write a resumable checkpoint (weights, optimizer state, pruning step) at most this often.
     checkpoint_interval_s: float = 0.0
+    #: Checkpoints over 256 KiB are spaced so that writing them takes at most this share of a job's time; 0: every epoch.
+    checkpoint_max_share: float = 0.05
     #: How long a worker keeps retrying to store a finished job through a database outage.
     db_retry_s: float = 600.0
     #: An upload's arrays, decompressed, may declare at most this many bytes (checked from headers first).
@@ -98,6 +100,7 @@ def load_settings(**overrides) -> Settings:
         max_queued_per_owner=_int("TRAINER_MAX_QUEUED_PER_OWNER", 100),
         idempotency_ttl_s=_float("TRAINER_IDEMPOTENCY_TTL_S", 24 * 3600),
         checkpoint_interval_s=_float("TRAINER_CHECKPOINT_INTERVAL_S", 0.0),
+        checkpoint_max_share=_float("TRAINER_CHECKPOINT_MAX_SHARE", 0.05),
         db_retry_s=_float("TRAINER_DB_RETRY_S", 600.0),
         max_dataset_bytes=_int("TRAINER_MAX_DATASET_BYTES", 512 * 1024 * 1024),
         max_training_bytes=_int("TRAINER_MAX_TRAINING_BYTES", 4 * 1024 * 1024 * 1024),

@@ -24,6 +24,7 @@ from core.errors import DatasetError, RecipeError
 from core.models import Job, JobStatus, utcnow
 from core.recipe import Recipe
 from core.settings import Settings
+from worker import checkpoint
 
 log = logging.getLogger("trainer.job")
 
@@ -60,7 +61,7 @@ class JobRun:
         self.db, self.settings, self.job_id, self.attempt, self.recipe = db, settings, job_id, attempt, recipe
         self.base_progress = progress
         self.last_progress: dict = {}
-        self.last_checkpoint = float("-inf")
+        self.checkpoints = checkpoint.Policy(settings.checkpoint_interval_s, settings.checkpoint_max_share)
         self.pending: list[tuple] = []  # epochs not yet written (the database was unreachable)
         self.log = JobLog()
         self.deadline = time.monotonic() + (recipe.training.max_runtime_s or settings.max_runtime_s)
@@ -85,6 +86,7 @@ class JobRun:
         log.info("epoch %d/%d %s", epoch, self.recipe.training.epochs, summary)
 
     def _write_epochs(self, state=None) -> None:
+        written, started = None, 0.0
         with self.db.session() as session:
             jobs.append_logs(session, self.job_id, self.log.drain())
             for epoch, phase, metrics, progress, diagnostics in self.pending:
@@ -93,11 +95,17 @@ class JobRun:
                     self._stop = self._stop or "lost"
                     break
             else:
-                due = time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_interval_s
-                if state is not None and due:
-                    jobs.save_checkpoint(session, self.job_id, state(), self.settings.artifact_chunk_bytes)
-                    self.last_checkpoint = time.monotonic()
+                if state is not None and self.checkpoints.due():
+                    started = self.checkpoints.clock()
+                    written = state()
+                    jobs.save_checkpoint(session, self.job_id, written, self.settings.artifact_chunk_bytes)
         self.pending = []
+        if written is not None:  # timed to the commit: that is what the next one will cost too
+            self.checkpoints.record(started, len(written))
+            if self.checkpoints.written == 1:
+                spacing = self.checkpoints.spacing_s()
+                log.info("checkpoint: %d bytes in %.0f ms; %s", len(written), self.checkpoints.last_seconds * 1000,
+                         f"the next at least {spacing:.1f} s apart" if spacing else "one after every epoch")
 
     def flush_pending(self) -> None:
         if self.pending:
