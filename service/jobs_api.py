@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
 from flask import Response, json, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from core import artifacts, jobs
 from core.errors import BadRequest, Conflict, NotFound
 from core.models import JobStatus
 from core.queue import dispatch
-from core.recipe import ExportFormat, Recipe
+from core.recipe import ExportFormat, Recipe, Strict
 from service.app import services
 from service.auth import current_owner
 from service.problems import COMMON_RESPONSES, NOT_MODIFIED, body
@@ -27,23 +28,26 @@ class JobPath(BaseModel):
     job_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="The id returned by POST /v1/jobs.")
 
 
-class ListQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt parameter is an error, not silently ignored
+def _decimal(value):
+    """A query string holds text: an integer is its decimal digits, nothing looser (" 2", "2.0", "1_0")."""
+    return int(value) if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value) else value
 
+
+#: An integer query parameter; the query models are ``Strict`` (unknown parameters, NUL, other types refused).
+QueryInt = Annotated[int, BeforeValidator(_decimal)]
+
+
+class ListQuery(Strict):
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
-    limit: int = Field(20, ge=1, le=200)
+    limit: QueryInt = Field(20, ge=1, le=200)
     cursor: str | None = Field(None, max_length=200)
 
 
-class ModelQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt parameter is an error, not silently ignored
-
+class ModelQuery(Strict):
     format: ExportFormat = "h5"
 
 
-class HistoryQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt parameter is an error, not silently ignored
-
+class HistoryQuery(Strict):
     format: Literal["json", "csv"] = "json"
 
 

@@ -35,10 +35,10 @@ COMMON_RESPONSES = {
     401: problem_response("Missing or invalid API token"),
     404: problem_response("No such resource for this owner"),
     405: problem_response("Method not allowed"),
-    409: problem_response("Not possible in the resource's current state"),
+    409: problem_response("Not possible in the resource's current state, or a conflict with stored data"),
     413: problem_response("Body too large"),
     415: problem_response("Unsupported media type"),
-    422: problem_response("Invalid request: `errors` lists each field"),
+    422: problem_response("Invalid request: `errors` lists each field (types are strict; NUL is refused)"),
     429: problem_response("Too many queued jobs"),
     500: problem_response("Internal error, or a stored file failed its sha256 check"),
     503: problem_response("Database or broker unavailable; retry after Retry-After"),
@@ -107,12 +107,22 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
-        from sqlalchemy.exc import InterfaceError, OperationalError
+        from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
 
         if isinstance(exc, (OperationalError, InterfaceError)):
             log.warning("database unavailable: %s", exc)
             return problem(503, "Service unavailable", "the database cannot be reached; retry shortly",
                            headers={"Retry-After": "5"})
+        # Validation should have refused the value; if the database still does, the client's input is the
+        # cause. The detail is generic: the driver's message holds SQL, table and column names.
+        if isinstance(exc, DataError):
+            log.warning("database refused a value: %s", exc)
+            return problem(422, "Invalid request", "a value could not be stored: it is too long for its field "
+                           "or holds a character the database refuses (such as NUL)")
+        if isinstance(exc, IntegrityError):
+            log.warning("database integrity conflict: %s", exc)
+            return problem(409, "Conflict", "the request conflicts with stored data (a duplicate, or something "
+                           "it refers to has gone); read the resource again and retry")
         log.exception("unhandled error")
         return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
 

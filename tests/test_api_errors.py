@@ -39,6 +39,23 @@ def assert_problem(response, status: int) -> dict:
         ({"seed": "forty-two"}, ["seed"]),
         ({"export.formats": ["onnx"]}, ["export", "formats", 0]),
         ({"unknown_field": 1}, ["unknown_field"]),
+        # strict types: nothing is coerced
+        ({"model.layers": [{"type": "dense", "units": "300"}]}, ["model", "layers", 0, "units"]),
+        ({"model.layers": [{"type": "dense", "units": True}]}, ["model", "layers", 0, "units"]),
+        ({"model.layers": [{"type": "dense", "units": 3.0}]}, ["model", "layers", 0, "units"]),
+        ({"pruning.schedule.final_sparsity": "0.8"}, ["pruning", "schedule", "final_sparsity"]),
+        ({"pruning.schedule.final_sparsity": False}, ["pruning", "schedule", "final_sparsity"]),
+        ({"training.epochs": 3.0}, ["training", "epochs"]),
+        ({"training.diagnostics": "true"}, ["training", "diagnostics"]),
+        ({"training.diagnostics": 1}, ["training", "diagnostics"]),
+        ({"model.input_shape": ["4"]}, ["model", "input_shape", 0]),
+        ({"regularization": {"l1_l2": ["0.1", 0]}}, ["regularization", "l1_l2", 0]),
+        ({"dataset.relabel": {"0": "1"}}, ["dataset", "relabel", "0"]),
+        # NUL in any text
+        ({"name": "iris\x00"}, ["name"]),
+        ({"description": "a\x00b"}, ["description"]),
+        ({"pruning.layers": ["dense_0\x00"]}, ["pruning", "layers", 0]),
+        ({"dataset.relabel": {"0\x00": 1}}, ["dataset", "relabel", "0\x00"]),
     ],
 )
 def test_invalid_recipe_is_422_naming_the_field(client, db, overrides, loc):
@@ -46,6 +63,28 @@ def test_invalid_recipe_is_422_naming_the_field(client, db, overrides, loc):
     body = assert_problem(client.post("/v1/jobs", json=small_recipe(**overrides)), 422)
     assert loc in [error["loc"] for error in body["errors"]], body["errors"]
     assert job_count(db) == before
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"training.optimizer": {"type": "adam", "learning_rate": 1}}, ("training", "optimizer", "learning_rate")),
+    ({"dataset.test_fraction": 0}, None), ({"pruning.schedule.power": 2}, ("pruning", "schedule", "power")),
+    ({"model.layers": [{"type": "dense", "units": 3, "activation": "softmax", "kernel_constraint": {
+        "type": "max_norm", "max_value": 3}}]}, ("model", "layers", 0, "kernel_constraint", "max_value")),
+    ({"model.layers": [{"type": "dense", "units": 16}, {"type": "dense", "units": 3, "activation": "softmax"}],
+      "regularization": {"l1_l2": [0, 1]}}, None),
+])
+def test_an_integer_may_stand_where_a_float_belongs(client, overrides, field):
+    response = client.post("/v1/jobs", json=small_recipe(**overrides))
+    if field is None:  # range checks still apply: 0 is not a valid test_fraction
+        assert response.status_code in (202, 422) and response.status_code != 500
+        return
+    assert response.status_code == 202, response.get_data(as_text=True)
+    job = response.get_json()
+    value = job["recipe"]
+    for part in field:
+        value = value[part]
+    assert isinstance(value, float)
+    client.post(f"/v1/jobs/{job['id']}/cancel")
 
 
 def test_every_bad_field_is_named_at_once(client):
@@ -140,6 +179,51 @@ def test_bad_query_parameters_are_422(client):
     assert_problem(client.get("/v1/jobs", query_string={"limit": 0}), 422)
     assert_problem(client.get("/v1/jobs", query_string={"status": "done"}), 422)
     assert_problem(client.get("/v1/jobs", query_string={"cursor": "garbage"}), 422)
+
+
+@pytest.mark.parametrize("query, loc", [
+    ("limit=2.0", ["limit"]), ("limit=1_0", ["limit"]), ("limit=%2010", ["limit"]), ("limit=true", ["limit"]),
+    ("limit=%2B5", ["limit"]), ("limit=", ["limit"]), ("status=queued%00", ["status"]), ("cursor=a%00b", ["cursor"]),
+    ("limit=5&stauts=queued", ["stauts"]), ("limit=99999999999999999999", ["limit"]),
+])
+def test_query_parameters_are_strict_and_name_the_parameter(client, query, loc):
+    body = assert_problem(client.get(f"/v1/jobs?{query}"), 422)
+    assert loc in [error["loc"] for error in body["errors"]], body["errors"]
+
+
+def test_a_plain_integer_query_parameter_is_accepted(client):
+    assert client.get("/v1/jobs?limit=3").status_code == 200
+
+
+def test_a_nul_idempotency_key_is_never_a_500_and_leaks_no_sql(client, backend):
+    """No field validation covers a header: on PostgreSQL the database refuses the NUL (a DataError), and
+    the client gets a 422 that names no table, column or statement."""
+    response = client.post("/v1/jobs", json=small_recipe(), headers={"Idempotency-Key": "key\x00nul"})
+    if backend.database_url.startswith("sqlite"):
+        assert response.status_code == 202
+        client.post(f"/v1/jobs/{response.get_json()['id']}/cancel")
+        return
+    body = assert_problem(response, 422)
+    assert not any(word in body["detail"].lower() for word in ("insert", "idempotency", "select", "psycopg"))
+
+
+def test_a_database_integrity_conflict_is_a_409_that_leaks_no_sql(backend):
+    """A real duplicate key, raised by the real database through a view: one mapping, both backends."""
+    from core.models import Experiment
+    from service.app import create_app, services
+
+    app = create_app(backend)
+
+    @app.post("/duplicate-experiment", doc_ui=False)
+    def duplicate():
+        with services().db.session() as session:
+            for _ in range(2):
+                session.add(Experiment(id="f" * 32, owner="x", name="dup", spec={}))
+                session.flush()
+        return {}
+
+    body = assert_problem(app.test_client().post("/duplicate-experiment"), 409)
+    assert not any(word in body["detail"].lower() for word in ("insert", "experiments", "unique", "duplicate key"))
 
 
 def test_openapi_document_is_generated_from_the_recipe_schema(client):
