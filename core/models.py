@@ -149,6 +149,21 @@ class ApiToken(Base):
     owner: Mapped[str] = mapped_column(String(64), index=True)
     label: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: Refused from this moment on; the row stays so ``list`` shows who had it.
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: To the minute at best: written at most once a minute per token, not on every request.
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class RateWindow(Base):
+    """Requests one token made in the current minute, when the count is kept in the database (no Redis)."""
+
+    __tablename__ = "rate_windows"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    minute: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(Integer)
 
 
 class IdempotencyKey(Base):

@@ -25,6 +25,10 @@ def _float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
+class ConfigError(ValueError):
+    """Settings that contradict each other: the process refuses to start rather than guess."""
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -71,6 +75,11 @@ class Settings:
     max_log_lines_per_job: int = 2000
     #: Single-user mode answers only requests whose Host is one of these (DNS rebinding).
     allowed_hosts: str = "localhost,127.0.0.1,[::1]"
+
+    def __post_init__(self) -> None:
+        if self.single_user and self.api_tokens.strip():
+            raise ConfigError("TRAINER_SINGLE_USER is set but so is TRAINER_API_TOKENS: single-user mode would "
+                              "ignore those tokens and let anyone in; unset one of them")
 
     @property
     def is_sqlite(self) -> bool:

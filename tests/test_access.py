@@ -10,14 +10,25 @@ from service.app import create_app
 from tests.support import small_recipe
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def secured(backend):
-    """The same database with tokens required: alice from the environment, bob from the database."""
+    """The same database with tokens required: alice from the environment, bob from the database.
+
+    Bob's row is deleted afterwards: a single-user app refuses to start over a database that holds tokens.
+    """
+    from sqlalchemy import delete
+
+    from core.models import ApiToken
+
     settings = replace(backend, single_user=False, api_tokens="alice-secret:alice", max_queued_per_owner=3)
     app = create_app(settings)
-    with app.extensions["trainer"].db.session() as session:
+    db = app.extensions["trainer"].db
+    with db.session() as session:
         bob = tokens.create(session, "bob", "test")
-    return app, {"alice": {"Authorization": "Bearer alice-secret"}, "bob": {"Authorization": f"Bearer {bob}"}}
+    yield app, {"alice": {"Authorization": "Bearer alice-secret"}, "bob": {"Authorization": f"Bearer {bob}"}}
+    with db.session() as session:
+        session.execute(delete(ApiToken).where(ApiToken.token_sha256 == tokens.digest(bob)))
+    db.engine.dispose()
 
 
 def test_missing_or_wrong_token_is_401_with_a_challenge(secured):

@@ -17,7 +17,7 @@ from service.app import create_app
 
 _var = Path(tempfile.mkdtemp(prefix="fuzz-"))
 _settings = load_settings(database_url=f"sqlite:///{_var / 't.sqlite'}", broker_url=f"sqla+sqlite:///{_var / 'b.sqlite'}",
-                          api_tokens="fuzz-token:fuzzer")
+                          api_tokens="fuzz-token:fuzzer", rate_limit_per_minute=0)  # hundreds of calls a minute
 upgrade(_settings)
 schema = schemathesis.openapi.from_wsgi("/openapi.json", create_app(_settings))
 
