@@ -56,7 +56,7 @@ def plan(recipe: Recipe, info: datasets.DatasetInfo) -> dict:
 
 def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> dict:
     """The checks that need the dataset, a base job or the limits; raises RecipeError naming the field."""
-    info = selection.describe(datasets.lookup(session, recipe.dataset.name, owner), recipe.dataset)
+    info = selection.describe(datasets.lookup(session, recipe.dataset.name, owner, settings), recipe.dataset)
     tp = transfer.resolve(session, recipe, owner) if recipe.transfer else None
     try:
         recipe.check_pruned_layers(extra_prunable={k.name for k in tp.reused if k.prunable} if tp else set())

@@ -279,7 +279,15 @@ class ReshapeLayer(LayerBase):
 
 
 class BatchNormalizationLayer(LayerBase):
-    """Seed: BN adds 4 parameters per feature, 2 of them (moving mean/variance) not trained by backprop."""
+    """Seed: BN adds 4 parameters per feature, 2 of them (moving mean/variance) not trained by backprop.
+
+    A "feature" is one position along ``axis``; statistics are taken over every other axis. On a [28, 28]
+    image before the flatten, the default ``axis: -1`` keeps the seed's "28 means and 28 std devs" (one per
+    column, pooled over the batch and the rows: 4 × 28 = 112 parameters); ``axis: [1, 2]`` normalizes each
+    of the 784 pixels on its own over the batch, as Keras does: γ, β, moving mean and variance of 28 × 28
+    values each (tf.keras stores them as (1, 28, 28)), 4 × 784 = 3,136 parameters, half of them trainable.
+    """
+
 
     type: Literal["batch_normalization"]
     momentum: float = Field(0.99, gt=0, lt=1)

@@ -75,6 +75,8 @@ class Settings:
     max_log_lines_per_job: int = 2000
     #: Single-user mode answers only requests whose Host is one of these (DNS rebinding).
     allowed_hosts: str = "localhost,127.0.0.1,[::1]"
+    #: Where Debian's package dataset-fashion-mnist puts the four IDX .gz files of the built-in fashion_mnist.
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
 
     def __post_init__(self) -> None:
         if self.single_user and self.api_tokens.strip():
@@ -117,6 +119,7 @@ def load_settings(**overrides) -> Settings:
         rate_limit_per_minute=_int("TRAINER_RATE_LIMIT_PER_MINUTE", 600),
         max_log_lines_per_job=_int("TRAINER_MAX_LOG_LINES_PER_JOB", 2000),
         allowed_hosts=os.environ.get("TRAINER_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]"),
+        fashion_mnist_dir=os.environ.get("TRAINER_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
     )
     values.update(overrides)
     if values["database_url"].startswith("sqlite:///"):
