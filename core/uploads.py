@@ -44,8 +44,7 @@ class DatasetTooLarge(DatasetError):
 
 @dataclass
 class Arrays:
-    """Features in their compact upload dtype (uint8 stays uint8; floats become float32), labels uint8/uint16;
-    ``for_training`` makes the float32/int64 copy only where training needs it."""
+    """Features in their compact upload dtype (uint8 stays uint8; floats become float32), labels uint8/uint16."""
 
     x: np.ndarray
     y: np.ndarray
@@ -105,15 +104,13 @@ def _features(x: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
-def for_training(arrays: Arrays) -> Arrays:
-    """float32 features and int64 labels: the copy a training run needs, made in the worker only."""
-    def f32(x):
-        return None if x is None else x.astype(np.float32, copy=False)
-
+def with_int64_labels(arrays: Arrays) -> Arrays:
+    """For the worker: int64 labels (what selection and Keras index with); features stay compact until the split
+    widens to float32 only the rows a job uses (``worker.data``)."""
     def i64(y):
         return None if y is None else y.astype(np.int64, copy=False)
 
-    return Arrays(f32(arrays.x), i64(arrays.y), f32(arrays.x_test), i64(arrays.y_test))
+    return Arrays(arrays.x, i64(arrays.y), arrays.x_test, i64(arrays.y_test))
 
 
 # --------------------------------------------------------------------------- .npz
@@ -140,8 +137,8 @@ def _entry_count(stream: IO[bytes]) -> int:
     that could list hundreds of thousands of them."""
     endrec = zipfile._EndRecData(stream)  # the stdlib's own reader of the end record
     if endrec is None:
-        raise DatasetError("not a readable .npz file: it is not a zip archive (np.savez writes one; a single "
-                           ".npy is not an .npz)")
+        raise DatasetError("not a readable .npz file: no zip end record (a truncated file, or not a zip: np.savez "
+                           "writes one, a single .npy is not an .npz)")
     return int(endrec[zipfile._ECD_ENTRIES_TOTAL])
 
 
@@ -350,7 +347,7 @@ def describe(dataset_id: str, name: str, arrays: Arrays) -> DatasetInfo:
         int(c) for c in np.bincount(arrays.y, minlength=n_classes))
     return DatasetInfo(
         name=dataset_id, n_samples=len(arrays.x), feature_shape=tuple(int(d) for d in arrays.x.shape[1:]),
-        n_classes=n_classes, description=name,
+        n_classes=n_classes, description=name, storage_dtype=str(arrays.x.dtype),
         n_test_samples=0 if arrays.x_test is None else len(arrays.x_test), source="upload",
         class_counts=counts,
     )

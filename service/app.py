@@ -99,12 +99,17 @@ def _install_body_checks(app: OpenAPI, settings: Settings) -> None:
     def _check_body():
         if request.method not in ("POST", "PUT", "PATCH") or request.path.startswith("/v1/datasets"):
             return None
-        request.max_content_length = settings.max_request_bytes
+        too_large = PayloadTooLarge(f"the request body is over {settings.max_request_bytes:,} bytes "
+                                    "(TRAINER_MAX_REQUEST_BYTES)")
+        # werkzeug stops reading a stream at the maximum and returns what it has, so one byte more is allowed in
+        # and then tells an over-limit body from one exactly at the limit
+        request.max_content_length = settings.max_request_bytes + 1
         try:
             data = request.get_data(cache=True)
         except RequestEntityTooLarge:
-            raise PayloadTooLarge(f"the request body is over {settings.max_request_bytes:,} bytes "
-                                  "(TRAINER_MAX_REQUEST_BYTES)") from None
+            raise too_large from None
+        if len(data) > settings.max_request_bytes:
+            raise too_large
         if not data:
             return None
         if request.mimetype != "application/json":

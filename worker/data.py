@@ -80,8 +80,8 @@ def load(db: Database | None, spec: DatasetSpec) -> uploads.Arrays:
         ).scalar_one_or_none()
     if artifact is None:
         raise DatasetError(f"dataset {spec.name!r} no longer exists")
-    # accepted by the API under its limits already; stored compact (uint8 stays uint8), float32 from here
-    return uploads.for_training(uploads.parse_npz(read_all(db, artifact), max_bytes=None))
+    # accepted by the API under its limits already; stored compact (uint8 stays uint8) until the split
+    return uploads.with_int64_labels(uploads.parse_npz(read_all(db, artifact), max_bytes=None))
 
 
 def split(arrays: uploads.Arrays, spec: DatasetSpec, seed: int) -> Splits:
