@@ -8,6 +8,8 @@
   "attempt 1 on host:pid" log line) — a fresh child per job means three different pids. VmRSS of a forked
   child counts pages it still shares with the parent (TensorFlow, imported once there); its private pages
   (USS: Private_Clean + Private_Dirty of /proc/<pid>/smaps_rollup) are what the job itself costs.
+- Hostile uploads (``tests/hostile_uploads.py``: zip bombs, GB headers, lying zip entries, huge labels and CSV
+  fields): the API workers' peak RSS while each is refused, and its rise (issue 11: under 100 MB).
 - GPU memory: ``nvidia-smi`` before, at each job's peak and after; "not measured" when it is absent.
 
 Embedded SQLite by default (``--backend postgres`` for PostgreSQL + Redis). Writes ``bench/results/memory.json``.
@@ -25,9 +27,11 @@ import time
 import httpx
 
 from bench import harness as h
+from tests import hostile_uploads
 
 CONTRACT = json.loads((h.ROOT / "examples" / "recipes" / "contract-digits.json").read_text())
 PARENT_GROWTH_LIMIT_MB = 5  # "does not grow": allowing allocator noise
+BOMB_RISE_LIMIT_MB = 100  # issue 11: the API's RSS stays flat (within 100 MB) while it refuses every bomb
 
 
 def mb(kb: int | None) -> float | None:
@@ -140,6 +144,7 @@ def main() -> None:
                 results["api_load_peak_mb"] = {str(p): mb(kb) for p, kb in sampler.peak_kb.items()}
                 results["api_after_load_mb"] = {str(p): settle_rss(p, 0) for p in api.children()}
                 results["api_master_after_load_mb"] = mb(h.status_rss_kb(api.pid))
+                results["bombs"] = refuse_bombs(http, api)
         finally:
             worker.stop()
             api.stop()
@@ -147,6 +152,22 @@ def main() -> None:
     out = h.write("memory", results)
     report(results, args)
     print(f"\nwritten to {out.relative_to(h.ROOT)}")
+
+
+def refuse_bombs(http: httpx.Client, api: h.Proc) -> dict:
+    """The API workers' RSS while each hostile upload of ``tests/hostile_uploads.py`` is refused: before, the
+    peak while the request ran (sampled every 10 ms) and the rise, which must stay under 100 MB."""
+    rows = []
+    for case in hostile_uploads.cases():
+        before = {p: h.status_rss_kb(p) for p in api.children()}
+        with h.RssSampler(api.children, interval=0.01) as sampler:
+            response = http.post("/v1/datasets", files={"file": (case.filename, case.data)}, data=case.form)
+        rise = max(sampler.peak_kb.get(p, kb) - kb for p, kb in before.items())
+        rows.append({"bomb": case.name, "upload_bytes": len(case.data), "status": response.status_code,
+                     "peak_mb": mb(max(sampler.peak_kb.values())), "rise_mb": mb(max(rise, 0))})
+    return {"cases": rows, "max_rise_mb": max(r["rise_mb"] for r in rows), "limit_mb": BOMB_RISE_LIMIT_MB,
+            "all_4xx": all(400 <= r["status"] < 500 for r in rows),
+            "after_mb": {str(p): settle_rss(p, 0.5) for p in api.children()}}
 
 
 def report(r: dict, args) -> None:
@@ -169,6 +190,12 @@ def report(r: dict, args) -> None:
     h.table(f"RSS in MB, {r['backend']}, contract digits {args.epochs} epochs x {args.jobs} jobs "
             f"(load avg at start {r['load_avg_at_start']})", ["", "MB", "note"], rows)
     print(f"\nGPU: {r['gpu']}")
+    b = r["bombs"]
+    h.table(f"API worker RSS while refusing each hostile upload (rise limit {b['limit_mb']} MB; largest rise "
+            f"{b['max_rise_mb']} MB; every answer 4xx: {'yes' if b['all_4xx'] else 'NO'})",
+            ["bomb", "upload", "status", "peak MB", "rise MB"],
+            [[c["bomb"], f"{c['upload_bytes'] / 1024:,.0f} KiB", c["status"], c["peak_mb"], c["rise_mb"]]
+             for c in b["cases"]])
 
 
 if __name__ == "__main__":
