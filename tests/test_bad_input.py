@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from tests import hostile_uploads
 from tests.support import small_recipe
 
 WRONG = {str: [7, None, ["x"]], bool: ["maybe", 2, None], int: ["three", 2.5, None, [1]], float: ["a tenth", None, {}],
@@ -97,6 +96,127 @@ def test_malformed_submission_is_4xx_with_a_message(client, kwargs):
     assert body["detail"] and body["title"]
 
 
+# --- Strict types, NUL, experiment overrides and query strings: each a 422 naming the field -------------------
+
+JOB = "/v1/jobs"
+SOME_JOB = "/v1/jobs/0123456789abcdef0123456789abcdef"
+BOOLS = [("training", "diagnostics"), ("training", "jit_compile"), ("dataset", "standardize"),
+         ("export", "tflite_options", "sparsity")]
+
+
+def deep(levels: int, leaf=1):
+    for _ in range(levels):
+        leaf = {"a": leaf}
+    return leaf
+
+
+def set_path(recipe: dict, path: tuple, value) -> dict:
+    target = recipe
+    for part in path[:-1]:
+        target = target.setdefault(part, {}) if isinstance(target, dict) else target[part]
+    target[path[-1]] = value
+    return recipe
+
+
+def experiment(base: dict | None = None, **variant) -> dict:
+    return {"name": "x", "base": base or small_recipe(), "repeats": 2,
+            "variants": [{"name": "fine", "overrides": {}}, {"name": "bad", **variant}]}
+
+
+def strict_catalogue() -> list[tuple[str, str, str, dict, list | None]]:
+    """(id, method, url, request kwargs, the loc the 422 must name — or its first two items for a variant)."""
+    cases = []
+    for path, value in leaves(small_recipe()):
+        dotted = ".".join(map(str, path))
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        wrongs = [str(value), True] + ([float(value)] if isinstance(value, int) else [False])
+        for wrong in wrongs:
+            cases.append((f"coerced {dotted}={wrong!r}", "post", JOB, {"json": replaced(path, wrong)}, list(path)))
+    for path in BOOLS:
+        for wrong in ("true", 1, 0.0):
+            cases.append((f"coerced {'.'.join(path)}={wrong!r}", "post", JOB,
+                          {"json": set_path(small_recipe(), path, wrong)}, list(path)))
+    for path, text in [(("name",), "iris"), (("dataset", "name"), "iris"), (("model", "layers", 0, "activation"), "relu"),
+                       (("model", "layers", 0, "kernel_initializer"), "he_normal"),
+                       (("model", "layers", 0, "type"), "dense"), (("model", "layers", 1, "name"), "out"),
+                       (("training", "optimizer", "type"), "adam"), (("training", "loss"), "mse"),
+                       (("pruning", "schedule", "end_step"), "auto"), (("pruning", "schedule", "type"), "polynomial"),
+                       (("export", "formats", 0), "h5")]:
+        cases.append((f"NUL in {'.'.join(map(str, path))}", "post", JOB,
+                      {"json": set_path(small_recipe(), path, text + "\x00")}, list(path)))
+    for path, text in [(("description",), "a\x00b"), (("pruning", "layers"), ["dense_0", "\x00"]),
+                       (("dataset", "relabel"), {"0\x00": 0}), (("transfer",), {"base_job_id": "\x00" * 32})]:
+        loc = [*path, 1] if path == ("pruning", "layers") else [*path, "0\x00"] if path == ("dataset", "relabel") \
+            else [*path, "base_job_id"] if path == ("transfer",) else list(path)
+        cases.append((f"NUL in {'.'.join(path)}", "post", JOB, {"json": set_path(small_recipe(), path, text)}, loc))
+    cases.append(("NUL in an unknown key", "post", JOB, {"json": {**small_recipe(), "se\x00ed": 1}}, ["se\x00ed"]))
+    cases.append(("NUL as raw JSON escape", "post", JOB, {"data": json.dumps(small_recipe(name="a\x00")),
+                                                          "content_type": "application/json"}, ["name"]))
+    cases.append(("deep description", "post", JOB, {"json": small_recipe(description=deep(800))}, ["description"]))
+    cases.append(("deep unknown field", "post", JOB, {"json": {**small_recipe(), "deep": deep(900)}}, ["deep"]))
+    cases.append(("deep layer option", "post", JOB, {"json": small_recipe(**{"model.layers": [
+        {"type": "dense", "units": 3, "activation": deep(700)}]})}, ["model", "layers", 0, "activation"]))
+    # experiments: a bad variant is named by its index
+    for name, overrides in [("index past the layers", {"model.layers.9.units": 4}),
+                            ("path through a number", {"training.epochs.max": 4}),
+                            ("path through a string", {"dataset.name.first": "x"}),
+                            ("word as a list index", {"model.layers.last": {}}),
+                            ("unicode digit as an index", {"model.layers.٣": {}}),
+                            ("string for a number", {"training.batch_size": "16"}),
+                            ("bool for an int", {"model.layers.0.units": True}),
+                            ("deep override value", {"model.layers.0.activation": deep(700)}),
+                            ("seed over the limit", {"seed": 2**31})]:
+        cases.append((f"experiment: {name}", "post", "/v1/experiments",
+                      {"json": experiment(overrides=overrides)}, ["variants", 1]))
+    for name, base in [("string seed in the base", small_recipe(seed="7")),
+                       ("float seed in the base", small_recipe(seed=7.5)),
+                       ("list seed in the base", small_recipe(seed=[7])),
+                       ("base nested 600 deep", deep(600)),
+                       ("base field nested 800 deep", small_recipe(description=deep(800)))]:
+        cases.append((f"experiment: {name}", "post", "/v1/experiments", {"json": experiment(base=base)},
+                      ["variants", 0]))
+    for name, spec, loc in [("NUL in a variant name", experiment(overrides={}) | {"variants": [{"name": "a\x00"}]},
+                             ["variants", 0, "name"]),
+                            ("NUL in an override path", experiment(overrides={"seed\x00": 1}),
+                             ["variants", 1, "overrides", "seed\x00"]),
+                            ("string repeats", experiment(overrides={}) | {"repeats": "2"}, ["repeats"]),
+                            ("float repeats", experiment(overrides={}) | {"repeats": 2.0}, ["repeats"]),
+                            ("string target", experiment(overrides={}) | {"target_accuracy": "0.9"},
+                             ["target_accuracy"])]:
+        cases.append((f"experiment: {name}", "post", "/v1/experiments", {"json": spec}, loc))
+    # query strings: an integer is its decimal digits; NUL and unknown parameters are refused
+    for query, loc in [("limit=2.0", "limit"), ("limit=1_0", "limit"), ("limit=%2010", "limit"), ("limit=%2B5", "limit"),
+                       ("limit=true", "limit"), ("limit=0x10", "limit"), ("limit=1e1", "limit"), ("limit=%00", "limit"),
+                       ("status=queued%00", "status"), ("cursor=%00", "cursor"), ("Limit=5", "Limit")]:
+        cases.append((f"query {query}", "get", f"{JOB}?{query}", {}, [loc]))
+    for query, loc in [("model?format=h5%00", "format"), ("model?format=H5", "format"),
+                       ("history?format=json%00", "format"), ("history?format=1", "format")]:
+        cases.append((f"query {query}", "get", f"{SOME_JOB}/{query}", {}, [loc]))
+    return cases
+
+
+STRICT_CASES = strict_catalogue()
+
+
+def test_the_strict_catalogue_has_at_least_60_cases():
+    assert len(STRICT_CASES) >= 60
+
+
+@pytest.mark.parametrize("method, url, kwargs, loc", [case[1:] for case in STRICT_CASES],
+                         ids=[case[0][:60] for case in STRICT_CASES])
+def test_wrong_types_nul_and_bad_overrides_are_422_naming_the_field(client, method, url, kwargs, loc):
+    response = getattr(client, method)(url, **kwargs)
+    assert response.status_code == 422, response.get_data(as_text=True)[:500]
+    body = response.get_json()
+    assert body["detail"] and body["title"]
+    locs = [error["loc"] for error in body["errors"]]
+    if loc[0] == "variants" and len(loc) == 2:
+        assert locs[0][:2] == loc and "variant '" in body["detail"], body
+    else:
+        assert loc in locs, locs
+
+
 def upload(client, data: bytes, filename: str, **form):
     return client.post("/v1/datasets", data={"file": (io.BytesIO(data), filename), **form},
                        content_type="multipart/form-data")
@@ -138,22 +258,6 @@ def test_malformed_upload_is_4xx_with_a_message(client, data, filename, form):
     response = upload(client, data, filename, **form)
     assert 400 <= response.status_code < 500, response.get_data(as_text=True)[:500]
     assert response.get_json()["detail"]
-
-
-#: Uploads built to make the API allocate (tests/hostile_uploads.py): zip bombs, lying zip entries, headers
-#: declaring many GB, unbounded labels, CSV fields and lines past every limit, names PostgreSQL cannot store.
-HOSTILE_UPLOADS = hostile_uploads.cases()
-
-
-def test_the_hostile_upload_catalogue_has_at_least_25_cases():
-    assert len(HOSTILE_UPLOADS) >= 25
-
-
-@pytest.mark.parametrize("case", HOSTILE_UPLOADS, ids=[c.name for c in HOSTILE_UPLOADS])
-def test_hostile_upload_is_4xx_with_a_message(client, case):
-    response = upload(client, case.data, case.filename, **case.form)
-    assert 400 <= response.status_code < 500, response.get_data(as_text=True)[:500]
-    assert response.mimetype == "application/problem+json" and response.get_json()["detail"]
 
 
 @pytest.mark.parametrize("method, path", [
