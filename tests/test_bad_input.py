@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from tests import hostile_uploads
 from tests.support import small_recipe
 
 WRONG = {str: [7, None, ["x"]], bool: ["maybe", 2, None], int: ["three", 2.5, None, [1]], float: ["a tenth", None, {}],
@@ -258,6 +259,22 @@ def test_malformed_upload_is_4xx_with_a_message(client, data, filename, form):
     response = upload(client, data, filename, **form)
     assert 400 <= response.status_code < 500, response.get_data(as_text=True)[:500]
     assert response.get_json()["detail"]
+
+
+#: Uploads built to make the API allocate (tests/hostile_uploads.py): zip bombs, lying zip entries, headers
+#: declaring many GB, unbounded labels, CSV fields and lines past every limit, names PostgreSQL cannot store.
+HOSTILE_UPLOADS = hostile_uploads.cases()
+
+
+def test_the_hostile_upload_catalogue_has_at_least_25_cases():
+    assert len(HOSTILE_UPLOADS) >= 25
+
+
+@pytest.mark.parametrize("case", HOSTILE_UPLOADS, ids=[c.name for c in HOSTILE_UPLOADS])
+def test_hostile_upload_is_4xx_with_a_message(client, case):
+    response = upload(client, case.data, case.filename, **case.form)
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)[:500]
+    assert response.mimetype == "application/problem+json" and response.get_json()["detail"]
 
 
 @pytest.mark.parametrize("method, path", [
