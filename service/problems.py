@@ -74,6 +74,9 @@ def pydantic_errors(exc: ValidationError) -> list[dict]:
     out = []
     for err in exc.errors(include_url=False):
         raw = err["loc"]
+        if err["type"] == "nul_character":  # found by walking the raw input: its loc is already the client's
+            out.append({"loc": list(raw), "msg": err["msg"], "type": err["type"]})
+            continue
         loc = [
             p for i, p in enumerate(raw)
             if not (isinstance(p, str) and (
