@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from core import artifacts, datasets, selection, storage, transfer
+from core import artifacts, datasets, footprint, selection, storage, transfer
 from core.errors import Conflict, IdempotencyMismatch, NotFound, RecipeError, TooManyRequests
 from core.models import FINISHED, Artifact, EpochRecord, IdempotencyKey, Job, JobStatus, LogLine, utcnow
 from core.recipe import LayerChoiceError, Recipe, ShapeError, layer_shapes, resolve_end_step, split_sizes, steps_per_epoch
@@ -94,6 +94,9 @@ def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> d
     info_plan = plan(recipe, info)
     if info_plan["train_samples"] < 1:
         raise RecipeError(["dataset"], "no training samples are left after the test and validation splits")
+    memory = footprint.estimate(recipe, info, info_plan, params, tp)
+    footprint.admit(memory, settings.max_training_bytes)
+    info_plan["estimated_training_bytes"] = memory.total_bytes
     if tp:
         info_plan["transfer"] = tp.as_dict()
     if recipe.pruning:
