@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8000
 
-.PHONY: browser install run migrate test test-fast bench bench-load lint clean
+.PHONY: browser fashion-mnist install run migrate test test-fast bench bench-load lint clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, not {sys.version}"'
@@ -21,14 +21,22 @@ migrate: install
 
 ## The API on 127.0.0.1:$(PORT) and one Celery worker, on SQLite + the SQLAlchemy broker unless
 ## DATABASE_URL / CELERY_BROKER_URL say otherwise. Ctrl-C stops both.
-run: install
+run: install fashion-mnist
 	PORT=$(PORT) scripts/run.sh
+
+## Debian's Fashion-MNIST (the built-in fashion_mnist): installed when missing and this is root with apt;
+## otherwise one line says how (without it the dataset is listed as unavailable and recipes naming it get a 422).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+fashion-mnist:
+	@test -f $(FASHION_MNIST) || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "fashion_mnist is not installed: run 'sudo apt-get install dataset-fashion-mnist' (Debian bookworm or later)"; fi; }
 
 ## Debian's Chromium, for the job-page tests (installed when missing; needs root).
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-test: install browser
+test: install browser fashion-mnist
 	$(BIN)/pytest
 
 ## Schema, API and training unit tests only (no worker process).
