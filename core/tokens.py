@@ -213,7 +213,10 @@ def main(argv: list[str] | None = None) -> None:
     take.add_argument("id", help="an id from `list`, a unique prefix of it (6+), or the token itself")
     args = parser.parse_args(argv)
 
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValueError as exc:  # ConfigError: contradictory settings
+        raise SystemExit(f"error: {exc}") from None
     db = Database(settings)
     try:
         with db.session() as session:

@@ -5,12 +5,16 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 PORT="${PORT:-8000}"
 mkdir -p var
-if [ -z "${TRAINER_API_TOKENS:-}" ]; then
-    # Local use: no tokens asked for (the API logs a warning saying so). Set TRAINER_API_TOKENS to require them.
-    export TRAINER_SINGLE_USER="${TRAINER_SINGLE_USER:-1}"
-fi
 echo "database: ${DATABASE_URL:-sqlite (var/trainer.sqlite)}   broker: ${CELERY_BROKER_URL:-sqla+sqlite (var/broker.sqlite)}"
 $BIN/python -m core.migrate
+if [ -z "${TRAINER_API_TOKENS:-}" ] && [ -z "${TRAINER_SINGLE_USER:-}" ]; then
+    if [ -n "$($BIN/python -m core.tokens list --quiet)" ]; then
+        echo "the database holds API tokens: they are required (python -m core.tokens list)"
+    else
+        # Local use: no tokens asked for (the API logs a warning saying so, and answers only localhost).
+        export TRAINER_SINGLE_USER=1
+    fi
+fi
 
 $BIN/celery -A worker.celery_app worker --loglevel INFO --concurrency 1 --hostname "worker@%h" &
 WORKER=$!

@@ -259,6 +259,23 @@ def test_migration_0006_adds_the_token_columns_and_goes_both_ways(isolated_backe
     assert columns()[1]
 
 
+def test_the_default_compose_stack_publishes_on_loopback_asks_for_no_gpu_and_bounds_the_worker():
+    """What ``docker compose up`` gets with no override and no variable set (make test-compose runs it)."""
+    import re
+
+    import yaml
+
+    stack = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in stack["services"].items():
+        for port in service.get("ports", []):
+            assert re.fullmatch(r"\$\{\w+:-127\.0\.0\.1:\d+\}:\d+", port), (name, port)
+        assert "devices" not in str(service.get("deploy", {})), name
+    assert stack["services"]["worker"]["mem_limit"] == "${WORKER_MEM_LIMIT:-8g}"
+    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())
+    assert gpu["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert {s["image"] for s in gpu["services"].values()} == {"keras-trainer:gpu"}
+
+
 def _free_port() -> int:
     import socket
 

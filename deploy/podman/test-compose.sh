@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end test of docker-compose.yml (+ docker-compose.cpu.yml) with podman
-# and podman-compose on a host with no Docker engine and no registry access.
+# End-to-end test of docker-compose.yml with podman and podman-compose on a
+# host with no Docker engine and no registry access.
 #
 #   deploy/podman/test-compose.sh          (or: make test-compose)
 #
@@ -10,8 +10,15 @@
 #    (deploy/podman/build-standins.sh)
 # 3. builds the app image (timed; "cold" when no layer is cached), then a warm
 #    rebuild after a source change (on a scratch copy of the build context)
-# 4. compose up -d --build; waits for every healthcheck
-# 5. as an outside client on 127.0.0.1:$API_PORT: small job -> succeeded,
+# 4. README's quick start, verbatim: the block after <!-- quick-start:compose -->
+#    (cp .env.example .env, docker compose up -d --build --wait, a token made
+#    with core.tokens, a curl with it), run in a scratch copy of the work tree
+#    with `docker compose` mapped to podman-compose. Two adaptations: the
+#    api's port is $API_PORT, not 8000 (localhost:8000 -> 127.0.0.1:$API_PORT),
+#    and --wait is done here (podman 4.3 cannot `podman wait --condition=healthy`);
+#    then: no token / the old shipped token -> 401, the api's log says how to make
+#    a token, the worker has its memory limit
+# 5. as an outside client on 127.0.0.1:$API_PORT with that token: small job -> succeeded,
 #    model h5 downloaded, sha256 == ETag == X-Checksum-Sha256, kernel sparsity
 #    in the h5 ~= result.sparsity.overall
 # 6. a longer job; the worker container is restarted while it runs; the job
@@ -69,7 +76,7 @@ if [ ! -f "$VENV/.tools-stamp" ] || [ "$HERE/requirements-tools.txt" -nt "$VENV/
     "$VENV/bin/pip" install -q -r "$HERE/requirements-tools.txt"
     touch "$VENV/.tools-stamp"
 fi
-PC=("$VENV/bin/podman-compose" -p "$PROJECT" -f docker-compose.yml -f docker-compose.cpu.yml)
+PC=("$VENV/bin/podman-compose" -p "$PROJECT" -f docker-compose.yml)
 CLIENT=("$VENV/bin/python" "$HERE/compose_smoke.py" --base "$BASE")
 note "podman $(podman version --format '{{.Client.Version}}'), $("$VENV/bin/podman-compose" --version 2>/dev/null | head -n1), runtime $(podman info --format '{{.Host.OCIRuntime.Name}}')"
 
@@ -82,6 +89,7 @@ done
 # Where from: the host's locally added CAs, else a bundle that PIP_CERT,
 # REQUESTS_CA_BUNDLE or SSL_CERT_FILE name if it is not Debian's own.
 EXTRA_CA_FILE=${EXTRA_CA_FILE:-}
+QS_FILES=()
 if [ -z "$EXTRA_CA_FILE" ] && [ "${NO_EXTRA_CA:-0}" != 1 ]; then
     if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
         EXTRA_CA_FILE=$OUT/extra-ca.pem
@@ -97,6 +105,7 @@ fi
 if [ -n "$EXTRA_CA_FILE" ]; then
     export EXTRA_CA_FILE
     PC+=(-f "$HERE/docker-compose.extra-ca.yml")
+    QS_FILES=(-f docker-compose.yml -f "$HERE/docker-compose.extra-ca.yml")
     note "pip in the build trusts the extra CAs in $EXTRA_CA_FILE (build secret extra_ca)"
 fi
 
@@ -125,6 +134,10 @@ start_ticker() {
 cleanup() {
     rc=$?
     [ -n "$TICKER_PID" ] && kill "$TICKER_PID" 2>/dev/null || true
+    if [ "${QS_RUNNING:-0}" = 1 ]; then
+        say "the README quick start failed; its output ($OUT/quickstart.log):"
+        grep -v 'systemd connection' "$OUT/quickstart.log" | tail -n 40 >&2 || true
+    fi
     if [ "$rc" != 0 ]; then
         say "failure: last logs of each container"
         for c in $(podman ps -a --format '{{.Names}}' --filter "label=io.podman.compose.project=$PROJECT" 2>/dev/null); do
@@ -194,18 +207,50 @@ if [ "${SKIP_WARM_BUILD:-0}" != 1 ]; then
     rm -rf "$ctx"
 fi
 
-# ---------------------------------------------------------------- 4. up
+# ---------------------------------------------------------------- 4. README's quick start
+QS=$OUT/quickstart
+rm -rf "$QS"; mkdir -p "$QS"
+git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -C "$QS" -xf -
+rm -f "$QS/.env"
+block=$(awk '/<!-- quick-start:compose -->/ {on=1; next} on && /^```sh/ {next} on && /^```/ {exit} on' README.md)
+[ -n "$block" ] || fail "README.md has no block after <!-- quick-start:compose -->"
+printf '%s\n' "$block" >"$OUT/quickstart.sh"
+block=${block//localhost:8000/127.0.0.1:$API_PORT}
+
+# `docker compose ARGS` as the quick start types it -> podman-compose ARGS.
+docker() {
+    [ "${1:-}" = compose ] || fail "the quick start runs 'docker ${1:-}': only 'docker compose' is mapped"
+    shift
+    local args=() wait=0 a
+    for a in "$@"; do
+        if [ "$a" = --wait ]; then wait=1; else args+=("$a"); fi
+    done
+    "$VENV/bin/podman-compose" -p "$PROJECT" "${QS_FILES[@]}" "${args[@]}" || return
+    if [ $wait = 1 ]; then
+        wait_healthy 300 postgres redis api worker flower >&2 || fail "--wait: not every service became healthy"
+    fi
+}
+
 start_ticker
 t_up=$SECONDS
-"${PC[@]}" up -d --build >"$OUT/up.log" 2>&1 || { grep -v 'systemd connection' "$OUT/up.log" | tail -n 40 >&2; fail "compose up"; }
-note "compose up -d --build returned in $((SECONDS - t_up))s"
-wait_healthy 300 postgres redis || fail "postgres/redis not healthy"
-note "postgres+redis healthy at +$((SECONDS - t_up))s"
-wait_healthy 300 api || fail "api not healthy"
-note "api healthy at +$((SECONDS - t_up))s"
+say "README quick start (in $QS):"; sed 's/^/    /' "$OUT/quickstart.sh" >&2
+cd "$QS"
+TOKEN=
+QS_RUNNING=1   # errexit stays on inside the block: its first failing line fails the test
+eval "$block" >"$OUT/quickstart.log" 2>&1
+QS_RUNNING=0
+cd "$ROOT"
+note "README quick start ($(grep -c . "$OUT/quickstart.sh") lines) done in $((SECONDS - t_up))s: every service healthy, a token made, curl answered"
+[ -n "$TOKEN" ] || fail "the quick start made no TOKEN"
+export TRAINER_TOKEN=$TOKEN
 "${CLIENT[@]}" wait-ready --timeout 120
-wait_healthy 300 worker flower || fail "worker/flower not healthy"
-note "worker+flower healthy at +$((SECONDS - t_up))s"
+"${CLIENT[@]}" check-auth || fail "auth defaults"
+podman logs "$(ctr_of api)" 2>&1 | grep -q "python -m core.tokens create OWNER" \
+    || fail "the api's log does not say how to create a token"
+note "no token and the formerly shipped 'change-me' -> 401; the api's log says how to create a token"
+mem=$(podman inspect "$(ctr_of worker)" --format '{{.HostConfig.Memory}}')
+[ "$mem" = $((8 * 1024 * 1024 * 1024)) ] || fail "worker memory limit is $mem, not 8g"
+note "worker memory limit: $mem bytes"
 curl -fsS "http://127.0.0.1:$FLOWER_PORT/healthcheck" >/dev/null || fail "flower not answering on 127.0.0.1:$FLOWER_PORT"
 
 # ---------------------------------------------------------------- 5. smoke job
