@@ -31,7 +31,7 @@ def problem_response(description: str) -> dict:
 
 #: Documented on every operation: what any request may get back.
 COMMON_RESPONSES = {
-    400: problem_response("Malformed request (e.g. invalid JSON)"),
+    400: problem_response("Malformed request (e.g. invalid JSON), or a Host single-user mode does not answer"),
     401: problem_response("Missing or invalid API token"),
     404: problem_response("No such resource for this owner"),
     405: problem_response("Method not allowed"),
@@ -39,7 +39,7 @@ COMMON_RESPONSES = {
     413: problem_response("Body too large"),
     415: problem_response("Unsupported media type"),
     422: problem_response("Invalid request: `errors` lists each field (types are strict; NUL is refused)"),
-    429: problem_response("Too many queued jobs"),
+    429: problem_response("Too many queued jobs, or too many requests from this token this minute; see Retry-After"),
     500: problem_response("Internal error, or a stored file failed its sha256 check"),
     503: problem_response("Database or broker unavailable; retry after Retry-After"),
 }
