@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import io
 import uuid
-from typing import Annotated
 
 from flask import Response, request
 from flask_openapi3 import APIBlueprint, FileStorage, Tag
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from core import artifacts, storage, uploads
 from core.datasets import BUILTIN, availability
 from core.errors import DatasetError, PayloadTooLarge
+from core.layers import NulFree
 from core.models import Dataset
 from service.app import services
 from service.auth import current_owner
@@ -26,17 +26,12 @@ api = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", abp_tags=[Ta
 MAX_NAME = 200
 
 
-def _no_nul(value: str | None) -> str | None:
-    """PostgreSQL text cannot hold NUL; refused as the field it is in."""
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain a NUL character")
-    return value
+class UploadForm(NulFree):
+    """NUL in a field is refused as that field (PostgreSQL text cannot hold it), by the recipe's one check."""
 
-
-class UploadForm(BaseModel):
     file: FileStorage = Field(description=".npz with x, y (optional x_test, y_test) or .csv with a header row")
-    name: Annotated[str | None, AfterValidator(_no_nul)] = Field(None, max_length=MAX_NAME)
-    label_column: Annotated[str | None, AfterValidator(_no_nul)] = Field(
+    name: str | None = Field(None, max_length=MAX_NAME)
+    label_column: str | None = Field(
         None, max_length=200, description="For .csv: the column holding the label.")
 
 

@@ -240,3 +240,13 @@ def test_health_and_readiness(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.get_json()
     assert ready.get_json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+@pytest.mark.parametrize("form, loc", [({"name": "a\x00b"}, ["name"]), ({"label_column": "y\x00"}, ["label_column"])])
+def test_nul_in_an_upload_form_field_is_422_naming_it(client, form, loc):
+    import io
+
+    response = client.post("/v1/datasets", data={"file": (io.BytesIO(b"a,y\n1,0\n2,1\n"), "d.csv"), **form},
+                           content_type="multipart/form-data")
+    body = assert_problem(response, 422)
+    assert loc in [error["loc"] for error in body["errors"]], body
