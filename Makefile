@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.sparsity
 	$(BIN)/python -m bench.checkpoint
+	$(BIN)/python -m bench.footprint
 
 ## 50 pollers + 10 submitters for 60 s with wrk while a job trains (installs wrk if missing).
 bench-load: install
