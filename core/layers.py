@@ -24,21 +24,23 @@ InitializerName = Literal[
 def nul_errors(data, limit: int = 10) -> list[InitErrorDetails]:
     """Where the input's text (dict keys included) holds a NUL, walked without recursion so any depth is safe."""
     errors: list[InitErrorDetails] = []
-    stack: list[tuple[tuple, object]] = [((), data)]
+    stack: list[tuple[tuple | None, object]] = [(None, data)]  # (path as (parent, key) links, node)
     while stack and len(errors) < limit:
-        loc, node = stack.pop()
+        link, node = stack.pop()
         if isinstance(node, str):
             if "\x00" in node:
+                loc = []
+                while link is not None:
+                    link, key = link
+                    loc.append(key)
                 errors.append(InitErrorDetails(type=PydanticCustomError(
-                    "nul_character", "text must not contain a NUL (\\u0000) character"), loc=loc, input=node))
+                    "nul_character", "text must not contain a NUL (\\u0000) character"),
+                    loc=tuple(reversed(loc)), input=node))
         elif isinstance(node, dict):
             for key, value in reversed(list(node.items())):
-                if isinstance(key, str) and "\x00" in key:
-                    stack.append(((*loc, key), key))
-                else:
-                    stack.append(((*loc, key), value))
+                stack.append(((link, key), key if isinstance(key, str) and "\x00" in key else value))
         elif isinstance(node, (list, tuple)):
-            stack.extend(((*loc, i), value) for i, value in reversed(list(enumerate(node))))
+            stack.extend(((link, i), value) for i, value in reversed(list(enumerate(node))))
     return errors
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from core.datasets import BUILTIN
+from core.layers import nul_errors
 from core.recipe import (
     ConstantSparsity,
     PolynomialDecay,
@@ -95,3 +97,68 @@ def test_duplicate_layer_names_are_refused():
     with pytest.raises(Exception, match="used twice"):
         Recipe.model_validate(small_recipe(**{"model.layers": [
             {"type": "dense", "units": 3, "name": "a"}, {"type": "dense", "units": 3, "name": "a"}]}))
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"model.layers": [{"type": "dense", "units": "300"}]}, "units"),
+    ({"model.layers": [{"type": "dense", "units": True}]}, "units"),
+    ({"model.layers": [{"type": "dense", "units": 3.0}]}, "units"),
+    ({"model.layers": [{"type": "dense", "units": 3, "use_bias": 1}]}, "use_bias"),
+    ({"pruning.schedule.final_sparsity": "0.8"}, "final_sparsity"),
+    ({"training.batch_size": "16"}, "batch_size"),
+    ({"training.diagnostics": "false"}, "diagnostics"),
+    ({"dataset.classes": [0, "1"]}, "classes"),
+    ({"dataset.relabel": {"0": 1.0}}, "relabel"),
+])
+def test_wrong_types_are_refused_not_coerced(overrides, field):
+    with pytest.raises(ValidationError, match=field):
+        Recipe.model_validate(small_recipe(**overrides))
+
+
+def test_an_integer_stands_where_a_float_belongs_and_arrays_where_tuples_do():
+    recipe = Recipe.model_validate(small_recipe(**{
+        "training.optimizer": {"type": "sgd", "learning_rate": 1, "momentum": 0},
+        "regularization": {"l1_l2": [0, 1]},
+        "pruning": {"sparsity_m_by_n": [2, 4], "layers": ["dense_0"]},
+        "dataset.name": "digits", "dataset.reshape": [8, 8, 1], "model.input_shape": [8, 8, 1],
+        "model.layers": [{"type": "conv2d", "filters": 2, "kernel_size": [3, 3], "strides": [1, 1]},
+                         {"type": "max_pooling2d", "pool_size": [2, 2]}, {"type": "flatten"},
+                         {"type": "dense", "units": 10, "activation": "softmax"}]}))
+    assert recipe.training.optimizer.learning_rate == 1.0 and isinstance(recipe.training.optimizer.learning_rate, float)
+    assert recipe.regularization.l2 == 1.0 and recipe.pruning.sparsity_m_by_n == (2, 4)
+    assert recipe.model.layers[0].kernel_size == (3, 3)
+
+
+def test_the_worker_revalidates_what_the_api_stored():
+    """The API stores ``model_dump(mode="json")`` (tuples become arrays) and the worker validates it again, strictly;
+    Python-mode dumps (tuples, model instances) validate too."""
+    raw = small_recipe(**{"pruning": {"sparsity_m_by_n": [2, 4]}, "regularization": {"l1_l2": [0.1, 0]},
+                          "model.layers": [{"type": "dense", "units": 8, "activation": {"type": "leaky_relu"}},
+                                           {"type": "dense", "units": 3, "activation": "softmax"}]})
+    recipe = Recipe.model_validate(raw)
+    assert Recipe.model_validate(json.loads(json.dumps(recipe.model_dump(mode="json")))) == recipe
+    assert Recipe.model_validate(recipe.model_dump()) == recipe
+    assert Recipe.model_validate(recipe.model_dump(mode="json")).decoder_layers() == []
+
+
+@pytest.mark.parametrize("where", [("name",), ("description",), ("model", "layers", 0, "name"),
+                                   ("pruning", "layers"), ("dataset", "relabel")])
+def test_nul_in_any_text_is_refused_at_its_field(where):
+    values = {"pruning": {"layers": ["dense_0\x00"]}, "dataset": {"relabel": {"\x00": 0}}}
+    raw = small_recipe()
+    target = raw
+    for part in where[:-1]:
+        target = target[part]
+    target[where[-1]] = values.get(where[0], {}).get(where[-1], "x\x00") if where[0] in values else "x\x00"
+    with pytest.raises(ValidationError) as caught:
+        Recipe.model_validate(raw)
+    assert all(error["type"] == "nul_character" for error in caught.value.errors())
+    assert tuple(caught.value.errors()[0]["loc"][:len(where)]) == where
+
+
+def test_the_nul_check_walks_any_depth_without_recursion():
+    deep = "\x00"
+    for _ in range(20_000):  # twenty times Python's recursion limit
+        deep = [deep]
+    errors = nul_errors({"a": deep})
+    assert len(errors) == 1 and len(errors[0]["loc"]) == 20_001
