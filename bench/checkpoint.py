@@ -89,6 +89,7 @@ def train_once(db: Database, settings: Settings, raw: dict, max_share: float, in
         "epoch_ms_median": round(statistics.median(epoch_s) * 1000, 1),
         "train_seconds": round(outcome.seconds, 2), "checkpoint_seconds": round(spent, 3),
         "share_of_training": round(spent / outcome.seconds, 4),
+        "next_checkpoint_after_s": round(run.checkpoints.spacing_s(), 2),
         "share_after_epoch_1": round(steady / (ends[-1] - ends[0]), 4),
         "epoch_wall_ms_median": round(statistics.median(b - a for a, b in zip(ends, ends[1:])) * 1000, 1),
         "params": plan["params"],
