@@ -80,7 +80,7 @@ def upload_dataset(form: UploadForm):
 
 
 class DatasetPath(BaseModel):
-    dataset_id: str = Field(max_length=64, description="An upload's id (ds-…) from POST /v1/datasets.")
+    dataset_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="An upload's id (ds-…) from POST /v1/datasets.")
 
 
 @api.delete("/<dataset_id>", responses={204: {"description": "Deleted, with its stored file"}})

@@ -123,6 +123,8 @@ def test_another_owners_or_an_unknown_dataset_is_404_and_a_builtin_is_409(owners
     assert chunks_of(alice.db, dataset_id) >= 1  # bob's attempt left alice's file alone
     builtin = alice.delete("/v1/datasets/iris")
     assert builtin.status_code == 409 and "built-in" in builtin.get_json()["detail"]
+    for odd in ("ds-%00x", "ds-" + "a" * 80, "%C2%B2"):  # NUL, too long, not an id: refused before any query
+        assert alice.delete(f"/v1/datasets/{odd}").status_code == 422
     assert "iris" in {item["id"] for item in alice.get("/v1/datasets").get_json()["items"]}
 
 
