@@ -45,12 +45,21 @@ def display_name(layer) -> str:
     return getattr(layer, "layer", layer).name
 
 
+def as_compiled(loss):
+    """The loss as ``compile`` wraps it (a ``Loss`` with fit's shape reconciliation and batch-mean reduction),
+    so the probe's gradients are those of the loss fit minimises, not of the bare function."""
+    from tf_keras.src.losses import LossFunctionWrapper
+
+    fn = keras.losses.get(loss)
+    return fn if isinstance(fn, keras.losses.Loss) else LossFunctionWrapper(fn, name=getattr(fn, "__name__", None))
+
+
 class Probe:
     def __init__(self, model, x: np.ndarray, y: np.ndarray, loss):
         self.model = model
         self.x, self.y = tf.constant(x[:PROBE_SIZE]), tf.constant(y[:PROBE_SIZE])
         self.layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-        self.loss = keras.losses.get(loss)
+        self.loss = as_compiled(loss)
 
     def _forward(self) -> list:
         """Layer by layer, eagerly: layers shared with a transfer base have more than one graph node."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from core.recipe import Recipe, ReduceOnPlateau
 from worker import builder, checkpoint, pruning, reuse
-from worker.data import Splits, standardization, to_dataset
+from worker.data import Splits, shaped_for_output, standardization, to_dataset
 from worker.diagnostics import Probe
 from worker.tf_env import keras, tf
 
@@ -188,6 +188,7 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
     with scope:
         stats = standardization(splits.x_train) if recipe.dataset.standardize else None
         model = builder.build_model(recipe, standardize=stats, reused=transfer.layers if transfer else None)
+        splits = shaped_for_output(splits, model.output_shape)
         callbacks: list = []
         pruned_names: list[str] = []
         measure = lambda: None  # noqa: E731
