@@ -16,6 +16,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core import artifacts, datasets, footprint, selection, storage, transfer
+from core.causes import Cause, JobError
 from core.errors import Conflict, IdempotencyMismatch, NotFound, RecipeError, TooManyRequests
 from core.models import FINISHED, Artifact, EpochRecord, IdempotencyKey, Job, JobStatus, LogLine, utcnow
 from core.recipe import LayerChoiceError, Recipe, ShapeError, layer_shapes, resolve_end_step, split_sizes, steps_per_epoch
@@ -182,6 +183,11 @@ def logs(session: Session, job_id: str) -> list[LogLine]:
     return list(session.execute(select(LogLine).where(LogLine.job_id == job_id).order_by(LogLine.id)).scalars())
 
 
+def log_line_count(session: Session, job_id: str) -> int:
+    """Lines already stored (earlier attempts): they count against ``max_log_lines_per_job``."""
+    return session.scalar(select(func.count()).select_from(LogLine).where(LogLine.job_id == job_id))
+
+
 def model_artifacts(session: Session, job_id: str) -> dict[str, Artifact]:
     rows = session.execute(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == "model")).scalars()
     return {a.format: a for a in rows}
@@ -227,7 +233,8 @@ def cancel(session: Session, job_id: str, owner: str) -> Job:
     done = session.execute(
         update(Job).where(Job.id == job_id, Job.status == Q)
         .values(status=JobStatus.CANCELLED.value, finished_at=now, version=Job.version + 1,
-                progress=_with_phase(job.progress, "cancelled"))
+                progress=_with_phase(job.progress, "cancelled"),
+                error=JobError.of(Cause.CANCELLED, "cancelled before it started").stored())
     ).rowcount
     if not done:
         done = session.execute(
@@ -339,6 +346,21 @@ def append_logs(session: Session, job_id: str, lines: list[tuple[datetime, str, 
     session.add_all(LogLine(job_id=job_id, at=at, level=level, message=msg) for at, level, msg in lines)
 
 
+def fail_running_on(session: Session, worker: str, error: JobError) -> str | None:
+    """Fail the job a worker process holds (its process is gone: killed for memory); the job's id, or None
+    when that process held no running job (it had just finished, or the job was taken from it)."""
+    row = session.execute(select(Job.id, Job.attempt).where(Job.worker == worker, Job.status == R)).first()
+    if row is None:
+        return None
+    job_id, attempt = row
+    progress = session.scalar(select(Job.progress).where(Job.id == job_id))
+    if not finish(session, job_id, attempt, JobStatus.FAILED, error=error.stored(),
+                  progress=_with_phase(progress, JobStatus.FAILED.value)):
+        return None
+    append_logs(session, job_id, [(utcnow(), "ERROR", f"job failed: {error.type.value}: {error.message}")])
+    return job_id
+
+
 # --- reconciler --------------------------------------------------------------------------------------------
 
 
@@ -375,9 +397,9 @@ def reconcile(session: Session, settings: Settings, now: datetime | None = None)
         elif session.execute(
             update(Job).where(*guard).values(
                 status=JobStatus.FAILED.value, finished_at=now, version=Job.version + 1,
-                error={"type": "worker_lost", "message": f"the worker stopped heartbeating on each of "
-                       f"{attempt} attempts", "hint": "see GET /v1/jobs/{id}/logs; the job may need more "
-                       "memory than the worker has"},
+                error=JobError.of(Cause.WORKER_LOST, f"the worker stopped heartbeating on each of {attempt} "
+                                  "attempts (its process was killed or the job may need more memory than the "
+                                  "worker has)").stored(),
             )
         ).rowcount:
             artifacts.delete_for(session, job_id=job_id, kind=CHECKPOINT)

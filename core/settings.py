@@ -73,6 +73,12 @@ class Settings:
     rate_limit_per_minute: int = 600
     #: Lines of a job's own log kept in the database; later lines are counted, not stored.
     max_log_lines_per_job: int = 2000
+    #: The worker kills a job's process whose own (private) memory passes this and fails the job
+    #: ``out_of_memory``; 0: twice ``max_training_bytes`` (admission's estimate is good to 2×).
+    max_job_memory_bytes: int = 0
+    #: The cgroup file whose ``oom_kill`` count tells a kernel OOM kill from another SIGKILL; "": found from
+    #: /proc/self/cgroup (v2 ``memory.events``, v1 ``memory.oom_control``).
+    oom_events_path: str = ""
     #: Single-user mode answers only requests whose Host is one of these (DNS rebinding).
     allowed_hosts: str = "localhost,127.0.0.1,[::1]"
     #: Where Debian's package dataset-fashion-mnist puts the four IDX .gz files of the built-in fashion_mnist.
@@ -118,6 +124,8 @@ def load_settings(**overrides) -> Settings:
         max_stored_bytes_per_owner=_int("TRAINER_MAX_STORED_BYTES_PER_OWNER", 2 * 1024 * 1024 * 1024),
         rate_limit_per_minute=_int("TRAINER_RATE_LIMIT_PER_MINUTE", 600),
         max_log_lines_per_job=_int("TRAINER_MAX_LOG_LINES_PER_JOB", 2000),
+        max_job_memory_bytes=_int("TRAINER_MAX_JOB_MEMORY_BYTES", 0),
+        oom_events_path=os.environ.get("TRAINER_OOM_EVENTS_PATH", ""),
         allowed_hosts=os.environ.get("TRAINER_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]"),
         fashion_mnist_dir=os.environ.get("TRAINER_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
     )

@@ -1,4 +1,5 @@
-"""The Celery worker: one job per child process, a fresh child per job, a reconciler in the parent.
+"""The Celery worker: one job per child process, a fresh child per job, a reconciler and a memory guard
+in the parent.
 
 Run with ``celery -A worker.celery_app worker``. The parent imports TensorFlow once (no GPU context
 is created by importing), so each forked child starts training without paying the import again.
@@ -52,16 +53,22 @@ def _child_init(**_):
 
 @signals.worker_ready.connect
 def _start_reconciler(sender=None, **_):
+    from worker import pool
+    from worker.memory_guard import MemoryGuard
     from worker.reconciler import Reconciler
 
     _state["reconciler"] = Reconciler(settings, app)
     _state["reconciler"].start()
+    _state["memory_guard"] = guard = MemoryGuard(settings)
+    pool.lost_child_listeners.append(guard.child_lost)
+    guard.start()
 
 
 @signals.worker_shutdown.connect
 def _stop_reconciler(**_):
-    if "reconciler" in _state:
-        _state["reconciler"].stop()
+    for name in ("reconciler", "memory_guard"):
+        if name in _state:
+            _state[name].stop()
 
 
 @app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)

@@ -6,18 +6,38 @@ it. The pipe closes while the kernel is still tearing the child down (leader alr
 TensorFlow thread not yet gone), so that one ``waitpid`` usually finds nothing and the new child is
 only forked by the pool's 5 s maintenance timer: the next job then waits up to 5 s on an idle worker.
 Here the reap is retried every few milliseconds until it succeeds.
+
+It also tells ``worker.memory_guard`` when a child running a job died abnormally (with its exit
+code: -9 for a SIGKILL), which only the process that reaps the child can know.
 """
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 
+from billiard import pool as billiard_pool
 from celery.concurrency import asynpool, prefork
 
 REAP_RETRY_S = 0.01
 REAP_GIVE_UP_S = 2.0  # after this the pool's own 5 s timer still replaces the child
+#: Called with (pid, exitcode) for each child that died while running a job; must not block (the event loop).
+lost_child_listeners: list[Callable[[int, int], None]] = []
 
 
-class AsynPool(asynpool.AsynPool):
+class TellsLostChildren:
+    """Tells ``lost_child_listeners`` of a child that died running a job, then lets the pool mark it lost."""
+
+    def on_job_process_lost(self, job, pid, exitcode):
+        for listener in lost_child_listeners:
+            try:
+                listener(pid, exitcode)
+            except Exception:  # noqa: BLE001 - a listener must not break the pool's bookkeeping
+                logging.getLogger(__name__).exception("lost-child listener failed")
+        super().on_job_process_lost(job, pid, exitcode)
+
+
+class AsynPool(TellsLostChildren, asynpool.AsynPool):
     def _event_process_exit(self, hub, proc):
         super()._event_process_exit(hub, proc)  # stops watching the sentinel, maintain_pool()
         if any(w is proc for w in self._pool):  # not reapable yet
@@ -31,5 +51,10 @@ class AsynPool(asynpool.AsynPool):
         hub.call_later(REAP_RETRY_S, retry)
 
 
+class BlockingPool(TellsLostChildren, billiard_pool.Pool):
+    """What prefork uses for a broker without async I/O (the embedded SQLAlchemy transport)."""
+
+
 class TaskPool(prefork.TaskPool):
     Pool = AsynPool
+    BlockingPool = BlockingPool

@@ -1,12 +1,15 @@
 """One job, start to end: claim it, train it, store what it made, and say how it ended.
 
 Free of Celery: the task is a one-line call to ``run_job``. While training, a heartbeat thread
-writes ``heartbeat_at``, ships the job's log lines and watches for a cancel request.
+writes ``heartbeat_at``, ships the job's log lines and watches for a cancel request. Every way a job
+ends early is a ``core.causes.Cause``; its log holds only what the job itself said (the ``trainer.job``
+logger), never the worker's own lines about the database or the broker.
 """
 from __future__ import annotations
 
 import io
 import logging
+import os
 import socket
 import tempfile
 import threading
@@ -16,54 +19,70 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from core import artifacts, jobs
+from core.causes import Cause, JobError, JobStopped
 from core.db import Database
-from core.errors import DatasetError, RecipeError
 from core.models import Job, JobStatus, utcnow
 from core.recipe import Recipe
 from core.settings import Settings
 from worker import checkpoint
 
+#: What a client reads at GET /v1/jobs/{id}/logs: lines of this logger (and its children) only.
 log = logging.getLogger("trainer.job")
+#: The worker's own lines (database retries, heartbeats): its stdout, never the job's log.
+worker_log = logging.getLogger(__name__)
 
-HINTS = {
-    "diverged": "lower the learning rate, clip gradients (clipnorm), use he/lecun initialization or batch norm",
-    "dataset": "check the dataset with GET /v1/datasets",
-    "timeout": "raise training.max_runtime_s or train fewer epochs",
-    "training_error": "see GET /v1/jobs/{id}/logs for the traceback",
-}
+
+def worker_name(pid: int | None = None) -> str:
+    """What ``jobs.worker`` holds: the host and the pid of the child that trains (how the parent's
+    ``worker.memory_guard`` finds the job of a child it killed or saw killed)."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
 class JobLog(logging.Handler):
-    """Collects the job's log records for the heartbeat thread to write to the database."""
+    """Collects the job's log records for the heartbeat thread to write to the database.
 
-    def __init__(self):
+    At most ``limit`` lines per job (over all its attempts; ``kept`` were already stored): later ones
+    are only counted, and the final flush says how many were dropped."""
+
+    def __init__(self, limit: int, kept: int = 0):
         super().__init__(logging.INFO)
         self.lines: list[tuple[datetime, str, str]] = []
+        self.limit, self.kept, self.dropped = limit, kept, 0
+        self._reported = False
         self._lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
         with self._lock:
+            if self.kept >= self.limit:
+                self.dropped += 1
+                return
+            self.kept += 1
             self.lines.append((utcnow(), record.levelname, record.getMessage()))
 
-    def drain(self) -> list[tuple[datetime, str, str]]:
+    def drain(self, final: bool = False) -> list[tuple[datetime, str, str]]:
         with self._lock:
             lines, self.lines = self.lines, []
+            if final and self.dropped and not self._reported:
+                self._reported = True
+                lines.append((utcnow(), "WARNING", f"{self.dropped} more lines were dropped: a job keeps at most "
+                                                   f"{self.limit} (TRAINER_MAX_LOG_LINES_PER_JOB)"))
         return lines
 
 
 class JobRun:
     """The state one running job shares between the training thread and its heartbeat thread."""
 
-    def __init__(self, db: Database, settings: Settings, job_id: str, attempt: int, recipe: Recipe, progress: dict):
+    def __init__(self, db: Database, settings: Settings, job_id: str, attempt: int, recipe: Recipe, progress: dict,
+                 kept_lines: int = 0):
         self.db, self.settings, self.job_id, self.attempt, self.recipe = db, settings, job_id, attempt, recipe
         self.base_progress = progress
         self.last_progress: dict = {}
         self.checkpoints = checkpoint.Policy(settings.checkpoint_interval_s, settings.checkpoint_max_share)
         self.pending: list[tuple] = []  # epochs not yet written (the database was unreachable)
-        self.log = JobLog()
+        self.log = JobLog(settings.max_log_lines_per_job, kept_lines)
         self.deadline = time.monotonic() + (recipe.training.max_runtime_s or settings.max_runtime_s)
         self._stop: str | None = None
         self._done = threading.Event()
@@ -80,8 +99,7 @@ class JobRun:
         try:
             self._write_epochs(state)
         except OperationalError as exc:  # the database is away: keep training, write these epochs later
-            logging.getLogger(__name__).warning("epoch %d not stored yet (%s); will retry", epoch,
-                                                str(exc).splitlines()[0])
+            worker_log.warning("epoch %d not stored yet (%s); will retry", epoch, str(exc).splitlines()[0])
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         log.info("epoch %d/%d %s", epoch, self.recipe.training.epochs, summary)
 
@@ -118,13 +136,13 @@ class JobRun:
 
     # -- heartbeat --
     def start(self) -> None:
-        logging.getLogger().addHandler(self.log)
+        log.addHandler(self.log)  # not the root logger: SQL text and host names stay out of the job's log
         self._thread.start()
 
     def stop(self) -> None:
         self._done.set()
         self._thread.join(timeout=10)
-        logging.getLogger().removeHandler(self.log)
+        log.removeHandler(self.log)
 
     def _beat(self) -> None:
         while not self._done.wait(self.settings.heartbeat_interval_s):
@@ -137,34 +155,48 @@ class JobRun:
                 elif cancel:
                     self._stop = self._stop or "cancelled"
             except Exception as exc:  # a database blip must not kill training; the next beat retries
-                logging.getLogger(__name__).warning("heartbeat failed: %s", exc)
+                worker_log.warning("heartbeat failed: %s", exc)
 
     def flush_logs(self, session) -> None:
-        jobs.append_logs(session, self.job_id, self.log.drain())
+        """The last write of the job's log (with the count of dropped lines, if any)."""
+        jobs.append_logs(session, self.job_id, self.log.drain(final=True))
 
 
 def run_job(db: Database, settings: Settings, job_id: str, device: str = "CPU:0") -> str | None:
     """Returns the job's final status, or None when the job was not ours to run (duplicate delivery)."""
-    worker_name = f"{socket.gethostname()}:{threading.get_native_id()}"
+    name = worker_name()
     with db.session() as session:
-        attempt = jobs.claim(session, job_id, worker_name)
+        attempt = jobs.claim(session, job_id, name)
         if attempt is None:
-            logging.getLogger(__name__).info("job %s is not queued; nothing to do", job_id)
+            worker_log.info("job %s is not queued; nothing to do", job_id)
             return None
         job = jobs.get_any(session, job_id)
         recipe = Recipe.model_validate(job.recipe)
         progress = dict(job.progress or {})
         jobs.update_running(session, job_id, attempt, device=device,
                             progress={**progress, "phase": "starting"})
-    run = JobRun(db, settings, job_id, attempt, recipe, progress)
+        kept_lines = jobs.log_line_count(session, job_id)
+    run = JobRun(db, settings, job_id, attempt, recipe, progress, kept_lines)
     run.start()
     error = None
     try:
-        log.info("attempt %d on %s (%s): %s", attempt, worker_name, device, recipe.name)
+        worker_log.info("job %s: attempt %d on %s (%s)", job_id, attempt, name, device)
+        log.info("attempt %d on %s: %s", attempt, device, recipe.name)
         status = _train_and_store(run, recipe, device)
+    except JobStopped as stop:
+        status = JobStatus.CANCELLED if stop.cause is Cause.CANCELLED else JobStatus.FAILED
+        error = stop.error().stored()
+        if status is JobStatus.CANCELLED:
+            log.info("%s", stop)
+        else:
+            log.error("job failed: %s: %s", stop.cause.value, stop)
     except Exception as exc:
-        status, error = JobStatus.FAILED, _error_for(exc)
-        log.error("job failed: %s\n%s", exc, traceback.format_exc())
+        status, error = JobStatus.FAILED, _error_for(exc).stored()
+        if isinstance(exc, SQLAlchemyError):  # its text holds SQL and the database's host: the worker's log only
+            worker_log.error("job %s failed on the database: %s", job_id, exc, exc_info=True)
+            log.error("job failed: %s", error["message"])
+        else:
+            log.error("job failed: %s\n%s", exc, traceback.format_exc())
     finally:
         run.stop()
     if status != JobStatus.SUCCEEDED:  # a success was recorded with its artifacts, in one transaction
@@ -198,24 +230,20 @@ def _maybe_compare(db: Database, settings: Settings, job_id: str) -> None:
         with db.session() as session:
             experiments.store_plot(session, experiment_id, png, settings.artifact_chunk_bytes)
     except Exception as exc:  # noqa: BLE001 - a picture must never fail a job
-        logging.getLogger(__name__).warning("could not draw the experiment's comparison: %s", exc)
+        worker_log.warning("could not draw the experiment's comparison: %s", exc)
 
 
-def _error_for(exc: Exception) -> dict:
-    from worker.training import Diverged
+MAX_MESSAGE_CHARS = 2000  # TensorFlow's messages can run to pages; the rest is in the job's log
 
-    if isinstance(exc, Diverged):
-        kind = "diverged"
-    elif isinstance(exc, (DatasetError,)):
-        kind = "dataset"
-    elif isinstance(exc, RecipeError):
-        kind = "recipe"
-    else:
-        kind = "training_error"
-    error = {"type": kind, "message": str(exc), "hint": HINTS.get(kind, "")}
-    if isinstance(exc, Diverged):
-        error.update(epoch=exc.epoch, batch=exc.batch)
-    return error
+
+def _error_for(exc: Exception) -> JobError:
+    """The cause of an exception that is not a ``JobStopped``: memory, the database, or anything else."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":  # TF's OOM on a device
+        return JobError.of(Cause.OUT_OF_MEMORY, f"training ran out of memory: {exc}"[:MAX_MESSAGE_CHARS])
+    if isinstance(exc, SQLAlchemyError):
+        return JobError.of(Cause.TRAINING_ERROR, "the worker could not read or write the job in its database "
+                           f"({type(exc).__name__}); the details are in the worker's own log")
+    return JobError.of(Cause.TRAINING_ERROR, (str(exc) or type(exc).__name__)[:MAX_MESSAGE_CHARS])
 
 
 def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
@@ -244,12 +272,13 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
     outcome = training.train(recipe, splits, run, end_step=end_step, device=devices.training_device(device),
                              pruned_layers=job_plan.get("pruned_layers"), transfer=transfer, resume=resume)
     if outcome.stopped == "cancelled":
-        log.info("cancelled after %d epochs", outcome.epochs_run)
-        return JobStatus.CANCELLED
+        raise JobStopped(Cause.CANCELLED, f"cancelled after {outcome.epochs_run} epochs")
     if outcome.stopped == "timeout":
-        raise TimeoutError(f"the job ran past max_runtime_s after {outcome.epochs_run} epochs")
+        limit = recipe.training.max_runtime_s or run.settings.max_runtime_s
+        raise JobStopped(Cause.TIMEOUT, f"the job ran past its max_runtime_s of {limit} s "
+                         f"after {outcome.epochs_run} epochs")
     if outcome.stopped == "lost":
-        raise RuntimeError("this worker no longer holds the job (it was requeued or cancelled)")
+        raise JobStopped(Cause.WORKER_LOST, "this worker no longer holds the job (it was requeued or cancelled)")
     with tempfile.TemporaryDirectory(prefix=f"job-{run.job_id[:8]}-") as tmp:
         files = export.strip_and_export(outcome.model, recipe.export, Path(tmp))
         result = {"test": outcome.test, **export.sparsity_report(outcome.model, outcome.pruned_layers),
@@ -308,8 +337,7 @@ def with_retries(action, give_up_after_s: float, what: str):
         except OperationalError as exc:
             if time.monotonic() > deadline:
                 raise
-            logging.getLogger(__name__).warning("%s failed (%s); retrying in %.1fs", what,
-                                                str(exc).splitlines()[0], delay)
+            worker_log.warning("%s failed (%s); retrying in %.1fs", what, str(exc).splitlines()[0], delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
 

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from core.causes import Cause, JobStopped
 from core.recipe import Recipe, ReduceOnPlateau
 from worker import builder, checkpoint, pruning, reuse
 from worker.data import Splits, shaped_for_output, standardization, to_dataset
@@ -40,11 +41,12 @@ class Silent:
         return None
 
 
-class Diverged(Exception):
+class Diverged(JobStopped):
     """The loss became NaN or infinite."""
 
     def __init__(self, epoch: int, batch: int, loss: float):
-        super().__init__(f"the loss became {loss} in epoch {epoch}, batch {batch}")
+        super().__init__(Cause.DIVERGED, f"the loss became {loss} in epoch {epoch}, batch {batch}",
+                         epoch=epoch, batch=batch)
         self.epoch, self.batch = epoch, batch
 
 
@@ -53,7 +55,7 @@ class Outcome:
     model: object  # stripped Keras model
     test: dict
     epochs_run: int
-    stopped: str | None = None  # "cancelled" | "timeout" | None
+    stopped: str | None = None  # what Hooks.stop_reason said: "cancelled" | "timeout" | "lost" | None
     pruned_layers: list[str] = field(default_factory=list)
     seconds: float = 0.0
     test_before_threshold: dict | None = None
