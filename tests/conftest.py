@@ -139,6 +139,26 @@ def http(live_api):
 
 
 @pytest.fixture(scope="session")
+def patient_api(backend):
+    """The same database served with the epoch cap at the recipe's own maximum, for jobs of
+    ``tests.support.UNTIL_CANCELLED`` (the suite's API keeps the default cap, which test_access checks)."""
+    from dataclasses import replace
+
+    from service.app import create_app
+    from tests.support import UNTIL_CANCELLED
+
+    server = LiveServer(create_app(replace(backend, max_epochs=UNTIL_CANCELLED["training.epochs"])))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def patient_http(patient_api):
+    with httpx.Client(base_url=patient_api.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
 def worker(backend, tmp_path_factory):
     """One real worker for the session's backend."""
     proc = start_worker(backend, tmp_path_factory.mktemp("worker") / "worker.log")

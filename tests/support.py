@@ -57,6 +57,12 @@ def small_recipe(**overrides) -> dict:
     return recipe
 
 
+UNTIL_CANCELLED = {"name": "until-cancelled", "training.epochs": 100_000, "training.batch_size": 1}
+"""Overrides for ``small_recipe``: the recipe's maximum of epochs at ~100 steps each, hours on any machine, so a
+test that must catch the job running (to cancel it, watch it move, kill its worker) never races its natural end.
+Submit it to ``patient_api``: the suite's own API caps epochs at 1,000; cancel it in a ``finally``."""
+
+
 def worker_env(settings: Settings, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINER_", "DATABASE_URL", "CELERY_"))}
     env.update({
@@ -82,9 +88,17 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def pause(self) -> None:
+        """SIGSTOP the worker and its children: a running job holds where it is until ``resume``."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
+            os.killpg(self.proc.pid, signal.SIGCONT)  # a paused worker takes its signal only once it runs again
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -22,12 +22,11 @@ from click.testing import CliRunner
 from core.settings import ROOT
 from service.app import create_app
 from tests.conftest import LiveServer
-from tests.support import small_recipe, wait_for, wait_until
+from tests.support import UNTIL_CANCELLED, small_recipe, wait_for, wait_until
 from trainer_client import ChecksumMismatch, Client, TrainerError, sha256_file, verify_sha256
 from trainer_client.cli import cli
 
 WAIT = ("--wait", "--poll", "0.2", "--timeout", "120")  # a broken worker fails the test instead of hanging it
-LONG = {"training.epochs": 400, "training.batch_size": 4, "name": "long"}
 DIVERGES = {
     "training.optimizer": {"type": "sgd", "learning_rate": 5.0},
     "model.layers": [{"type": "dense", "units": 64}, {"type": "dense", "units": 64}, {"type": "dense", "units": 1}],
@@ -238,15 +237,16 @@ def test_a_job_that_fails_under_wait_exits_1_with_its_error(trainer, http, worke
 
 
 @pytest.mark.worker
-def test_cancel_a_queued_job_and_ctrl_c_a_real_process(trainer, live_api, http, worker, tmp_path):
-    """A real `python -m trainer_client.cli submit --wait` keeps the worker busy; meanwhile a second job
-    stays queued and `trainer cancel` ends it at once; then Ctrl-C (SIGINT) + "y" cancels the first."""
+def test_cancel_a_queued_job_and_ctrl_c_a_real_process(trainer, patient_api, http, worker, tmp_path):
+    """A real `python -m trainer_client.cli submit --wait` keeps the worker busy with a job that only a cancel
+    ends; meanwhile a second job stays queued and `trainer cancel` ends it at once; then Ctrl-C (SIGINT) + "y",
+    sent once the first job has recorded an epoch, cancels it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINER_")}
-    env.update(TRAINER_URL=live_api.url, PYTHONUNBUFFERED="1")
+    env.update(TRAINER_URL=patient_api.url, PYTHONUNBUFFERED="1")
     stderr = tmp_path / "trainer.stderr"  # a file, so the test can watch it while the process runs
     with stderr.open("w") as err_file:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trainer_client.cli", "submit", recipe_file(tmp_path, "long.json", **LONG),
+            [sys.executable, "-m", "trainer_client.cli", "submit", recipe_file(tmp_path, "long.json", **UNTIL_CANCELLED),
              "--wait", "--poll", "0.2"],
             cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, text=True,
         )
@@ -271,10 +271,10 @@ def test_cancel_a_queued_job_and_ctrl_c_a_real_process(trainer, live_api, http, 
         assert proc.returncode == 130, err
         assert f"Cancel job {long_id}? [y/N]" in err and "Cancel requested" in err
         done = wait_for(http, long_id, {"cancelled", "succeeded", "failed"}, timeout=60)
-        assert done["status"] == "cancelled" and 1 <= len(done["history"]) < 400
+        assert done["status"] == "cancelled" and len(done["history"]) >= 1
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        for job_id in ours:  # never leave the shared worker busy with a 400-epoch job
+        for job_id in ours:  # never leave the shared worker busy with a job that runs until cancelled
             http.post(f"/v1/jobs/{job_id}/cancel")

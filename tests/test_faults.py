@@ -95,7 +95,11 @@ def test_database_down_is_a_503_and_the_worker_keeps_its_finished_model(postgres
     try:
         job = http.post("/v1/jobs", json=small_recipe(**{"training.epochs": 40, "training.batch_size": 4})).json()
         wait_until(lambda: len(http.get(f"/v1/jobs/{job['id']}").json()["history"]) >= 2, timeout=120)
+        worker.pause()  # the job holds mid-training: it cannot finish before the database goes, however fast
+        held = http.get(f"/v1/jobs/{job['id']}").json()
+        assert held["status"] == "running" and len(held["history"]) < 40
         postgres_server.stop()
+        worker.resume()
         for path in ("/v1/jobs", f"/v1/jobs/{job['id']}"):
             down = http.get(path)
             assert down.status_code == 503, down.text
