@@ -31,6 +31,7 @@ from worker import checkpoint
 
 #: What a client reads at GET /v1/jobs/{id}/logs: lines of this logger (and its children) only.
 log = logging.getLogger("trainer.job")
+log.setLevel(logging.INFO)  # what a job's log holds does not depend on the level the worker's own log is set to
 #: The worker's own lines (database retries, heartbeats): its stdout, never the job's log.
 worker_log = logging.getLogger(__name__)
 
