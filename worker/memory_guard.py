@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 #: Fast enough to catch a job whose memory grows over epochs; a single allocation that jumps past the
 #: container's limit within this time is the kernel's to kill (the second case above).
-WATCH_INTERVAL_S = 0.25
+WATCH_INTERVAL_S = 0.5
 #: How long a child's oom_kill count at birth is kept after it was last seen (its exit is reported after it is reaped).
 FORGET_AFTER_S = 120.0
 MIB = 1024 * 1024
