@@ -122,4 +122,9 @@ def check_labels(info: DatasetInfo, loss: str, output_units: int) -> None:
             f"binary_crossentropy needs a 2-class dataset and 1 output unit "
             f"(dataset has {info.n_classes} classes, output has {output_units} units)",
         )
+    if loss == "mse" and output_units != 1:  # labels are one integer per sample, never one-hot
+        raise RecipeError(
+            ["model", "layers", -1, "units"],
+            f"mse on class labels regresses onto the label: the output layer needs 1 unit, not {output_units}",
+        )
 

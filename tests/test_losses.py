@@ -20,7 +20,7 @@ import pytest
 
 from core.recipe import DatasetSpec
 from core.uploads import Arrays
-from tests.support import wait_for, wait_until
+from tests.support import small_recipe, wait_for, wait_until
 
 pytestmark = pytest.mark.worker
 
@@ -129,6 +129,14 @@ def test_the_probe_takes_the_loss_fit_minimises_whatever_the_label_shape(loss):
     expected = tf.reduce_mean(keras.losses.get(loss)(tf.reshape(y, (-1, 1)), predicted))
     assert float(as_compiled(loss)(y, predicted)) == pytest.approx(float(expected))
     assert float(as_compiled(loss)(tf.reshape(y, (-1, 1)), predicted)) == pytest.approx(float(expected))
+
+
+def test_mse_on_class_labels_needs_one_output_unit(client):
+    """Labels are one integer per sample: a k-unit mse head could only ever fail in the worker, so it is a 422."""
+    response = client.post("/v1/jobs", json=small_recipe(**{"training.loss": "mse"}))  # iris, 3-unit softmax
+    assert response.status_code == 422, response.get_json()
+    body = response.get_json()
+    assert body["errors"][0]["loc"] == ["model", "layers", -1, "units"] and "needs 1 unit" in body["detail"]
 
 
 def test_the_cells_cover_every_pair_of_factors():
