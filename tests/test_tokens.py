@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import delete, inspect, update
+from sqlalchemy import delete, inspect, select, update
 
 from core import tokens
 from core.migrate import upgrade
@@ -35,9 +35,11 @@ def secured(backend):
     settings = replace(backend, single_user=False, api_tokens="env-secret:erin")
     app = create_app(settings)
     db = app.extensions["trainer"].db
+    with db.session() as session:
+        before = set(session.scalars(select(ApiToken.token_sha256)))
     yield settings, app, db
     with db.session() as session:
-        session.execute(delete(ApiToken))
+        session.execute(delete(ApiToken).where(ApiToken.token_sha256.not_in(before)))
     db.engine.dispose()
 
 

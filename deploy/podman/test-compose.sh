@@ -80,6 +80,13 @@ PC=("$VENV/bin/podman-compose" -p "$PROJECT" -f docker-compose.yml)
 CLIENT=("$VENV/bin/python" "$HERE/compose_smoke.py" --base "$BASE")
 note "podman $(podman version --format '{{.Client.Version}}'), $("$VENV/bin/podman-compose" --version 2>/dev/null | head -n1), runtime $(podman info --format '{{.Host.OCIRuntime.Name}}')"
 
+# A bridge left by podman run with Debian's default CNI backend (podman without
+# this containers.conf) claims netavark's 10.88.0.0/16: containers then have no
+# outbound traffic (no DNS, no apt/pip in the build). Remove it when unused.
+if ip link show cni-podman0 >/dev/null 2>&1 && ! ip link show master cni-podman0 2>/dev/null | grep -q .; then
+    ip link delete cni-podman0 && note "removed the unused CNI bridge cni-podman0 (it shadowed netavark's subnet)"
+fi
+
 for port in "$API_PORT" "$FLOWER_PORT"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then fail "port 127.0.0.1:$port is in use"; fi
 done
