@@ -203,3 +203,21 @@ def test_oom_kills_are_read_from_cgroup_v2_and_v1_files(tmp_path):
     assert oom_events_file(str(v2)) == v2
     found = oom_events_file()  # this machine's own cgroup file, or none: never a file without the count
     assert found is None or oom_kills(found) is not None
+
+
+@pytest.mark.parametrize("allocation", ["tensorflow", "python"])
+def test_an_allocation_that_fails_inside_training_is_out_of_memory(client, db, backend, monkeypatch, allocation):
+    """TensorFlow's ResourceExhaustedError (a GPU's memory) and Python's MemoryError, raised in training."""
+    from worker import runner
+    from worker.tf_env import tf
+
+    def exhausted(*_):
+        if allocation == "tensorflow":
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[256,64,2048]")
+        raise MemoryError("Unable to allocate 2.00 GiB for an array")
+
+    job_id = undispatched_job(db, backend)
+    monkeypatch.setattr(runner, "_train_and_store", exhausted)
+    assert runner.run_job(db, backend, job_id) == "failed"
+    body = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert "allocat" in assert_cause(body, Cause.OUT_OF_MEMORY)["message"] and body["attempt"] == 1
