@@ -66,7 +66,7 @@ print("\n".join(reqs))' /tmp/deps/pyproject.toml "$extras" > /tmp/deps/requireme
 # /usr/share/datasets/fashion-mnist; nothing is downloaded at run time (after the
 # dependency layer, so adding it did not invalidate that layer's cache)
 RUN apt-get update \
- && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+ && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
  && rm -rf /var/lib/apt/lists/*
 
 # 2) the source; installed without dependencies (and without fetching a build

@@ -290,7 +290,6 @@ class BatchNormalizationLayer(LayerBase):
     values each (tf.keras stores them as (1, 28, 28)), 4 × 784 = 3,136 parameters, half of them trainable.
     """
 
-
     type: Literal["batch_normalization"]
     momentum: float = Field(0.99, gt=0, lt=1)
     epsilon: float = Field(1e-3, gt=0, le=1)

@@ -22,7 +22,8 @@ from core.models import Artifact
 from core.recipe import DatasetSpec, split_sizes
 from core.settings import Settings, load_settings
 
-log = logging.getLogger(__name__)
+#: A child of the job's logger: the read (and its time) is in the job's own log.
+log = logging.getLogger("trainer.job.data")
 
 
 @dataclass
