@@ -20,7 +20,7 @@ from core.transfer import TransferPlan
 
 FLOAT_BYTES = 4
 LABEL_BYTES = 8  # int64 labels, as the worker loads them
-#: Rows of the diagnostics probe (``worker.diagnostics.PROBE_SIZE``): a forward and backward pass per epoch.
+#: Rows of the diagnostics probe (the worker imports this): a forward and backward pass per epoch.
 PROBE_ROWS = 256
 #: Copies of the dataset a job holds: the numpy split, ``tf.data``'s tensor, its cache and the shuffle buffer.
 DATASET_COPIES = 4

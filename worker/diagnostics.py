@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.footprint import PROBE_ROWS as PROBE_SIZE  # admission counts the probe's rows: one number
 from worker.tf_env import keras, tf
 
-PROBE_SIZE = 256
 _SELU_FLOOR = 1.0507009873554805 * 1.6732632423543772
 
 
