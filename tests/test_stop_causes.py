@@ -23,7 +23,7 @@ from core.models import Artifact, ArtifactChunk, Job, JobStatus, utcnow
 from core.recipe import Recipe
 from service.app import create_app
 from tests.conftest import LiveServer
-from tests.support import small_recipe, start_worker, wait_for, wait_until
+from tests.support import UNTIL_CANCELLED, small_recipe, start_worker, wait_for, wait_until
 from worker.memory_guard import children, oom_events_file, oom_kills
 
 MIB = 1024 * 1024
@@ -65,10 +65,13 @@ def test_a_nan_loss_fails_diverged_with_where(http, worker):
 
 
 @pytest.mark.worker
-def test_a_cancelled_job_says_so_in_its_error(http, worker):
-    job = http.post("/v1/jobs", json=small_recipe(**{"training.epochs": 1000, "training.batch_size": 4})).json()
-    wait_until(lambda: len(http.get(f"/v1/jobs/{job['id']}").json()["history"]) >= 1, timeout=120)
-    http.post(f"/v1/jobs/{job['id']}/cancel")
+def test_a_cancelled_job_says_so_in_its_error(patient_http, worker):
+    http = patient_http
+    job = http.post("/v1/jobs", json=small_recipe(**UNTIL_CANCELLED)).json()
+    try:
+        wait_until(lambda: len(http.get(f"/v1/jobs/{job['id']}").json()["history"]) >= 1, timeout=120)
+    finally:
+        http.post(f"/v1/jobs/{job['id']}/cancel")
     error = assert_cause(wait_for(http, job["id"], {"cancelled", "failed", "succeeded"}), Cause.CANCELLED,
                          status="cancelled")
     assert error["message"].startswith("cancelled after ")
