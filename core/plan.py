@@ -1,0 +1,40 @@
+"""The job plan: what admission promised and the worker reads back — split sizes, steps, the resolved
+pruning end step, the layers to prune and the transfer choice.
+
+Written into ``Job.progress["plan"]`` with ``JobPlan.stored()`` and read with ``JobPlan.model_validate``;
+the stored keys are the ones the HTTP representation has always shown under ``progress.plan``.
+"""
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class TransferChoice(BaseModel):
+    """Which layers of a finished job a transfer job reuses, and how it thaws them (``core.transfer.resolve``)."""
+
+    base_job_id: str = Field(description="The succeeded job whose stored model is reused.")
+    reused_layers: list[str] = Field(description="Names of the base model's Keras layers reused, bottom first.")
+    unfreeze_layers: list[str] = Field(description="Reused layers trained again in the fine-tune phase.")
+    fine_tune_learning_rate: float = Field(description="The optimizer's learning rate in the fine-tune phase.")
+
+
+class JobPlan(BaseModel):
+    """Sizes the worker will see and what it must do, fixed when the job is admitted."""
+
+    train_samples: int = Field(description="Samples trained on (after the test and validation splits and `limit`).")
+    validation_samples: int = Field(description="Samples held out for validation after each epoch.")
+    test_samples: int = Field(description="Samples of the final test evaluation.")
+    steps_per_epoch: int = Field(description="Batches per epoch: ceil(train_samples / batch_size).")
+    total_steps: int = Field(description="steps_per_epoch × epochs.")
+    warnings: list[str] = Field(default_factory=list, description="Advice about the recipe (e.g. SELU's conditions).")
+    pruning_end_step: int | None = Field(
+        None, description="The step the pruning schedule reaches its target (`end_step: auto` resolved).")
+    estimated_training_bytes: int | None = Field(None, description="Admission's estimate of the training memory.")
+    transfer: TransferChoice | None = Field(None, description="Transfer jobs only: the reused layers.")
+    pruned_layers: list[str] | None = Field(None, description="Pruning jobs only: names of the layers pruned.")
+    params: int | None = Field(None, description="Parameters of the whole model, reused layers included.")
+    n_classes: int | None = Field(None, description="Classes of the dataset as the recipe selects it.")
+
+    def stored(self) -> dict:
+        """The JSON kept in ``progress["plan"]``: keys that do not apply are absent, as they always were."""
+        return self.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,85 @@
+"""What a finished job and an experiment report: the job's ``result`` and a row of the comparison table.
+
+The worker builds a ``JobResult`` and stores ``JobResult.stored()`` in ``Job.result``; readers (the
+experiment comparison) use ``JobResult.model_validate``. The keys are those the HTTP representation has
+always shown under ``result``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from core.plan import TransferChoice
+
+
+class LayerSparsity(BaseModel):
+    name: str = Field(description="The Keras layer's name in the exported model.")
+    params: int = Field(description="Weights of the layer (kernel, bias and any others).")
+    nonzero: int = Field(description="Of those, the ones that are not zero.")
+    pruned: bool = Field(description="Whether the layer was pruned.")
+    sparsity: float | None = Field(None, description="Share of zeros in the kernel (layers with a kernel only).")
+
+
+class Sparsity(BaseModel):
+    overall: float = Field(description="Share of zeros over the pruned kernels (all kernels when none was pruned).")
+    layers: list[LayerSparsity] = Field(description="Every layer with weights, read back from the exported model.")
+    pruned_layers: list[str] = Field(description="Names of the pruned layers.")
+    left_dense: list[str] = Field(description="Names of the layers with weights that were not pruned.")
+
+
+class ParamCounts(BaseModel):
+    total: int = Field(description="Weights of the exported model.")
+    nonzero: int = Field(description="Of those, the ones that are not zero.")
+
+
+class FileSize(BaseModel):
+    bytes: int = Field(description="Size of the exported file.")
+    gzip_bytes: int = Field(description="Its size gzipped (level 9): zeros only shrink a file once compressed.")
+
+
+class TransferResult(TransferChoice):
+    checksums: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="sha256 of each reused layer's weights per phase (base, frozen, fine_tune): shows what phase 1 "
+                    "kept and phase 2 moved.")
+
+
+class JobResult(BaseModel):
+    """What a succeeded job made: test metrics, sparsity and sizes read back from the exported files."""
+
+    test: dict[str, float] = Field(description="Metrics on the test split (loss and each recipe metric).")
+    sparsity: Sparsity
+    params: ParamCounts
+    sizes: dict[str, FileSize] = Field(description="Per export format.")
+    epochs_run: int = Field(description="Epochs trained (fewer than asked after early stopping).")
+    train_seconds: float | None = Field(None, description="Wall time of training and the test evaluation.")
+    test_before_threshold: dict[str, float] | None = Field(
+        None, description="post_training_threshold jobs only: the test metrics before the weights were zeroed.")
+    transfer: TransferResult | None = Field(None, description="Transfer jobs only: what was reused.")
+
+    def stored(self) -> dict:
+        """The JSON kept in ``Job.result``: keys that do not apply are absent, as they always were."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class MeanSpread(BaseModel):
+    mean: float = Field(description="Mean over the variant's succeeded jobs (rounded to 4 places).")
+    spread: float = Field(description="Population standard deviation (0 for a single job).")
+    n: int = Field(description="Jobs it is computed over.")
+
+
+class ComparisonRow(BaseModel):
+    """One variant of an experiment over its seeds; a figure is null when no job of the variant has it."""
+
+    variant: str = Field(description="The variant's name.")
+    overrides: dict[str, Any] = Field(description="The variant's overrides of the base recipe, by dotted path.")
+    jobs: dict[str, str] = Field(description="Job id → status of each of the variant's jobs.")
+    test_accuracy: MeanSpread | None = None
+    best_val_accuracy: MeanSpread | None = None
+    epochs_to_target: MeanSpread | None = Field(
+        None, description="First epoch whose val_accuracy reached target_accuracy (jobs that reached it).")
+    reached_target: str | None = Field(None, description='"k/n": jobs that reached target_accuracy.')
+    wall_seconds: MeanSpread | None = Field(None, description="From start to finish of each job.")
+    sparsity: MeanSpread | None = None
+    gzip_bytes: MeanSpread | None = Field(None, description="Gzipped size of each job's first export format.")
