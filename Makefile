@@ -1,4 +1,4 @@
-# Every chore has one entry point here. The venv is (re)built when pyproject.toml changes.
+# Every chore has one entry point here. The venv is (re)built when pyproject.toml or client/pyproject.toml changes.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,11 +7,12 @@ PORT   ?= 8000
 
 .PHONY: browser fashion-mnist install run migrate test test-fast bench bench-load lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, not {sys.version}"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[worker,dev,monitor]'
+	$(BIN)/pip install --quiet -e ./client  # the trainer CLI / SDK, its own distribution; the tests drive it
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -61,7 +62,7 @@ bench-load: install
 	$(BIN)/python -m bench.load 60
 
 lint: install lint-containers
-	$(BIN)/ruff check core service worker tests bench examples trainer_client
+	$(BIN)/ruff check core service worker tests bench examples client stack
 
 clean:
 	rm -rf var/ .pytest_cache
