@@ -17,9 +17,10 @@ import uuid
 from dataclasses import replace
 
 from bench.harness import RESULTS, backend, machine
-from core import jobs
+from core import admission, job_state, jobs
 from core.db import Database
 from core.models import JobStatus
+from core.plan import JobPlan
 from core.recipe import Recipe
 from core.settings import ROOT, Settings
 from worker import data, training
@@ -52,10 +53,10 @@ def train_once(db: Database, settings: Settings, raw: dict, max_share: float, in
     recipe = Recipe.model_validate(raw)
     owner = f"bench-{uuid.uuid4().hex[:6]}"
     with db.session() as session:
-        job_id = jobs.create(session, recipe, owner, settings).id
+        job_id = admission.create(session, recipe, owner, settings).id
     with db.session() as session:
-        attempt = jobs.claim(session, job_id, "bench")
-        plan = jobs.get_any(session, job_id).progress["plan"]
+        attempt = job_state.claim(session, job_id, "bench")
+        plan = JobPlan.model_validate(jobs.get_any(session, job_id).progress["plan"])
     run = JobRun(db, replace(settings, checkpoint_max_share=max_share, checkpoint_interval_s=interval_s), job_id,
                  attempt, recipe, {})
     costs: list[tuple[float, int]] = []
@@ -79,7 +80,7 @@ def train_once(db: Database, settings: Settings, raw: dict, max_share: float, in
                              pruned_layers=plan.get("pruned_layers"))
     with db.session() as session:
         epoch_s = [row["seconds"] for row in jobs.history(session, job_id)]
-        jobs.finish(session, job_id, attempt, JobStatus.SUCCEEDED, result={})
+        job_state.finish(session, job_id, attempt, JobStatus.SUCCEEDED, result={})
     spent = sum(seconds for seconds, _ in costs)
     steady = sum(seconds for seconds, _ in costs[1:])  # epoch 1's checkpoint is written before ends[0]
     return {
@@ -92,7 +93,7 @@ def train_once(db: Database, settings: Settings, raw: dict, max_share: float, in
         "next_checkpoint_after_s": round(run.checkpoints.spacing_s(), 2),
         "share_after_epoch_1": round(steady / (ends[-1] - ends[0]), 4),
         "epoch_wall_ms_median": round(statistics.median(b - a for a, b in zip(ends, ends[1:])) * 1000, 1),
-        "params": plan["params"],
+        "params": plan.params,
     }
 
 

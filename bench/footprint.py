@@ -76,10 +76,10 @@ def _capped(recipe_json: dict) -> dict:
 
 
 def estimate(name: str):
-    """The admission estimate, exactly as ``core.jobs.check`` computes it (without a database)."""
+    """The admission estimate, exactly as ``core.admission.check`` computes it (without a database)."""
     from core import footprint
     from core.datasets import BUILTIN, DatasetInfo
-    from core.jobs import plan
+    from core.plan import plan_for
     from core.recipe import Recipe
     from core.selection import describe
 
@@ -91,7 +91,7 @@ def estimate(name: str):
     else:
         raw = BUILTIN[recipe.dataset.name]
     info = describe(raw, recipe.dataset)
-    sizes = plan(recipe, info)
+    sizes = plan_for(recipe, info)
     return footprint.estimate(recipe, info, sizes, recipe.model.param_count()), sizes
 
 
@@ -126,7 +126,7 @@ def measure_here(name: str) -> dict:
         arrays = data.load(None, recipe.dataset)
     splits = data.split(arrays, recipe.dataset, recipe.seed)
     loaded = _status_kb("VmRSS")
-    outcome = training.train(recipe, splits, training.Silent(), end_step=sizes.get("pruning_end_step"))
+    outcome = training.train(recipe, splits, training.Silent(), end_step=sizes.pruning_end_step)
     return {"baseline_kb": baseline, "data_loaded_kb": loaded, "peak_kb": _status_kb("VmHWM"),
             "epochs_run": outcome.epochs_run}
 
@@ -141,7 +141,7 @@ def run_case(name: str) -> dict:
     peak = (measured["peak_kb"] - measured["baseline_kb"]) * 1024
     return {
         "case": name, "batch_size": CASES[name][0]["training"].get("batch_size", 32), "rows": fp.rows,
-        "train_samples": sizes["train_samples"], "epochs_run": measured["epochs_run"],
+        "train_samples": sizes.train_samples, "epochs_run": measured["epochs_run"],
         "estimate_bytes": fp.total_bytes, "measured_peak_bytes": peak, "ratio": round(fp.total_bytes / peak, 2),
         "estimate_parts": {"weights": fp.weights_bytes, "pruning": fp.pruning_bytes,
                            "activations": fp.activation_bytes, "dataset": fp.dataset_bytes,

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from core.datasets import BUILTIN
-from core.jobs import plan
+from core.plan import plan_for
 from core.recipe import ExportSpec, Recipe
 from core.selection import describe
 from core.settings import ROOT
@@ -21,7 +21,7 @@ def run(recipe_json: dict) -> dict:
     recipe = Recipe.model_validate(recipe_json)
     splits = data.split(data.load(None, recipe.dataset), recipe.dataset, recipe.seed)
     info = describe(BUILTIN[recipe.dataset.name], recipe.dataset)
-    outcome = training.train(recipe, splits, training.Silent(), end_step=plan(recipe, info).get("pruning_end_step"))
+    outcome = training.train(recipe, splits, training.Silent(), end_step=plan_for(recipe, info).pruning_end_step)
     report = export.sparsity_report(outcome.model, outcome.pruned_layers)
     sizes = {}
     with tempfile.TemporaryDirectory() as tmp:

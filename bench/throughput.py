@@ -13,7 +13,7 @@ import statistics
 import time
 
 from core.datasets import BUILTIN
-from core.jobs import plan
+from core.plan import plan_for
 from core.recipe import Recipe
 from core.selection import describe
 from core.settings import ROOT
@@ -34,7 +34,7 @@ def recipe_for(pruned: bool, **training_options) -> Recipe:
 
 
 def worker_loop(recipe: Recipe, splits) -> float:
-    end = plan(recipe, describe(BUILTIN["digits"], recipe.dataset)).get("pruning_end_step")
+    end = plan_for(recipe, describe(BUILTIN["digits"], recipe.dataset)).pruning_end_step
     started = time.perf_counter()
     training.train(recipe, splits, training.Silent(), end_step=end)
     return time.perf_counter() - started
@@ -46,7 +46,7 @@ def bare_fit(recipe: Recipe, splits) -> float:
     model = builder.build_model(recipe)
     callbacks = []
     if recipe.pruning:
-        end = plan(recipe, describe(BUILTIN["digits"], recipe.dataset)).get("pruning_end_step")
+        end = plan_for(recipe, describe(BUILTIN["digits"], recipe.dataset)).pruning_end_step
         model, _ = pruning.apply(model, recipe, end, recipe.pruned_layer_names())
         callbacks = pruning.callbacks()
     model.compile(builder.build_optimizer(recipe), recipe.training.loss, list(recipe.training.metrics))

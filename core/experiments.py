@@ -15,10 +15,11 @@ from pydantic import Field, ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from core import artifacts, jobs
+from core import admission, artifacts, job_state, jobs
 from core.errors import Conflict, NotFound, RecipeError
 from core.models import FINISHED, Artifact, ArtifactChunk, Experiment, Job, JobStatus
 from core.recipe import Recipe, Strict
+from core.results import ComparisonRow, JobResult, MeanSpread
 from core.settings import Settings
 
 
@@ -112,7 +113,7 @@ def create(session: Session, spec: ExperimentSpec, owner: str, settings: Setting
     for index, recipe in recipes:
         variant = spec.variants[index]
         try:
-            job = jobs.create(session, recipe, owner, settings)
+            job = admission.create(session, recipe, owner, settings)
         except RecipeError as exc:
             raise RecipeError(["variants", index], f"variant {variant.name!r}: {exc.detail}") from None
         job.experiment_id, job.variant = experiment.id, variant.name
@@ -129,40 +130,41 @@ def get(session: Session, experiment_id: str, owner: str) -> tuple[Experiment, l
     return experiment, children
 
 
-def _mean_spread(values: list[float]) -> dict | None:
+def _mean_spread(values: list[float]) -> MeanSpread | None:
     if not values:
         return None
-    return {"mean": round(statistics.fmean(values), 4),
-            "spread": round(statistics.pstdev(values), 4) if len(values) > 1 else 0.0, "n": len(values)}
+    return MeanSpread(mean=round(statistics.fmean(values), 4),
+                      spread=round(statistics.pstdev(values), 4) if len(values) > 1 else 0.0, n=len(values))
 
 
-def comparison(session: Session, experiment: Experiment, children: list[Job]) -> list[dict]:
+def comparison(session: Session, experiment: Experiment, children: list[Job]) -> list[ComparisonRow]:
+    """One row per variant, from its succeeded jobs' stored results and histories."""
     target = experiment.spec.get("target_accuracy")
-    rows = []
-    for variant in experiment.spec["variants"]:
-        mine = [job for job in children if job.variant == variant["name"]]
-        done = [job for job in mine if job.status == JobStatus.SUCCEEDED.value]
-        histories = {job.id: jobs.history(session, job.id) for job in done}
-        reach = []
-        for job in done:
-            hits = [h["epoch"] for h in histories[job.id] if (h.get("val_accuracy") or 0) >= (target or 2)]
-            if target and hits:
-                reach.append(hits[0])
-        sizes = [next(iter(job.result["sizes"].values()))["gzip_bytes"] for job in done if job.result.get("sizes")]
-        rows.append({
-            "variant": variant["name"], "overrides": variant["overrides"],
-            "jobs": {job.id: job.status for job in mine},
-            "test_accuracy": _mean_spread([job.result["test"]["accuracy"] for job in done
-                                           if "accuracy" in job.result["test"]]),
-            "best_val_accuracy": _mean_spread([max((h.get("val_accuracy") or 0) for h in histories[job.id])
-                                               for job in done if histories[job.id]]),
-            "epochs_to_target": _mean_spread([float(e) for e in reach]) if target else None,
-            "reached_target": f"{len(reach)}/{len(done)}" if target else None,
-            "wall_seconds": _mean_spread([(job.finished_at - job.started_at).total_seconds() for job in done]),
-            "sparsity": _mean_spread([job.result["sparsity"]["overall"] for job in done]),
-            "gzip_bytes": _mean_spread([float(s) for s in sizes]),
-        })
-    return rows
+    return [_row(session, variant, [job for job in children if job.variant == variant["name"]], target)
+            for variant in experiment.spec["variants"]]
+
+
+def _row(session: Session, variant: dict, mine: list[Job], target: float | None) -> ComparisonRow:
+    done = [job for job in mine if job.status == JobStatus.SUCCEEDED.value]
+    results = [JobResult.model_validate(job.result) for job in done]
+    histories = [jobs.history(session, job.id) for job in done]
+    reach = []
+    for history in histories:
+        hits = [h["epoch"] for h in history if (h.get("val_accuracy") or 0) >= (target or 2)]
+        if target and hits:
+            reach.append(hits[0])
+    sizes = [next(iter(result.sizes.values())).gzip_bytes for result in results if result.sizes]
+    return ComparisonRow(
+        variant=variant["name"], overrides=variant["overrides"], jobs={job.id: job.status for job in mine},
+        test_accuracy=_mean_spread([r.test["accuracy"] for r in results if "accuracy" in r.test]),
+        best_val_accuracy=_mean_spread([max((h.get("val_accuracy") or 0) for h in history)
+                                        for history in histories if history]),
+        epochs_to_target=_mean_spread([float(e) for e in reach]) if target else None,
+        reached_target=f"{len(reach)}/{len(done)}" if target else None,
+        wall_seconds=_mean_spread([(job.finished_at - job.started_at).total_seconds() for job in done]),
+        sparsity=_mean_spread([r.sparsity.overall for r in results]),
+        gzip_bytes=_mean_spread([float(s) for s in sizes]),
+    )
 
 
 def cancel(session: Session, experiment_id: str, owner: str) -> int:
@@ -171,7 +173,7 @@ def cancel(session: Session, experiment_id: str, owner: str) -> int:
     for job in children:
         if job.status in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
             try:
-                jobs.cancel(session, job.id, owner)
+                job_state.cancel(session, job.id, owner)
                 count += 1
             except Conflict:  # it finished meanwhile
                 pass

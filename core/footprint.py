@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from core.datasets import DatasetInfo
 from core.errors import RecipeError
+from core.plan import JobPlan
 from core.recipe import SGD, Adagrad, Adam, AdamW, Recipe, RMSprop, layer_shapes
 from core.transfer import TransferPlan
 
@@ -78,7 +79,7 @@ def _layer_costs(recipe: Recipe, tp: TransferPlan | None, rows: int) -> tuple[li
     pruned: set[str] = set()
     if recipe.pruning and recipe.pruning.during_training:
         pruned = set(recipe.pruned_layer_names())
-        if tp and recipe.pruning.layers is None:  # as core.jobs.check: the reused prunable layers too
+        if tp and recipe.pruning.layers is None:  # as core.admission.check: the reused prunable layers too
             pruned |= {layer.name for layer in tp.reused if layer.prunable}
     costs, widest, pruned_params = [], math.prod(recipe.model.input_shape), 0
     if tp:
@@ -108,10 +109,10 @@ def _layer_costs(recipe: Recipe, tp: TransferPlan | None, rows: int) -> tuple[li
     return costs, widest, pruned_params
 
 
-def estimate(recipe: Recipe, info: DatasetInfo, sizes: dict, params: int, tp: TransferPlan | None = None) -> Footprint:
-    """``info`` as the recipe selects it, ``sizes`` the plan's split (``core.jobs.plan``), ``params`` all of the
-    model's (reused layers included)."""
-    n_train = sizes["train_samples"]
+def estimate(recipe: Recipe, info: DatasetInfo, sizes: JobPlan, params: int, tp: TransferPlan | None = None) -> Footprint:
+    """``info`` as the recipe selects it, ``sizes`` the plan's split (``core.plan.plan_for``), ``params`` all of
+    the model's (reused layers included)."""
+    n_train = sizes.train_samples
     rows = min(recipe.training.batch_size, n_train)
     if recipe.training.diagnostics and recipe.training.distribution == "none":
         rows = max(rows, min(PROBE_ROWS, n_train))
@@ -119,7 +120,7 @@ def estimate(recipe: Recipe, info: DatasetInfo, sizes: dict, params: int, tp: Tr
     per_sample = math.prod(info.feature_shape)
     inputs = per_sample * rows * FLOAT_BYTES
     backprop = BACKPROP_LIVE * widest * rows * FLOAT_BYTES
-    samples = n_train + sizes["validation_samples"] + sizes["test_samples"]
+    samples = n_train + sizes.validation_samples + sizes.test_samples
     return Footprint(
         rows=rows,
         weights_bytes=params * FLOAT_BYTES * (2 + optimizer_slots(recipe)),

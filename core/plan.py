@@ -6,7 +6,18 @@ the stored keys are the ones the HTTP representation has always shown under ``pr
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
+
+from core.advice import selu_warnings
+from core.errors import RecipeError
+from core.recipe import Recipe
+from core.splits import split_counts
+from core.steps import resolve_end_step, steps_per_epoch
+
+if TYPE_CHECKING:
+    from core.datasets import DatasetInfo
 
 
 class TransferChoice(BaseModel):
@@ -38,3 +49,23 @@ class JobPlan(BaseModel):
     def stored(self) -> dict:
         """The JSON kept in ``progress["plan"]``: keys that do not apply are absent, as they always were."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def plan_for(recipe: Recipe, info: DatasetInfo) -> JobPlan:
+    """Sizes the worker will see (split, steps, the resolved pruning end_step) and warnings for the user.
+
+    ``info`` is the dataset as the recipe selects it (``core.selection.describe``); admission
+    (``core.admission.check``) adds what needs the model: parameters, memory, pruned and reused layers.
+    """
+    counts = split_counts(info.n_samples, info.n_test_samples or None, recipe.dataset)
+    steps = steps_per_epoch(counts.train, recipe.training.batch_size)
+    total = steps * recipe.training.epochs
+    end_step = None
+    if recipe.pruning and recipe.pruning.schedule:
+        try:
+            end_step = resolve_end_step(recipe.pruning.schedule, total)
+        except ValueError as exc:
+            raise RecipeError(["pruning", "schedule", "end_step"], str(exc)) from None
+    return JobPlan(train_samples=counts.train, validation_samples=counts.validation, test_samples=counts.test,
+                   steps_per_epoch=steps, total_steps=total, warnings=selu_warnings(recipe),
+                   pruning_end_step=end_step)

@@ -3,15 +3,17 @@
 The same pydantic models validate ``POST /v1/jobs``, generate ``/openapi.json`` and are what the
 worker's model builder reads, so the contract cannot drift between them. Shape and parameter
 arithmetic lives here too (``output_shape``/``param_count``), because the API must reject an
-oversized model without importing TensorFlow.
+oversized model without importing TensorFlow. Step arithmetic is in ``core.steps``, split arithmetic in
+``core.splits``, SELU advice in ``core.advice`` and the default decoder in ``core.decoder``.
 """
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
+from core.decoder import mirrored_decoder
+from core.errors import LayerChoiceError, ShapeError  # noqa: F401  (re-exported)
 from core.layers import (  # noqa: F401  (re-exported: the recipe's vocabulary)
     PRUNABLE_TYPES,
     Activation,
@@ -25,12 +27,6 @@ from core.layers import (  # noqa: F401  (re-exported: the recipe's vocabulary)
     activation_name,
     initializer_name,
 )
-
-
-class ShapeError(ValueError):
-    def __init__(self, index: int, msg: str):
-        super().__init__(msg)
-        self.index = index
 
 
 def _name_layers(layers: list, prefix: str, seen: set[str]) -> None:
@@ -361,25 +357,11 @@ class Recipe(Strict):
         return self
 
     def decoder_layers(self) -> list | None:
-        """The decoder: given, or the dense encoder mirrored, ending in a linear layer of the input's size."""
+        """The decoder (``core.decoder``): [] for a supervised model, None when it cannot be mirrored."""
         if self.kind != "autoencoder":
             return []
-        if self.model.decoder is not None:
-            return self.model.decoder
-        dense = [layer for layer in self.model.layers if isinstance(layer, DenseLayer)]
-        if len(dense) != len([layer for layer in self.model.layers if isinstance(layer, KernelLayer)]):
-            return None
-        size = math.prod(self.model.input_shape)
-        mirrored = [DenseLayer(type="dense", units=layer.units, activation=layer.activation,
-                               kernel_initializer=layer.kernel_initializer, name=f"decoder_dense_{i}")
-                    for i, layer in enumerate(reversed(dense[:-1]))]
-        mirrored.append(DenseLayer(type="dense", units=size, name="decoder_output"))
-        if len(self.model.input_shape) > 1:
-            from core.layers import ReshapeLayer
-
-            mirrored.append(ReshapeLayer(type="reshape", target_shape=list(self.model.input_shape),
-                                         name="decoder_reshape"))
-        return mirrored
+        return self.model.decoder if self.model.decoder is not None else mirrored_decoder(self.model.layers,
+                                                                                          self.model.input_shape)
 
     def all_layers(self) -> list:
         """Every recipe layer in build order (an autoencoder's decoder after its encoder)."""
@@ -403,88 +385,9 @@ class Recipe(Strict):
     def regularization_for(self, layer: KernelLayer) -> Regularization | None:
         return layer.regularization if layer.regularization is not None else self.regularization
 
-    def selu_warnings(self) -> list[str]:
-        """Seed: SELU self-normalizes only with standardized inputs, LeCun-normal init and a plain dense stack."""
-        kernels = [layer for layer in self.model.layers if isinstance(layer, KernelLayer)]
-        uses_selu = any(activation_name(getattr(layer, "activation", "linear")) == "selu" for layer in self.model.layers)
-        if not uses_selu:
-            return []
-        out = []
-        if not self.dataset.standardize:
-            out.append("SELU needs standardized inputs: set dataset.standardize")
-        hidden = kernels[:-1]  # the output layer's init is not part of the condition
-        odd_init = [layer.name for layer in hidden if initializer_name(layer.kernel_initializer) != "lecun_normal"]
-        if odd_init:
-            out.append(f"SELU needs lecun_normal initialization; not in {', '.join(odd_init)}")
-        breaking = [layer.name for layer in self.model.layers
-                    if layer.type in ("dropout", "batch_normalization", "conv2d", "max_pooling2d")]
-        if breaking:
-            out.append(f"SELU self-normalization is only guaranteed for a sequential stack of dense layers; "
-                       f"{', '.join(breaking)} break it (use alpha_dropout instead of dropout)")
-        if self.regularization and (self.regularization.l1 or self.regularization.l2):
-            out.append("l1/l2 regularization weakens SELU's self-normalization")
-        return out
-
     def pruned_layer_names(self) -> list[str]:
         if not self.pruning:
             return []
         if self.pruning.layers is not None:
             return list(self.pruning.layers)
         return [layer.name for layer in self.all_layers() if layer.type in PRUNABLE_TYPES]
-
-
-class LayerChoiceError(ValueError):
-    def __init__(self, index: int, msg: str):
-        super().__init__(msg)
-        self.index = index
-
-
-def split_sizes(n: int, test_fraction: float, validation_fraction: float) -> tuple[int, int, int]:
-    """(train, validation, test) counts; the worker splits with exactly these so steps match the API's check."""
-    n_test = max(1, math.ceil(n * test_fraction))
-    rest = n - n_test
-    n_val = math.ceil(rest * validation_fraction) if validation_fraction > 0 else 0
-    return rest - n_val, n_val, n_test
-
-
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    return math.ceil(n_train / batch_size)
-
-
-def first_mask_update(begin_step: int, frequency: int) -> int:
-    """TF-MOT counts steps from 1 (``pruning_step`` is -1, set to 0, then incremented before the mask update)."""
-    return begin_step if begin_step >= 1 else frequency
-
-
-def resolve_end_step(schedule: PolynomialDecay | ConstantSparsity, total_steps: int) -> int:
-    """The step at which the schedule's target is reached, or ValueError saying why it never is.
-
-    Masks change only at steps where ``(step - begin_step) % frequency == 0``: ``auto`` becomes the last
-    such step within the run (= epochs × steps per epoch when that is aligned), so the target is reached.
-    """
-    begin, freq = schedule.begin_step, schedule.frequency
-    last_update = begin + ((total_steps - begin) // freq) * freq if total_steps >= begin else -1
-    first = first_mask_update(begin, freq)
-    if first > total_steps:
-        raise ValueError(
-            f"the run has {total_steps} training steps, but the first mask update is at step {first} "
-            f"(begin_step={begin}, frequency={freq}): lower frequency or begin_step, or train longer"
-        )
-    if schedule.end_step == "auto":
-        end = last_update
-    else:
-        end = schedule.end_step
-        if end > total_steps:
-            raise ValueError(
-                f"end_step {end} is past the run's last step {total_steps} "
-                f"(epochs × steps per epoch): the target sparsity would not be reached; use {last_update} or 'auto'"
-            )
-        if isinstance(schedule, PolynomialDecay) and (end - begin) % freq:
-            nearest = begin + ((end - begin) // freq) * freq
-            raise ValueError(
-                f"masks change only every {freq} steps from begin_step {begin}, so end_step {end} is never a "
-                f"mask update and the final sparsity is not reached; use {nearest} or 'auto'"
-            )
-    if isinstance(schedule, PolynomialDecay) and end <= begin:
-        raise ValueError(f"end_step {end} must be after begin_step {begin}")
-    return end

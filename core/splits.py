@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from core.recipe import DatasetSpec
+
 
 def split_sizes(n: int, test_fraction: float, validation_fraction: float) -> tuple[int, int, int]:
     """(train, validation, test) counts of a dataset without its own test split."""
@@ -26,13 +28,13 @@ class SplitCounts:
     test: int
 
 
-def split_counts(n_samples: int, n_test_samples: int, test_fraction: float, validation_fraction: float,
-                 limit: int | None) -> SplitCounts:
-    """``n_test_samples`` > 0: the dataset brings its own test split, and only validation is taken from
-    ``n_samples``."""
-    if n_test_samples:
-        n_val = round(n_samples * validation_fraction)
+def split_counts(n_samples: int, n_test_samples: int | None, spec: DatasetSpec) -> SplitCounts:
+    """``n_test_samples`` is None unless the dataset brings its own test split; then only validation is taken
+    from the ``n_samples`` (as selected by ``spec``)."""
+    if n_test_samples is not None:
+        n_val = round(n_samples * spec.validation_fraction)
         pool, n_test = n_samples - n_val, n_test_samples
     else:
-        pool, n_val, n_test = split_sizes(n_samples, test_fraction, validation_fraction)
-    return SplitCounts(pool=pool, train=min(pool, limit) if limit else pool, validation=n_val, test=n_test)
+        pool, n_val, n_test = split_sizes(n_samples, spec.test_fraction, spec.validation_fraction)
+    train = min(pool, spec.limit) if spec.limit else pool
+    return SplitCounts(pool=pool, train=train, validation=n_val, test=n_test)

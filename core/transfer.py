@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from core.errors import RecipeError
 from core.layers import PRUNABLE_TYPES, KernelLayer, activation_name
 from core.models import Job, JobStatus
-from core.recipe import Recipe, ShapeError, layer_shapes
+from core.plan import TransferChoice
+from core.recipe import Recipe, ShapeError, TransferSpec, layer_shapes
 
 
 @dataclass(frozen=True)
@@ -52,60 +53,74 @@ class TransferPlan:
     def output_shape(self) -> tuple[int, ...]:
         return self.reused[-1].output_shape if self.reused else self.base_input_shape
 
-    def as_dict(self) -> dict:
-        return {"base_job_id": self.base_job_id, "reused_layers": [layer.name for layer in self.reused],
-                "unfreeze_layers": self.unfreeze, "fine_tune_learning_rate": self.fine_tune_learning_rate}
+    def choice(self) -> TransferChoice:
+        """What the job plan keeps of it for the worker: layer names, not shapes."""
+        return TransferChoice(base_job_id=self.base_job_id, reused_layers=[layer.name for layer in self.reused],
+                              unfreeze_layers=self.unfreeze, fine_tune_learning_rate=self.fine_tune_learning_rate)
 
 
 def resolve(session: Session, recipe: Recipe, owner: str) -> TransferPlan:
+    """The reused layers of the base job, checked against the new head; RecipeError naming the field."""
     spec = recipe.transfer
-    where = ["transfer", "base_job_id"]
-    base_row = session.get(Job, spec.base_job_id)
-    if base_row is None or base_row.owner != owner:
-        raise RecipeError(where, f"no job {spec.base_job_id!r} to transfer from")
-    if base_row.status != JobStatus.SUCCEEDED.value:
-        raise RecipeError(where, f"job {spec.base_job_id} is {base_row.status}; only a succeeded job can be a base")
-    if not {"h5", "keras"} & set(base_row.recipe["export"]["formats"]):
-        raise RecipeError(where, f"job {spec.base_job_id} exported no h5 or keras model to load")
-    base = Recipe.model_validate(base_row.recipe)
-    if base.transfer is not None:
-        raise RecipeError(where, "the base is itself a transfer job; chains of transfers are not supported yet")
+    base = _base_recipe(session, spec.base_job_id, owner)
     if recipe.dataset.standardize:
         raise RecipeError(["dataset", "standardize"], "a transfer job reuses its base's input preprocessing; "
                           "standardize is set by the base's recipe")
-    plan = keras_plan(base)
-    all_layers = base.all_layers()
-    if spec.reuse == "encoder":
-        if base.kind != "autoencoder":
-            raise RecipeError(["transfer", "reuse"], "'encoder' needs a base of kind 'autoencoder'")
-        keep = len(base.model.layers)
-    elif spec.reuse == "all_but_output":
-        keep = len(all_layers) - 1
-    else:
-        if spec.reuse > len(all_layers):
-            raise RecipeError(["transfer", "reuse"], f"the base has {len(all_layers)} layers; cannot reuse {spec.reuse}")
-        keep = spec.reuse
-    reused = [layer for layer in plan if layer.recipe_index < keep]
-    reused_recipe_layers = sorted({layer.recipe_index for layer in reused if layer.recipe_index >= 0})
-    if spec.unfreeze == "all":
-        thawed = reused_recipe_layers
-    else:
-        if spec.unfreeze > len(reused_recipe_layers):
-            raise RecipeError(["transfer", "unfreeze"],
-                              f"only {len(reused_recipe_layers)} layers are reused; cannot unfreeze {spec.unfreeze}")
-        thawed = reused_recipe_layers[len(reused_recipe_layers) - spec.unfreeze:]
-    unfreeze = [layer.name for layer in reused if layer.recipe_index in thawed]
+    reused = [layer for layer in keras_plan(base) if layer.recipe_index < _kept(base, spec)]
     if tuple(recipe.model.input_shape) != tuple(base.model.input_shape):
         raise RecipeError(["model", "input_shape"],
                           f"the base takes inputs of shape {base.model.input_shape}, not {recipe.model.input_shape}")
     clash = {layer.name for layer in reused} & {layer.name for layer in recipe.model.layers}
     if clash:
         raise RecipeError(["model", "layers"], f"head layer names {sorted(clash)} are taken by reused layers")
-    tp = TransferPlan(spec.base_job_id, tuple(base.model.input_shape), reused, unfreeze,
+    tp = TransferPlan(spec.base_job_id, tuple(base.model.input_shape), reused, _thawed(reused, spec),
                       spec.fine_tune_learning_rate or recipe.training.optimizer.learning_rate / 10)
     try:
         recipe.model.shapes(tp.output_shape)
     except ShapeError as exc:
         raise RecipeError(["model", "layers", exc.index], f"the reused layers output {list(tp.output_shape)}: "
-                          f"{exc}") from None
+                          f"{exc.msg}") from None
     return tp
+
+
+def _base_recipe(session: Session, base_job_id: str, owner: str) -> Recipe:
+    """The recipe of a succeeded, non-transfer job of the owner that stored a model the worker can load."""
+    where = ["transfer", "base_job_id"]
+    base_row = session.get(Job, base_job_id)
+    if base_row is None or base_row.owner != owner:
+        raise RecipeError(where, f"no job {base_job_id!r} to transfer from")
+    if base_row.status != JobStatus.SUCCEEDED.value:
+        raise RecipeError(where, f"job {base_job_id} is {base_row.status}; only a succeeded job can be a base")
+    if not {"h5", "keras"} & set(base_row.recipe["export"]["formats"]):
+        raise RecipeError(where, f"job {base_job_id} exported no h5 or keras model to load")
+    base = Recipe.model_validate(base_row.recipe)
+    if base.transfer is not None:
+        raise RecipeError(where, "the base is itself a transfer job; chains of transfers are not supported yet")
+    return base
+
+
+def _kept(base: Recipe, spec: TransferSpec) -> int:
+    """How many of the base's recipe layers ``reuse`` keeps."""
+    n_layers = len(base.all_layers())
+    if spec.reuse == "encoder":
+        if base.kind != "autoencoder":
+            raise RecipeError(["transfer", "reuse"], "'encoder' needs a base of kind 'autoencoder'")
+        return len(base.model.layers)
+    if spec.reuse == "all_but_output":
+        return n_layers - 1
+    if spec.reuse > n_layers:
+        raise RecipeError(["transfer", "reuse"], f"the base has {n_layers} layers; cannot reuse {spec.reuse}")
+    return spec.reuse
+
+
+def _thawed(reused: list[KerasLayer], spec: TransferSpec) -> list[str]:
+    """Names of the reused Keras layers the fine-tune phase trains: those of the top ``unfreeze`` recipe layers."""
+    recipe_layers = sorted({layer.recipe_index for layer in reused if layer.recipe_index >= 0})
+    if spec.unfreeze == "all":
+        thawed = recipe_layers
+    else:
+        if spec.unfreeze > len(recipe_layers):
+            raise RecipeError(["transfer", "unfreeze"],
+                              f"only {len(recipe_layers)} layers are reused; cannot unfreeze {spec.unfreeze}")
+        thawed = recipe_layers[len(recipe_layers) - spec.unfreeze:]
+    return [layer.name for layer in reused if layer.recipe_index in thawed]

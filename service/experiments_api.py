@@ -26,7 +26,7 @@ def _body(session, experiment, children) -> dict:
     finished = sum(job.status in ("succeeded", "failed", "cancelled") for job in children)
     return {"id": experiment.id, "name": experiment.name, "created_at": experiment.created_at.isoformat(),
             "spec": experiment.spec, "jobs": len(children), "finished": finished,
-            "comparison": experiments.comparison(session, experiment, children),
+            "comparison": [row.model_dump(mode="json") for row in experiments.comparison(session, experiment, children)],
             "links": {"self": base, "cancel": f"{base}/cancel", "compare_plot": f"{base}/plots/compare.png"}}
 
 

@@ -10,7 +10,7 @@ from flask import Response, json, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, BeforeValidator, Field
 
-from core import artifacts, jobs
+from core import admission, artifacts, job_state, jobs
 from core.errors import BadRequest, Conflict, NotFound
 from core.models import JobStatus
 from core.queue import dispatch
@@ -59,8 +59,8 @@ def submit(body: Recipe):
     if key is not None and not 1 <= len(key) <= 255:
         raise BadRequest("an Idempotency-Key is 1 to 255 characters")
     with svc.db.session() as session:
-        job, created = jobs.submit(session, body, current_owner(), svc.settings, key,
-                                   hashlib.sha256(request.get_data()).hexdigest())
+        job, created = admission.submit(session, body, current_owner(), svc.settings, key,
+                                        hashlib.sha256(request.get_data()).hexdigest())
     if created:
         dispatch(svc.celery, job.id)  # if the broker is down the job stays queued; the reconciler re-sends it
     response = _job_response(job.id, status=202)
@@ -111,7 +111,7 @@ def cancel_job(path: JobPath):
     """Queued: cancelled at once. Running: stops at the next batch boundary. Finished: 409."""
     svc = services()
     with svc.db.session() as session:
-        jobs.cancel(session, path.job_id, current_owner())
+        job_state.cancel(session, path.job_id, current_owner())
     return _job_response(path.job_id, status=202)
 
 

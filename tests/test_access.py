@@ -144,18 +144,18 @@ def test_upload_over_the_limit_is_413(backend):
 
 
 def test_cancel_racing_completion_ends_in_exactly_one_state(client, db, backend):
-    from core import jobs
+    from core import admission, job_state
     from core.models import Job, JobStatus
     from core.recipe import Recipe
 
     with db.session() as s:
-        job = jobs.create(s, Recipe.model_validate(small_recipe()), "default", backend)
+        job = admission.create(s, Recipe.model_validate(small_recipe()), "default", backend)
     with db.session() as s:
-        attempt = jobs.claim(s, job.id, "w")
+        attempt = job_state.claim(s, job.id, "w")
     assert client.post(f"/v1/jobs/{job.id}/cancel").get_json()["cancel_requested"] is True
     with db.session() as s:  # the worker finished before it saw the request
-        assert jobs.finish(s, job.id, attempt, JobStatus.SUCCEEDED)
-        assert not jobs.finish(s, job.id, attempt, JobStatus.CANCELLED)
+        assert job_state.finish(s, job.id, attempt, JobStatus.SUCCEEDED)
+        assert not job_state.finish(s, job.id, attempt, JobStatus.CANCELLED)
     assert client.post(f"/v1/jobs/{job.id}/cancel").status_code == 409
     with db.session() as s:
         assert s.get(Job, job.id).status == "succeeded"

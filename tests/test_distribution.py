@@ -17,7 +17,7 @@ from worker.tf_env import tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from core.datasets import BUILTIN
-from core.jobs import plan
+from core.plan import plan_for
 from core.recipe import Recipe
 from core.selection import describe
 from worker import data, export, training
@@ -27,14 +27,14 @@ out = {}
 for mode in ("none", "mirrored"):
     recipe = Recipe.model_validate(small_recipe(**{"training.distribution": mode, "training.epochs": 8}))
     splits = data.split(data.load(None, recipe.dataset), recipe.dataset, recipe.seed)
-    end = plan(recipe, describe(BUILTIN["iris"], recipe.dataset))["pruning_end_step"]
+    end = plan_for(recipe, describe(BUILTIN["iris"], recipe.dataset)).pruning_end_step
     outcome = training.train(recipe, splits, training.Silent(), end_step=end)
     report = export.sparsity_report(outcome.model, outcome.pruned_layers)
     out[mode] = {"accuracy": outcome.test["accuracy"], "loss": outcome.test["loss"],
                  "sparsity": report["sparsity"]["overall"], "devices": len(tf.config.list_logical_devices("CPU"))}
 recipe = Recipe.model_validate(small_recipe(**{"training.jit_compile": True, "training.epochs": 2}))
 splits = data.split(data.load(None, recipe.dataset), recipe.dataset, recipe.seed)
-end = plan(recipe, describe(BUILTIN["iris"], recipe.dataset))["pruning_end_step"]
+end = plan_for(recipe, describe(BUILTIN["iris"], recipe.dataset)).pruning_end_step
 out["jit"] = training.train(recipe, splits, training.Silent(), end_step=end).test
 print("RESULT=" + json.dumps(out))
 """

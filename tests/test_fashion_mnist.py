@@ -181,10 +181,10 @@ def test_without_the_package_it_is_listed_unavailable_and_a_recipe_is_a_422_sayi
 
 
 def _check(db, backend, data: dict) -> dict:
-    from core import jobs
+    from core import admission
 
     with db.session() as session:
-        return jobs.check(session, Recipe.model_validate(data), "default", backend)
+        return admission.check(session, Recipe.model_validate(data), "default", backend).stored()
 
 
 @needs_package

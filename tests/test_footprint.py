@@ -14,7 +14,7 @@ import pytest
 from core import footprint
 from core.datasets import BUILTIN, DatasetInfo
 from core.errors import RecipeError
-from core.jobs import plan
+from core.plan import plan_for
 from core.recipe import Recipe
 from core.selection import describe
 from core.settings import ROOT, Settings
@@ -42,7 +42,7 @@ def estimate(recipe_json: dict, info: DatasetInfo | None = None, tp: TransferPla
     info = describe(info or BUILTIN[recipe.dataset.name], recipe.dataset)
     start = tp.output_shape if tp else None
     params = recipe.model.param_count(start) + (sum(k.params for k in tp.reused) if tp else 0)
-    return footprint.estimate(recipe, info, plan(recipe, info), params, tp)
+    return footprint.estimate(recipe, info, plan_for(recipe, info), params, tp)
 
 
 def with_training(recipe: dict, **training) -> dict:
@@ -100,7 +100,7 @@ def test_the_estimate_grows_linearly_with_batch_size():
 
 def test_a_batch_larger_than_the_training_set_holds_the_training_set():
     recipe = small_recipe(**{"training.diagnostics": False})
-    n_train = plan(Recipe.model_validate(recipe), BUILTIN["iris"])["train_samples"]
+    n_train = plan_for(Recipe.model_validate(recipe), BUILTIN["iris"]).train_samples
     huge = estimate(small_recipe(**{"training.batch_size": 65536, "training.diagnostics": False}))
     exact = estimate(small_recipe(**{"training.batch_size": n_train, "training.diagnostics": False}))
     assert huge.rows == n_train and huge.total_bytes == exact.total_bytes

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from core import jobs
+from core import admission
 from core.recipe import Recipe
 from tests.support import small_recipe
 
@@ -52,7 +52,7 @@ def run(db, settings, **overrides) -> str:
     from worker.runner import run_job
 
     with db.session() as session:
-        job = jobs.create(session, Recipe.model_validate(small_recipe(**overrides)), "default", settings)
+        job = admission.create(session, Recipe.model_validate(small_recipe(**overrides)), "default", settings)
     assert run_job(db, settings, job.id) == "succeeded"
     return job.id
 
@@ -90,7 +90,7 @@ def test_a_failure_on_the_database_keeps_its_sql_out_of_the_jobs_log_and_error(c
         raise OperationalError("SELECT artifacts.data FROM artifacts", {}, Exception("db.internal.example:5432"))
 
     with db.session() as session:
-        job = jobs.create(session, Recipe.model_validate(small_recipe()), "default", backend)
+        job = admission.create(session, Recipe.model_validate(small_recipe()), "default", backend)
     monkeypatch.setattr(runner, "_train_and_store", unreachable)  # the database fails mid-job
     assert runner.run_job(db, backend, job.id) == "failed"
     body = client.get(f"/v1/jobs/{job.id}").get_json()

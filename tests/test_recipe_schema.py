@@ -8,15 +8,10 @@ from pydantic import ValidationError
 
 from core.datasets import BUILTIN
 from core.layers import nul_errors
-from core.recipe import (
-    ConstantSparsity,
-    PolynomialDecay,
-    Recipe,
-    resolve_end_step,
-    split_sizes,
-    steps_per_epoch,
-)
+from core.recipe import ConstantSparsity, PolynomialDecay, Recipe
 from core.settings import ROOT
+from core.splits import split_sizes
+from core.steps import resolve_end_step, steps_per_epoch
 from tests.support import small_recipe
 
 CONTRACT = json.loads((ROOT / "examples" / "recipes" / "contract-digits.json").read_text())

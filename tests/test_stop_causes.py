@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from sqlalchemy import select, update
 
-from core import jobs
+from core import admission
 from core.causes import HINTS, Cause
 from core.models import Artifact, ArtifactChunk, Job, JobStatus, utcnow
 from core.recipe import Recipe
+from core.reconcile import reconcile
 from service.app import create_app
 from tests.conftest import LiveServer
 from tests.support import UNTIL_CANCELLED, small_recipe, start_worker, wait_for, wait_until
@@ -80,7 +81,7 @@ def test_a_cancelled_job_says_so_in_its_error(patient_http, worker):
 def undispatched_job(db, settings) -> str:
     """A queued job no worker was sent (so none can take it while the test changes it)."""
     with db.session() as session:
-        return jobs.create(session, Recipe.model_validate(small_recipe()), "default", settings).id
+        return admission.create(session, Recipe.model_validate(small_recipe()), "default", settings).id
 
 
 def test_a_queued_job_cancelled_says_so_in_its_error(client, db, backend):
@@ -115,7 +116,7 @@ def test_a_job_lost_on_every_attempt_fails_worker_lost(client, db, backend):
             status=JobStatus.RUNNING.value, attempt=backend.max_attempts,
             heartbeat_at=utcnow() - timedelta(seconds=backend.heartbeat_timeout_s + 5)))
     with db.session() as session:
-        assert job_id in jobs.reconcile(session, backend)["failed"]
+        assert job_id in reconcile(session, backend)["failed"]
     assert_cause(client.get(f"/v1/jobs/{job_id}").get_json(), Cause.WORKER_LOST)
 
 

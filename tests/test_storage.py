@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from core import artifacts, jobs
+from core import admission, artifacts, checkpoints, job_state, jobs
 from core.db import Database
 from core.models import ArtifactChunk, Dataset, JobStatus
 from core.recipe import Recipe
@@ -71,9 +71,9 @@ def owners(backend, tmp_path):
             for name in names:
                 for job in jobs.page(session, name, None, 200, None)[0]:
                     if job.status == JobStatus.QUEUED.value:
-                        jobs.cancel(session, job.id, name)
+                        job_state.cancel(session, job.id, name)
                     elif job.status == JobStatus.RUNNING.value:
-                        jobs.finish(session, job.id, job.attempt, JobStatus.CANCELLED)
+                        job_state.finish(session, job.id, job.attempt, JobStatus.CANCELLED)
 
 
 def toy_npz(rows: int = 40, seed: int = 0) -> bytes:
@@ -134,7 +134,7 @@ def test_a_dataset_a_queued_or_running_job_uses_is_409_until_the_job_ends(owners
     queued = alice.submit(on(dataset_id)).get_json()["id"]
     running = alice.submit(on(dataset_id, seed=8)).get_json()["id"]
     with alice.db.session() as session:
-        attempt = jobs.claim(session, running, "test-worker")
+        attempt = job_state.claim(session, running, "test-worker")
 
     refused = alice.delete(f"/v1/datasets/{dataset_id}")
     assert refused.status_code == 409, refused.get_json()
@@ -145,7 +145,7 @@ def test_a_dataset_a_queued_or_running_job_uses_is_409_until_the_job_ends(owners
     assert alice.client.post(f"/v1/jobs/{queued}/cancel", headers=alice.headers).status_code == 202
     assert alice.delete(f"/v1/datasets/{dataset_id}").status_code == 409  # the running one still uses it
     with alice.db.session() as session:
-        assert jobs.finish(session, running, attempt, JobStatus.SUCCEEDED, result={})
+        assert job_state.finish(session, running, attempt, JobStatus.SUCCEEDED, result={})
     assert alice.delete(f"/v1/datasets/{dataset_id}").status_code == 204
     assert chunks_of(alice.db, dataset_id) == 0
 
@@ -224,8 +224,8 @@ def test_deleting_a_queued_transfer_jobs_base_is_409_until_that_job_ends(owners)
     other = alice.submit(small_recipe(seed=11)).get_json()["id"]
     with alice.db.session() as session:
         for job_id in (base, other):
-            attempt = jobs.claim(session, job_id, "test-worker")
-            assert jobs.finish(session, job_id, attempt, JobStatus.SUCCEEDED, result={})
+            attempt = job_state.claim(session, job_id, "test-worker")
+            assert job_state.finish(session, job_id, attempt, JobStatus.SUCCEEDED, result={})
     head = small_recipe(**{"model.layers": [{"type": "dense", "units": 3, "activation": "softmax", "name": "head"}]})
     head.pop("pruning")
     head["transfer"] = {"base_job_id": base}
@@ -297,10 +297,10 @@ def test_the_checkpoint_interval_still_applies_and_a_zero_share_writes_every_epo
 def test_a_running_jobs_big_checkpoints_are_written_as_the_policy_allows(backend, db):
     """The worker's epoch writer asks the policy: epochs keep being recorded, checkpoints only when due."""
     with db.session() as session:
-        job = jobs.create(session, Recipe.model_validate(small_recipe()), f"ckpt-{uuid.uuid4().hex[:8]}", backend)
+        job = admission.create(session, Recipe.model_validate(small_recipe()), f"ckpt-{uuid.uuid4().hex[:8]}", backend)
         job_id = job.id
     with db.session() as session:
-        attempt = jobs.claim(session, job_id, "test-worker")
+        attempt = job_state.claim(session, job_id, "test-worker")
     run = JobRun(db, replace(backend, checkpoint_max_share=0.05), job_id, attempt,
                  Recipe.model_validate(small_recipe()), {})
     clock = Clock()
@@ -318,9 +318,9 @@ def test_a_running_jobs_big_checkpoints_are_written_as_the_policy_allows(backend
         clock.now += 0.5
         run.on_epoch(epoch, {"loss": 1.0}, state=state_of(epoch))
         with db.session() as session:
-            found = artifacts.find(session, job_id, jobs.CHECKPOINT)
+            found = checkpoints.find(session, job_id)
             stored.append(int.from_bytes(artifacts.read_all(db, found)[:4], "big"))
     assert sorted(set(stored)) == [1, 41]  # epoch 1, then 20 s (40 epochs) later
     with db.session() as session:
         assert len(jobs.history(session, job_id)) == 60
-        assert jobs.finish(session, job_id, attempt, JobStatus.CANCELLED)
+        assert job_state.finish(session, job_id, attempt, JobStatus.CANCELLED)

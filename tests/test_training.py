@@ -19,13 +19,13 @@ def iris():
 
 def train(data, arrays, hooks=None):
     from core.datasets import BUILTIN
-    from core.jobs import plan
+    from core.plan import plan_for
     from worker import data as data_mod
     from worker.training import train as run
 
     recipe = Recipe.model_validate(data)
     splits = data_mod.split(arrays, recipe.dataset, recipe.seed)
-    end_step = plan(recipe, BUILTIN[recipe.dataset.name]).get("pruning_end_step")
+    end_step = plan_for(recipe, BUILTIN[recipe.dataset.name]).pruning_end_step
     return run(recipe, splits, hooks or Recorder(), end_step=end_step), recipe
 
 

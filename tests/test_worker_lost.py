@@ -7,10 +7,11 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from core import artifacts, jobs
+from core import admission, checkpoints, job_state
 from core.db import Database
 from core.models import Job, JobStatus, utcnow
 from core.recipe import Recipe
+from core.reconcile import reconcile
 from service.app import create_app
 from tests.conftest import LiveServer
 from tests.support import small_recipe, start_worker, wait_for, wait_until
@@ -47,7 +48,7 @@ def test_sigkilled_worker_job_is_requeued_and_finished_by_another(isolated_backe
             assert "queued again" in logs and f"resuming from the checkpoint after epoch {k}" in logs
             assert done["result"]["sparsity"]["overall"] == pytest.approx(0.5, abs=0.02)  # the schedule's target
             with Database(settings).session() as session:
-                assert artifacts.find(session, job["id"], jobs.CHECKPOINT) is None  # deleted when the job ended
+                assert checkpoints.find(session, job["id"]) is None  # deleted when the job ended
     finally:
         server.close()
 
@@ -68,7 +69,7 @@ def test_reconciler_requeues_silent_jobs_and_fails_them_after_max_attempts(db, b
     silent = _running_job(db, attempt=1, beat_age_s=backend.heartbeat_timeout_s + 5)
     exhausted = _running_job(db, attempt=backend.max_attempts, beat_age_s=backend.heartbeat_timeout_s + 5)
     with db.session() as s:
-        found = jobs.reconcile(s, backend)
+        found = reconcile(s, backend)
     assert silent in found["redispatch"] and exhausted in found["failed"]
     assert fresh not in found["redispatch"] + found["failed"]
     with db.session() as s:
@@ -80,25 +81,25 @@ def test_reconciler_requeues_silent_jobs_and_fails_them_after_max_attempts(db, b
 
 def test_reconciler_resends_queued_jobs_nobody_took(db, backend):
     with db.session() as s:
-        job = jobs.create(s, Recipe.model_validate(small_recipe()), "default", backend)
+        job = admission.create(s, Recipe.model_validate(small_recipe()), "default", backend)
         job.dispatched_at = utcnow() - timedelta(seconds=backend.redispatch_after_s + 5)
     with db.session() as s:
-        assert job.id in jobs.reconcile(s, backend)["redispatch"]
+        assert job.id in reconcile(s, backend)["redispatch"]
     with db.session() as s:  # sent again just now: not again on the next round
-        assert job.id not in jobs.reconcile(s, backend)["redispatch"]
-        jobs.cancel(s, job.id, "default")
+        assert job.id not in reconcile(s, backend)["redispatch"]
+        job_state.cancel(s, job.id, "default")
 
 
 def test_duplicate_delivery_claims_once_and_a_stale_attempt_cannot_finish(db, backend):
     with db.session() as s:
-        job = jobs.create(s, Recipe.model_validate(small_recipe()), "default", backend)
+        job = admission.create(s, Recipe.model_validate(small_recipe()), "default", backend)
     with db.session() as s:
-        assert jobs.claim(s, job.id, "w1") == 1
+        assert job_state.claim(s, job.id, "w1") == 1
     with db.session() as s:
-        assert jobs.claim(s, job.id, "w2") is None
+        assert job_state.claim(s, job.id, "w2") is None
     with db.session() as s:
-        assert not jobs.finish(s, job.id, 2, JobStatus.SUCCEEDED)  # not the attempt that holds it
-        assert jobs.finish(s, job.id, 1, JobStatus.FAILED, error={"type": "test"})
+        assert not job_state.finish(s, job.id, 2, JobStatus.SUCCEEDED)  # not the attempt that holds it
+        assert job_state.finish(s, job.id, 1, JobStatus.FAILED, error={"type": "test"})
     with db.session() as s:
-        assert not jobs.finish(s, job.id, 1, JobStatus.SUCCEEDED)  # already final: exactly one end
+        assert not job_state.finish(s, job.id, 1, JobStatus.SUCCEEDED)  # already final: exactly one end
         assert s.get(Job, job.id).status == "failed"

@@ -19,8 +19,9 @@ from core.datasets import BUILTIN, FASHION_MNIST_FILES, data_files, install_hint
 from core.db import Database
 from core.errors import DatasetError
 from core.models import Artifact
-from core.recipe import DatasetSpec, split_sizes
+from core.recipe import DatasetSpec
 from core.settings import Settings, load_settings
+from core.splits import split_counts
 
 #: A child of the job's logger: the read (and its time) is in the job's own log.
 log = logging.getLogger("trainer.job.data")
@@ -86,21 +87,21 @@ def load(db: Database | None, spec: DatasetSpec) -> uploads.Arrays:
 
 
 def split(arrays: uploads.Arrays, spec: DatasetSpec, seed: int) -> Splits:
-    """Selected (classes, relabel, reshape), shuffled with the recipe's seed, and split in the sizes
-    ``core.recipe.split_sizes`` promised the API; ``limit`` then keeps the first N training samples."""
+    """Selected (classes, relabel, reshape), shuffled with the recipe's seed, and split in the counts
+    ``core.splits.split_counts`` gave the API's plan; ``limit`` keeps the first N training samples."""
     n_classes = int(arrays.y.max()) + 1
     x, y = selection.select(arrays.x, arrays.y, spec, n_classes)
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], y[order]
-    if arrays.x_test is not None:
-        n_val = round(len(x) * spec.validation_fraction)
-        n_train = len(x) - n_val
+    own_test = arrays.x_test is not None
+    if own_test:
         x_test, y_test = selection.select(arrays.x_test, arrays.y_test, spec, n_classes)
-    else:
-        n_train, n_val, _ = split_sizes(len(x), spec.test_fraction, spec.validation_fraction)
-        x_test, y_test = x[n_train + n_val:], y[n_train + n_val:]
-    val = (x[n_train:n_train + n_val], y[n_train:n_train + n_val]) if n_val else (None, None)
-    keep = min(n_train, spec.limit or n_train)
+    counts = split_counts(len(x), len(x_test) if own_test else None, spec)
+    pool, n_val = counts.pool, counts.validation
+    if not own_test:
+        x_test, y_test = x[pool + n_val:], y[pool + n_val:]
+    val = (x[pool:pool + n_val], y[pool:pool + n_val]) if n_val else (None, None)
+    keep = counts.train
     divisor = BUILTIN[spec.name].input_divisor if spec.name in BUILTIN else 1.0
     return Splits(_inputs(x[:keep], divisor), y[:keep], _inputs(val[0], divisor), val[1], _inputs(x_test, divisor),
                   y_test)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
-from core import jobs
+from core import job_state
 from core.causes import Cause, JobError
 from core.db import Database
 from core.settings import Settings
@@ -196,7 +196,7 @@ class MemoryGuard:
             pid, error = self._unrecorded[0]
             try:
                 with self.db.session() as session:
-                    job_id = jobs.fail_running_on(session, worker_name(pid), error)
+                    job_id = job_state.fail_running_on(session, worker_name(pid), error)
             except OperationalError as exc:  # the database is away: the next round tries again
                 log.warning("could not record child %d's job as out_of_memory yet: %s", pid, str(exc).splitlines()[0])
                 return

@@ -10,9 +10,9 @@ import threading
 
 from celery import Celery
 
-from core import jobs
 from core.db import Database
 from core.queue import dispatch
+from core.reconcile import reconcile
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Reconciler:
 
     def run_once(self) -> dict[str, list[str]]:
         with self.db.session() as session:
-            found = jobs.reconcile(session, self.settings)
+            found = reconcile(session, self.settings)
         for job_id in found["redispatch"]:
             log.warning("job %s: sending again", job_id)
             dispatch(self.celery, job_id)

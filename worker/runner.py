@@ -21,11 +21,14 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from core import artifacts, jobs
-from core.causes import Cause, JobError, JobStopped
+from core import artifacts, checkpoints, job_state, jobs
+from core.causes import Cause, JobError
 from core.db import Database
+from core.errors import JobStopped
 from core.models import Job, JobStatus, utcnow
+from core.plan import JobPlan, TransferChoice
 from core.recipe import Recipe
+from core.results import JobResult, TransferResult
 from core.settings import Settings
 from worker import checkpoint
 
@@ -37,7 +40,7 @@ worker_log = logging.getLogger(__name__)
 
 
 def worker_name(pid: int | None = None) -> str:
-    """What ``jobs.worker`` holds: the host and the pid of the child that trains (how the parent's
+    """What ``Job.worker`` holds: the host and the pid of the child that trains (how the parent's
     ``worker.memory_guard`` finds the job of a child it killed or saw killed)."""
     return f"{socket.gethostname()}:{pid or os.getpid()}"
 
@@ -109,7 +112,7 @@ class JobRun:
         with self.db.session() as session:
             jobs.append_logs(session, self.job_id, self.log.drain())
             for epoch, phase, metrics, progress, diagnostics in self.pending:
-                if not jobs.record_epoch(session, self.job_id, self.attempt, epoch, phase, metrics, progress,
+                if not job_state.record_epoch(session, self.job_id, self.attempt, epoch, phase, metrics, progress,
                                          diagnostics):
                     self._stop = self._stop or "lost"
                     break
@@ -117,7 +120,7 @@ class JobRun:
                 if state is not None and self.checkpoints.due():
                     started = self.checkpoints.clock()
                     written = state()
-                    jobs.save_checkpoint(session, self.job_id, written, self.settings.artifact_chunk_bytes)
+                    checkpoints.save(session, self.job_id, written, self.settings.artifact_chunk_bytes)
         self.pending = []
         if written is not None:  # timed to the commit: that is what the next one will cost too
             self.checkpoints.record(started, len(written))
@@ -149,7 +152,7 @@ class JobRun:
         while not self._done.wait(self.settings.heartbeat_interval_s):
             try:
                 with self.db.session() as session:
-                    ours, cancel = jobs.heartbeat(session, self.job_id, self.attempt)
+                    ours, cancel = job_state.heartbeat(session, self.job_id, self.attempt)
                     jobs.append_logs(session, self.job_id, self.log.drain())
                 if not ours:
                     self._stop = self._stop or "lost"
@@ -167,14 +170,14 @@ def run_job(db: Database, settings: Settings, job_id: str, device: str = "CPU:0"
     """Returns the job's final status, or None when the job was not ours to run (duplicate delivery)."""
     name = worker_name()
     with db.session() as session:
-        attempt = jobs.claim(session, job_id, name)
+        attempt = job_state.claim(session, job_id, name)
         if attempt is None:
             worker_log.info("job %s is not queued; nothing to do", job_id)
             return None
         job = jobs.get_any(session, job_id)
         recipe = Recipe.model_validate(job.recipe)
         progress = dict(job.progress or {})
-        jobs.update_running(session, job_id, attempt, device=device,
+        job_state.update_running(session, job_id, attempt, device=device,
                             progress={**progress, "phase": "starting"})
         kept_lines = jobs.log_line_count(session, job_id)
     run = JobRun(db, settings, job_id, attempt, recipe, progress, kept_lines)
@@ -206,7 +209,7 @@ def run_job(db: Database, settings: Settings, job_id: str, device: str = "CPU:0"
             run.flush_pending()
             with db.session() as session:
                 run.flush_logs(session)
-                jobs.finish(session, job_id, attempt, status, error=error,
+                job_state.finish(session, job_id, attempt, status, error=error,
                             progress={**progress, **run.last_progress, "phase": status.value})
 
         with_retries(record_end, settings.db_retry_s, f"recording the job as {status.value}")
@@ -248,30 +251,35 @@ def _error_for(exc: Exception) -> JobError:
 
 
 def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
-    from worker import data, devices, export, training
+    from worker import data, devices, training
 
-    arrays = data.load(run.db, recipe.dataset)
-    splits = data.split(arrays, recipe.dataset, recipe.seed)
-    job_plan = run.base_progress.get("plan", {})
-    end_step = job_plan.get("pruning_end_step")
-    transfer = None
-    if recipe.transfer:
-        from worker import reuse
-
-        spec = job_plan["transfer"]
-        base = reuse.load_base(run.db, spec["base_job_id"])
-        transfer = training.Transfer(reuse.reused_layers(base, spec["reused_layers"]), spec["unfreeze_layers"],
-                                     spec["fine_tune_learning_rate"])
-        log.info("reusing %s of job %s", ", ".join(spec["reused_layers"]), spec["base_job_id"])
+    splits = data.split(data.load(run.db, recipe.dataset), recipe.dataset, recipe.seed)
+    job_plan = JobPlan.model_validate(run.base_progress["plan"])
+    transfer = _reused(run, job_plan.transfer) if job_plan.transfer else None
     log.info("data: %d train, %d validation, %d test samples", len(splits.x_train),
              0 if splits.x_val is None else len(splits.x_val), len(splits.x_test))
-    resume = None
-    if run.attempt > 1 and not recipe.transfer:
-        resume = _checkpoint(run)
-    for warning in job_plan.get("warnings", []):
+    resume = _checkpoint(run) if run.attempt > 1 and not recipe.transfer else None
+    for warning in job_plan.warnings:
         log.warning("%s", warning)
-    outcome = training.train(recipe, splits, run, end_step=end_step, device=devices.training_device(device),
-                             pruned_layers=job_plan.get("pruned_layers"), transfer=transfer, resume=resume)
+    outcome = training.train(recipe, splits, run, end_step=job_plan.pruning_end_step,
+                             device=devices.training_device(device), pruned_layers=job_plan.pruned_layers,
+                             transfer=transfer, resume=resume)
+    _raise_if_stopped(run, recipe, outcome)
+    _export_and_store(run, recipe, outcome, job_plan)
+    return JobStatus.SUCCEEDED
+
+
+def _reused(run: JobRun, choice: TransferChoice):
+    """The base job's layers the plan chose, loaded fresh from its stored model."""
+    from worker import reuse, training
+
+    base = reuse.load_base(run.db, choice.base_job_id)
+    log.info("reusing %s of job %s", ", ".join(choice.reused_layers), choice.base_job_id)
+    return training.Transfer(reuse.reused_layers(base, choice.reused_layers), choice)
+
+
+def _raise_if_stopped(run: JobRun, recipe: Recipe, outcome) -> None:
+    """Training that a hook stopped ends the job with the hook's cause."""
     if outcome.stopped == "cancelled":
         raise JobStopped(Cause.CANCELLED, f"cancelled after {outcome.epochs_run} epochs")
     if outcome.stopped == "timeout":
@@ -280,26 +288,39 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
                          f"after {outcome.epochs_run} epochs")
     if outcome.stopped == "lost":
         raise JobStopped(Cause.WORKER_LOST, "this worker no longer holds the job (it was requeued or cancelled)")
+
+
+def _result(outcome, files: dict[str, Path], job_plan: JobPlan) -> JobResult:
+    """What the job reports, read back from the exported files."""
+    from worker import export
+
+    transfer = None
+    if outcome.transfer is not None:
+        transfer = TransferResult(**job_plan.transfer.model_dump(), **outcome.transfer)
+    return JobResult(test=outcome.test, **export.sparsity_report(outcome.model, outcome.pruned_layers),
+                     sizes=export.sizes(files), epochs_run=outcome.epochs_run,
+                     train_seconds=round(outcome.seconds, 3), test_before_threshold=outcome.test_before_threshold,
+                     transfer=transfer)
+
+
+def _export_and_store(run: JobRun, recipe: Recipe, outcome, job_plan: JobPlan) -> None:
+    """The model files, the result and the plots in one transaction with the job's success."""
+    from worker import export
+
     with tempfile.TemporaryDirectory(prefix=f"job-{run.job_id[:8]}-") as tmp:
         files = export.strip_and_export(outcome.model, recipe.export, Path(tmp))
-        result = {"test": outcome.test, **export.sparsity_report(outcome.model, outcome.pruned_layers),
-                  "sizes": export.sizes(files), "epochs_run": outcome.epochs_run,
-                  "train_seconds": round(outcome.seconds, 3)}
-        if outcome.test_before_threshold is not None:
-            result["test_before_threshold"] = outcome.test_before_threshold
-        if outcome.transfer is not None:
-            result["transfer"] = {**job_plan["transfer"], **outcome.transfer}
-        log.info("test %s; sparsity %.4f", outcome.test, result["sparsity"]["overall"])
+        result = _result(outcome, files, job_plan)
+        log.info("test %s; sparsity %.4f", outcome.test, result.sparsity.overall)
 
-        pictures = _render_plots(run, recipe, outcome, result, job_plan)
+        pictures = _render_plots(run, recipe, outcome, result.stored(), job_plan)
 
         def store() -> None:
             run.flush_pending()
             with run.db.session() as session:
                 run.flush_logs(session)
                 progress = {**run.base_progress, "epoch": outcome.epochs_run, "phase": "succeeded"}
-                if not jobs.finish(session, run.job_id, run.attempt, JobStatus.SUCCEEDED, result=result,
-                                   progress=progress):
+                if not job_state.finish(session, run.job_id, run.attempt, JobStatus.SUCCEEDED,
+                                        result=result.stored(), progress=progress):
                     raise RuntimeError("the job was taken from this worker before it could store its model")
                 for fmt, path in files.items():
                     with path.open("rb") as fh:
@@ -310,10 +331,9 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
                                     chunk_bytes=run.settings.artifact_chunk_bytes, job_id=run.job_id)
 
         with_retries(store, run.settings.db_retry_s, "storing the trained model")
-    return JobStatus.SUCCEEDED
 
 
-def _render_plots(run: JobRun, recipe: Recipe, outcome, result: dict, job_plan: dict) -> dict[str, bytes]:
+def _render_plots(run: JobRun, recipe: Recipe, outcome, result: dict, job_plan: JobPlan) -> dict[str, bytes]:
     """Pictures are a courtesy: a failure to draw them is logged, never a failed job."""
     try:
         from worker import plots
@@ -322,7 +342,7 @@ def _render_plots(run: JobRun, recipe: Recipe, outcome, result: dict, job_plan: 
         with run.db.session() as session:
             history = jobs.history(session, run.job_id)
         final = [layer.kernel.numpy() for layer in outcome.model.layers if getattr(layer, "kernel", None) is not None]
-        return plots.render(history, recipe, result, job_plan.get("steps_per_epoch", 1), job_plan.get("pruning_end_step"),
+        return plots.render(history, recipe, result, job_plan.steps_per_epoch, job_plan.pruning_end_step,
                             outcome.initial_kernels, final)
     except Exception as exc:  # noqa: BLE001 - see docstring
         log.warning("could not draw the plots: %s", exc)
@@ -347,7 +367,7 @@ def _checkpoint(run: JobRun):
     from worker import checkpoint
 
     with run.db.session() as session:
-        stored = artifacts.find(session, run.job_id, jobs.CHECKPOINT)
+        stored = checkpoints.find(session, run.job_id)
     if stored is None:
         log.info("attempt %d: no checkpoint; starting from epoch 1", run.attempt)
         return None

@@ -14,7 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-from core.causes import Cause, JobStopped
+from core.errors import Diverged
+from core.plan import TransferChoice
 from core.recipe import Recipe, ReduceOnPlateau
 from worker import builder, checkpoint, pruning, reuse
 from worker.data import Splits, shaped_for_output, standardization, to_dataset
@@ -39,15 +40,6 @@ class Silent:
 
     def stop_reason(self) -> str | None:
         return None
-
-
-class Diverged(JobStopped):
-    """The loss became NaN or infinite."""
-
-    def __init__(self, epoch: int, batch: int, loss: float):
-        super().__init__(Cause.DIVERGED, f"the loss became {loss} in epoch {epoch}, batch {batch}",
-                         epoch=epoch, batch=batch)
-        self.epoch, self.batch = epoch, batch
 
 
 @dataclass
@@ -120,11 +112,10 @@ def _evaluate(model, recipe: Recipe, splits: Splits, stats=None) -> dict:
 
 @dataclass
 class Transfer:
-    """What ``worker.reuse`` loaded for a transfer job, and how to thaw it."""
+    """The layers ``worker.reuse`` loaded for a transfer job, and the plan's choice of how to thaw them."""
 
     layers: list
-    unfreeze: list[str]
-    fine_tune_learning_rate: float
+    choice: TransferChoice
 
 
 def _targets(recipe: Recipe, x, y, stats):
@@ -191,69 +182,95 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
         stats = standardization(splits.x_train) if recipe.dataset.standardize else None
         model = builder.build_model(recipe, standardize=stats, reused=transfer.layers if transfer else None)
         splits = shaped_for_output(splits, model.output_shape)
-        callbacks: list = []
-        pruned_names: list[str] = []
-        measure = lambda: None  # noqa: E731
-        pruning_spec = recipe.pruning
-        if pruning_spec and pruning_spec.during_training:
-            names = pruned_layers if pruned_layers is not None else recipe.pruned_layer_names()
-            model, pruned_names = pruning.apply(model, recipe, end_step, names)
-            callbacks += pruning.callbacks()
-            measure = _kernel_sparsity(pruning.wrapped_kernels(model))
+        model, pruned_names, callbacks, measure = _prune_during_training(model, recipe, end_step, pruned_layers)
         initial_kernels = [k.numpy() for k in _kernels(model)]
-        y_train = _targets(recipe, splits.x_train, splits.y_train, stats)
-        probe = None
-        if recipe.training.diagnostics and strategy is None:  # mirrored variables can't be read off a replica
-            probe = Probe(model, splits.x_train, y_train, recipe.training.loss)
-        progress = _Progress(hooks, measure, probe)
-        callbacks += [progress, *_callbacks(recipe)]
-        batch = recipe.training.batch_size
-        train_ds = to_dataset(splits.x_train, y_train, batch, shuffle_seed=recipe.seed)
-        val_ds = None
-        if splits.x_val is not None:
-            val_ds = to_dataset(splits.x_val, _targets(recipe, splits.x_val, splits.y_val, stats), batch, None)
-        fit = dict(x=train_ds, validation_data=val_ds, callbacks=callbacks, verbose=0)
-        epochs, checksums, epochs_run = recipe.training.epochs, {}, 0
+        run = _fitting(model, recipe, splits, stats, _Progress(hooks, measure, None), callbacks, strategy)
+        checksums = None
         if transfer:
-            reused = {layer.name for layer in transfer.layers}
-            wrapped = [layer for layer in model.layers if getattr(layer, "layer", layer).name in reused]
-            checksums["base"] = reuse.checksums(wrapped)
-            frozen_epochs = min(recipe.transfer.freeze_epochs, epochs)
-            if frozen_epochs:
-                for layer in wrapped:
-                    layer.trainable = False
-                _compile(model, recipe)  # a change of trainable takes effect only on compile
-                progress.phase = "frozen"
-                epochs_run = len(model.fit(epochs=frozen_epochs, **fit).epoch)
-                checksums["frozen"] = reuse.checksums(wrapped)
-            if epochs_run == frozen_epochs and progress.stopped is None and frozen_epochs < epochs:
-                for layer in wrapped:
-                    layer.trainable = getattr(layer, "layer", layer).name in transfer.unfreeze
-                _compile(model, recipe, transfer.fine_tune_learning_rate)
-                progress.phase = "fine_tune"
-                history = model.fit(epochs=epochs, initial_epoch=frozen_epochs, **fit)
-                epochs_run += len(history.epoch)
-                checksums["fine_tune"] = reuse.checksums(wrapped)
+            epochs_run, checksums = _fit_transfer(run, recipe, transfer)
         else:
-            _compile(model, recipe)
-            progress.checkpointable = True
-            start = 0
-            if resume is not None:
-                checkpoint.restore(model, resume)
-                start = resume.epoch
-            epochs_run = start + len(model.fit(epochs=epochs, initial_epoch=start, **fit).epoch)
+            epochs_run = _fit_plain(run, recipe, resume)
         final = pruning.strip(model) if pruned_names else model
         before = None
-        if pruning_spec and not pruning_spec.during_training:
+        if recipe.pruning and not recipe.pruning.during_training:
             before = _evaluate(final, recipe, splits, stats)
             pruned_names = pruned_layers if pruned_layers is not None else recipe.pruned_layer_names()
-            pruning.threshold_after_training(final, pruned_names, pruning_spec.post_training_threshold)
+            pruning.threshold_after_training(final, pruned_names, recipe.pruning.post_training_threshold)
         test = _evaluate(final, recipe, splits, stats)
     return Outcome(
-        model=final, test=test, epochs_run=epochs_run, stopped=progress.stopped, pruned_layers=pruned_names,
+        model=final, test=test, epochs_run=epochs_run, stopped=run.progress.stopped, pruned_layers=pruned_names,
         seconds=time.perf_counter() - started, test_before_threshold=before,
         transfer={"checksums": checksums} if transfer else None, initial_kernels=initial_kernels,
     )
+
+
+def _prune_during_training(model, recipe: Recipe, end_step: int | None, pruned_layers: list[str] | None):
+    """(model, pruned layer names, callbacks, sparsity measure): the model wrapped for gradual pruning, or as is."""
+    spec = recipe.pruning
+    if not (spec and spec.during_training):
+        return model, [], [], lambda: None
+    names = pruned_layers if pruned_layers is not None else recipe.pruned_layer_names()
+    model, pruned = pruning.apply(model, recipe, end_step, names)
+    return model, pruned, pruning.callbacks(), _kernel_sparsity(pruning.wrapped_kernels(model))
+
+
+@dataclass
+class _Fitting:
+    """What both fit paths share: the model, the arguments of every ``fit`` call and the progress callback."""
+
+    model: object
+    fit: dict
+    progress: _Progress
+
+
+def _fitting(model, recipe: Recipe, splits: Splits, stats, progress: _Progress, callbacks: list,
+             strategy) -> _Fitting:
+    y_train = _targets(recipe, splits.x_train, splits.y_train, stats)
+    if recipe.training.diagnostics and strategy is None:  # mirrored variables can't be read off a replica
+        progress.probe = Probe(model, splits.x_train, y_train, recipe.training.loss)
+    batch = recipe.training.batch_size
+    train_ds = to_dataset(splits.x_train, y_train, batch, shuffle_seed=recipe.seed)
+    val_ds = None
+    if splits.x_val is not None:
+        val_ds = to_dataset(splits.x_val, _targets(recipe, splits.x_val, splits.y_val, stats), batch, None)
+    fit = dict(x=train_ds, validation_data=val_ds, callbacks=[*callbacks, progress, *_callbacks(recipe)], verbose=0)
+    return _Fitting(model, fit, progress)
+
+
+def _fit_plain(run: _Fitting, recipe: Recipe, resume: checkpoint.State | None) -> int:
+    """One fit over all epochs, checkpointed, resumed after the checkpoint's epoch; the epochs run."""
+    _compile(run.model, recipe)
+    run.progress.checkpointable = True
+    start = 0
+    if resume is not None:
+        checkpoint.restore(run.model, resume)
+        start = resume.epoch
+    return start + len(run.model.fit(epochs=recipe.training.epochs, initial_epoch=start, **run.fit).epoch)
+
+
+def _fit_transfer(run: _Fitting, recipe: Recipe, transfer: Transfer) -> tuple[int, dict[str, dict[str, str]]]:
+    """Phase 1 trains the head with the reused layers frozen; phase 2 thaws the chosen ones at the fine-tune
+    rate. The epochs run, and the reused layers' checksums after each phase."""
+    model, progress, epochs = run.model, run.progress, recipe.training.epochs
+    reused = {layer.name for layer in transfer.layers}
+    wrapped = [layer for layer in model.layers if getattr(layer, "layer", layer).name in reused]
+    checksums = {"base": reuse.checksums(wrapped)}
+    frozen_epochs, epochs_run = min(recipe.transfer.freeze_epochs, epochs), 0
+    if frozen_epochs:
+        for layer in wrapped:
+            layer.trainable = False
+        _compile(model, recipe)  # a change of trainable takes effect only on compile
+        progress.phase = "frozen"
+        epochs_run = len(model.fit(epochs=frozen_epochs, **run.fit).epoch)
+        checksums["frozen"] = reuse.checksums(wrapped)
+    if epochs_run == frozen_epochs and progress.stopped is None and frozen_epochs < epochs:
+        for layer in wrapped:
+            layer.trainable = getattr(layer, "layer", layer).name in transfer.choice.unfreeze_layers
+        _compile(model, recipe, transfer.choice.fine_tune_learning_rate)
+        progress.phase = "fine_tune"
+        epochs_run += len(model.fit(epochs=epochs, initial_epoch=frozen_epochs, **run.fit).epoch)
+        checksums["fine_tune"] = reuse.checksums(wrapped)
+    return epochs_run, checksums
 
 
 def _kernels(model) -> list:
