@@ -21,7 +21,8 @@ import uuid
 import httpx
 
 from bench import harness as h
-from tests.support import small_recipe
+from stack.processes import start_gunicorn
+from stack.recipes import small_recipe
 
 SIZE = 100 * 1000 * 1000
 RUNS = 3
@@ -107,8 +108,8 @@ def run_backend(name: str, py_spy: str | None) -> dict:
                                                load=["timeout", "12", "sh", "-c", loop])
         finally:
             api.stop()
-        bare, bare_url = h.start_gunicorn("bench.bare_app:create_app()", {**b.env, "BENCH_FILE": str(source)},
-                                          b.tmp / "bare.log")
+        bare, bare_url = start_gunicorn({**b.env, "BENCH_FILE": str(source)}, b.tmp / "bare.log", h.GUNICORN_FLAGS,
+                                        app="bench.bare_app:create_app()")
         try:
             out["send_file"] = summarize([download(bare, f"{bare_url}/file", b.tmp / "got.bin", sha)
                                           for _ in range(RUNS)])

@@ -1,5 +1,6 @@
-"""What bench/polling.py, download.py, scale.py and memory.py share: real processes, a throwaway backend,
-wrk, and /proc sampling. Nothing here measures by itself.
+"""What bench/polling.py, download.py, scale.py and memory.py share: a throwaway backend, the service's processes
+on it (started by ``stack.processes``, as the tests start theirs), wrk, and /proc sampling. Nothing here
+measures by itself.
 
 A backend is either the embedded default (a temp ``TRAINER_VAR_DIR``: SQLite + SQLAlchemy broker) or
 PostgreSQL on 127.0.0.1:5432 (a fresh database, dropped afterwards) + Redis 127.0.0.1:6379 db 11 (flushed
@@ -11,23 +12,21 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-
 from bench.load import parse as parse_wrk
-from bench.overhead import BIN, ROOT, free_port
+from core.settings import ROOT
+from stack import processes
+from stack.databases import flush_redis, scratch_database
+from stack.processes import API_APP, Proc, clean_env
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/11"
@@ -44,13 +43,6 @@ def machine() -> dict:
             "code": head.strip() + (" + uncommitted changes" if dirty else ""),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "load_avg_at_start": [round(v, 2) for v in os.getloadavg()]}
-
-
-def base_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINER_", "DATABASE_URL", "CELERY_"))}
-    env.update(TRAINER_SINGLE_USER="1", PYTHONUNBUFFERED="1", TRAINER_LOG_LEVEL="WARNING")
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
 
 
 @dataclass
@@ -70,117 +62,35 @@ class Backend:
                              broker_url=f"sqla+sqlite:///{var / 'broker.sqlite'}")
 
 
-def _flush_redis_db11() -> None:
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
-
-
 @contextmanager
 def backend(name: str, **extra_env):
     """A migrated, empty backend; its database (and Redis db 11) is gone afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-    env = base_env(**extra_env)
-    pg_db = None
-    if name == "postgres":
-        import psycopg
-
-        pg_db = f"trainer_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{pg_db}"')
-        env["DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_db}"
-        env["CELERY_BROKER_URL"] = REDIS_URL
-        _flush_redis_db11()
-    else:
-        env["TRAINER_VAR_DIR"] = str(tmp)
+    env = clean_env(**{"TRAINER_SINGLE_USER": "1", "TRAINER_LOG_LEVEL": "WARNING", **extra_env})
     try:
-        subprocess.run([sys.executable, "-m", "core.migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
-        yield Backend(name, env, tmp, pg_db)
+        if name == "postgres":
+            flush_redis(REDIS_URL)
+            with scratch_database(PG_ADMIN, "trainer_bench") as url:
+                env.update(DATABASE_URL=url, CELERY_BROKER_URL=REDIS_URL)
+                processes.migrate(env)
+                yield Backend(name, env, tmp, url.rsplit("/", 1)[1])
+        else:
+            env["TRAINER_VAR_DIR"] = str(tmp)
+            processes.migrate(env)
+            yield Backend(name, env, tmp)
     finally:
-        if pg_db:
-            import psycopg
-
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
-            _flush_redis_db11()
+        if name == "postgres":
+            flush_redis(REDIS_URL)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-class Proc:
-    """A process group we started; ``stop()`` ends exactly it."""
-
-    def __init__(self, cmd: list[str], env: dict, log: Path):
-        self.log_path = log
-        self.popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        self.pid = self.popen.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def children(self) -> list[int]:
-        return children_of(self.pid)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.pid, signal.SIGKILL)
-                self.popen.wait(10)
-
-
-def start_gunicorn(app: str, env: dict, log: Path, flags: list[str] = GUNICORN_FLAGS) -> tuple[Proc, str]:
-    port = free_port()
-    proc = Proc([str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", *flags, app], env, log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.popen.poll() is not None or time.monotonic() > deadline:
-            proc.stop()
-            raise RuntimeError(f"{app} did not start:\n{proc.log()[-3000:]}")
-        time.sleep(0.05)
-    # every worker answered once (imports done) before anything is measured
-    deadline = time.monotonic() + 30
-    while len(proc.children()) < int(flags[flags.index("--workers") + 1]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return proc, url
-
-
 def start_api(b: Backend, name: str = "api") -> tuple[Proc, str]:
-    return start_gunicorn("service.app:create_app()", b.env, b.tmp / f"{name}.log")
+    return processes.start_gunicorn(b.env, b.tmp / f"{name}.log", GUNICORN_FLAGS, app=API_APP)
 
 
 def start_worker(b: Backend, hostname: str, **extra_env) -> Proc:
-    env = {**b.env, "TRAINER_LOG_LEVEL": "INFO", **{k: str(v) for k, v in extra_env.items()}}
-    proc = Proc([str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--loglevel", "INFO", "--concurrency", "1",
-                 "--hostname", f"{hostname}@%h", "--without-mingle", "--without-gossip"], env,
-                b.tmp / f"worker-{hostname}.log")
-    deadline = time.monotonic() + 120
-    while " ready." not in proc.log():
-        if proc.popen.poll() is not None or time.monotonic() > deadline:
-            proc.stop()
-            raise RuntimeError(f"worker {hostname} did not start:\n{proc.log()[-3000:]}")
-        time.sleep(0.1)
-    return proc
-
-
-def wait_job(http: httpx.Client, job_id: str, statuses=frozenset({"succeeded", "failed", "cancelled"}),
-             timeout: float = 300, interval: float = 0.1) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in statuses:
-            return job
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"job {job_id} still {job['status']} after {timeout} s")
-        time.sleep(interval)
+    return processes.start_worker({**b.env, "TRAINER_LOG_LEVEL": "INFO", **{k: str(v) for k, v in extra_env.items()}},
+                                  b.tmp / f"worker-{hostname}.log", hostname)
 
 
 def wrk(url: str, seconds: int, threads: int = 2, connections: int = 32, script: Path | None = None) -> dict:
@@ -273,18 +183,6 @@ class RssSampler:
 
     def peak_mb(self) -> dict[int, float]:
         return {pid: round(kb / 1024, 1) for pid, kb in self.peak_kb.items()}
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children, from /proc (cheap enough to call every 20 ms)."""
-    kids: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                kids += [int(p) for p in f.read().split()]
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return kids
 
 
 def pct(values: list[float], q: float) -> float:

@@ -12,13 +12,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
-from bench.overhead import BIN, ROOT, free_port, start, stop
-from tests.support import small_recipe
+from core.settings import ROOT
+from stack import processes
+from stack.jobs import wait_for
+from stack.recipes import small_recipe
 
 POST_LUA = """
 wrk.method = "POST"
@@ -55,26 +56,15 @@ def parse(output: str) -> dict:
 def main(seconds: int = 60) -> dict:
     wrk = ensure_wrk()
     tmp = Path(tempfile.mkdtemp(prefix="load-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINER_", "DATABASE_URL", "CELERY_"))}
-    env.update(TRAINER_VAR_DIR=str(tmp), TRAINER_SINGLE_USER="1", TRAINER_MAX_QUEUED_PER_OWNER="10000000")
-    subprocess.run([sys.executable, "-m", "core.migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
-    port = free_port()
-    api = start([str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "8",
-                 "service.app:create_app()"], env, tmp / "api.log")
-    worker = start([str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--concurrency", "1",
-                    "--loglevel", "WARNING"], env, tmp / "worker.log")
-    url = f"http://127.0.0.1:{port}"
+    env = processes.clean_env(TRAINER_VAR_DIR=tmp, TRAINER_SINGLE_USER="1", TRAINER_MAX_QUEUED_PER_OWNER="10000000")
+    processes.migrate(env)
+    worker = processes.start_worker(env, tmp / "worker.log", "load")
+    api, url = processes.start_gunicorn(env, tmp / "api.log", ["--workers", "2", "--threads", "8"])
     try:
-        for _ in range(100):
-            try:
-                httpx.get(f"{url}/healthz").raise_for_status()
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         long_job = small_recipe(**{"training.epochs": 1000, "training.batch_size": 4})
         job = httpx.post(f"{url}/v1/jobs", json=long_job).json()
-        while httpx.get(f"{url}/v1/jobs/{job['id']}").json()["status"] != "running":
-            time.sleep(0.2)
+        with httpx.Client(base_url=url) as http:
+            wait_for(http, job["id"], {"running"}, timeout=None)
         script = tmp / "post.lua"
         script.write_text(POST_LUA % json.dumps(small_recipe(**{"training.epochs": 1})))
         common = ["-d", f"{seconds}s", "--latency", "--timeout", "10s"]
@@ -90,8 +80,8 @@ def main(seconds: int = 60) -> dict:
                    "pollers_50": parse(poll_out[0]), "submitters_10": parse(submit_out[0])}
         httpx.post(f"{url}/v1/jobs/{job['id']}/cancel")
     finally:
-        stop(worker)
-        stop(api)
+        worker.stop()
+        api.stop()
     out = ROOT / "bench" / "results" / "load.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -27,6 +27,8 @@ import time
 import httpx
 
 from bench import harness as h
+from stack.jobs import wait_for
+from stack.processes import children_of
 from tests import hostile_uploads
 
 CONTRACT = json.loads((h.ROOT / "examples" / "recipes" / "contract-digits.json").read_text())
@@ -106,12 +108,12 @@ def main() -> None:
                 for _ in range(args.jobs):
                     parent_before = mb(h.status_rss_kb(worker.pid))
                     waiting_child = worker.children()
-                    with h.RssSampler(lambda: h.children_of(worker.pid), 0.02, uss=True) as sampler, GpuPeak() as gpu:
+                    with h.RssSampler(lambda: children_of(worker.pid), 0.02, uss=True) as sampler, GpuPeak() as gpu:
                         posted = http.post("/v1/jobs", json=recipe)
                         if posted.status_code != 202:
                             raise RuntimeError(f"POST /v1/jobs: {posted.status_code} {posted.text[:1000]}")
                         job = posted.json()
-                        done = h.wait_job(http, job["id"], interval=0.2)
+                        done = wait_for(http, job["id"], timeout=300, poll=0.2)
                         time.sleep(0.3)  # the child exits after storing the job
                     logs = http.get(f"/v1/jobs/{job['id']}/logs").text
                     m = re.search(r"attempt 1 on [^:\s]+:(\d+)", logs)

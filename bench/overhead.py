@@ -15,28 +15,21 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from bench import harness as h
+from core.settings import ROOT
+from stack.jobs import wait_for
+from stack.processes import start_gunicorn
+
 CONTRACT = json.loads((ROOT / "examples" / "recipes" / "contract-digits.json").read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -44,28 +37,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def wait_job(http: httpx.Client, job_id: str, statuses: set[str], interval: float = 0.05) -> dict:
-    while True:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in statuses:
-            return job
-        time.sleep(interval)
 
 
 def parse_ts(value: str) -> datetime:
@@ -79,52 +50,33 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINER_", "DATABASE_URL", "CELERY_"))}
-    env["TRAINER_SINGLE_USER"] = "1"
-    pg_db = None
-    if args.redis:
-        import psycopg
+    backend = "postgres+redis" if args.redis else "sqlite+sqla"
+    with h.backend("postgres" if args.redis else "sqlite", TRAINER_LOG_LEVEL="INFO") as b:
+        results = measure(b, backend, args)
+    out = ROOT / "bench" / "results" / f"overhead-{backend.replace('+', '-')}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    table(results)
+    print(f"written to {out.relative_to(ROOT)}")
 
-        pg_db = f"trainer_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{pg_db}"')
-        env["DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_db}"
-        env["CELERY_BROKER_URL"] = "redis://127.0.0.1:6379/12"
-        backend = "postgres+redis"
-    else:
-        env["TRAINER_VAR_DIR"] = str(tmp)
-        backend = "sqlite+sqla"
-    subprocess.run([sys.executable, "-m", "core.migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
 
-    port = free_port()
+def measure(b: h.Backend, backend: str, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
-    api = start([str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
-                 "service.app:create_app()"], env, tmp / "api.log")
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.02)
+    api, url = start_gunicorn(b.env, b.tmp / "api.log", ["--workers", "1", "--threads", "4"], poll=0.02)
     api_start_s = time.perf_counter() - t0
-    worker = start([str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--concurrency", "1",
-                    "--loglevel", "INFO", "--without-mingle", "--without-gossip"], env, tmp / "worker.log")
-    while " ready." not in (tmp / "worker.log").read_text():
-        time.sleep(0.2)
+    worker = h.start_worker(b, "overhead")
     results: dict = {"backend": backend, "machine": f"{platform.node()} {platform.machine()} "
                      f"{os.cpu_count()} cores, Python {platform.python_version()}",
                      "date": datetime.now(UTC).isoformat(timespec="seconds"),
                      "api_start_s": round(api_start_s, 3)}
+    env = b.env
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             for _ in range(20):
                 http.get("/openapi.json")
                 http.get("/v1/datasets")
-            api_children = subprocess.run(["pgrep", "-P", str(api.pid)], capture_output=True, text=True).stdout.split()
             results["api_rss_mb"] = {"master": round(rss_mb(api.pid), 1),
-                                     "worker": [round(rss_mb(int(p)), 1) for p in api_children]}
+                                     "worker": [round(rss_mb(p), 1) for p in api.children()]}
 
             tiny = json.loads(json.dumps(CONTRACT))
             tiny["training"]["epochs"] = 1
@@ -134,10 +86,10 @@ def main() -> None:
                 time.sleep(1.0)  # let the worker fork its next child: "idle worker"
                 sent = time.perf_counter()
                 job = http.post("/v1/jobs", json=tiny).json()
-                running = wait_job(http, job["id"], {"running", "succeeded", "failed"}, interval=0.01)
+                running = wait_for(http, job["id"], {"running"}, timeout=None, poll=0.01)
                 client_s.append(time.perf_counter() - sent)
                 server_s.append((parse_ts(running["started_at"]) - parse_ts(running["created_at"])).total_seconds())
-                wait_job(http, job["id"], {"succeeded", "failed"})
+                wait_for(http, job["id"], timeout=None, poll=0.05)
             results["submit_to_running_s"] = {"server_median": round(statistics.median(server_s), 3),
                                               "client_median": round(statistics.median(client_s), 3),
                                               "server_all": [round(v, 3) for v in server_s]}
@@ -156,7 +108,7 @@ def main() -> None:
                 time.sleep(1.0)
                 t = time.perf_counter()
                 job = http.post("/v1/jobs", json=recipe).json()
-                done = wait_job(http, job["id"], {"succeeded", "failed"})
+                done = wait_for(http, job["id"], timeout=None, poll=0.05)
                 assert done["status"] == "succeeded", done["error"]
                 http.get(f"/v1/jobs/{job['id']}/model", params={"format": "h5"}).raise_for_status()
                 service.append(time.perf_counter() - t)
@@ -175,18 +127,9 @@ def main() -> None:
                 "worker_train_median_s": round(statistics.median(service_work), 3),
             }
     finally:
-        stop(worker)
-        stop(api)
-        if pg_db:
-            import psycopg
-
-            with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
-    out = ROOT / "bench" / "results" / f"overhead-{backend.replace('+', '-')}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    table(results)
-    print(f"written to {out.relative_to(ROOT)}")
+        worker.stop()
+        api.stop()
+    return results
 
 
 def table(r: dict) -> None:

@@ -17,7 +17,9 @@ import json
 import httpx
 
 from bench import harness as h
-from tests.support import small_recipe
+from stack.jobs import wait_for
+from stack.processes import start_gunicorn
+from stack.recipes import small_recipe
 
 IF_NONE_MATCH_LUA = 'wrk.headers["If-None-Match"] = %s\n'
 TARGET = 0.5
@@ -93,7 +95,7 @@ def run_backend(name: str, seconds: int, py_spy: str | None) -> dict:
         try:
             with httpx.Client(base_url=url, timeout=60) as http:
                 job = http.post("/v1/jobs", json=small_recipe(**{"training.epochs": 30})).json()
-                done = h.wait_job(http, job["id"])
+                done = wait_for(http, job["id"], timeout=300, poll=0.1)
                 assert done["status"] == "succeeded", done["error"]
                 worker.stop()  # nothing else runs while the API is measured
                 path = f"/v1/jobs/{job['id']}"
@@ -115,7 +117,7 @@ def run_backend(name: str, seconds: int, py_spy: str | None) -> dict:
         finally:
             worker.stop()
             api.stop()
-        bare, bare_url = h.start_gunicorn("bench.bare_app:create_app()", b.env, b.tmp / "bare.log")
+        bare, bare_url = start_gunicorn(b.env, b.tmp / "bare.log", h.GUNICORN_FLAGS, app="bench.bare_app:create_app()")
         try:
             out["bare_body_bytes"] = len(httpx.get(bare_url + "/const").content)
             out["c_bare_flask"] = h.wrk(bare_url + "/const", seconds)

@@ -1,6 +1,6 @@
 """Does throughput scale, and is every job trained exactly once? ``python -m bench.scale``
 
-N small jobs (``tests.support.small_recipe()``, 2 epochs, h5 only) are POSTed at once (16 client threads)
+N small jobs (``stack.recipes.small_recipe()``, 2 epochs, h5 only) are POSTed at once (16 client threads)
 to an API with two Celery worker processes (``--concurrency 1`` each, different ``--hostname``) on
 PostgreSQL + Redis (``--embedded``: also on SQLite + the SQLAlchemy broker). Rounds of 50 and then 200 jobs
 on the same processes (the 50 round is the linearity reference). Every job must succeed with
@@ -22,7 +22,7 @@ import httpx
 from sqlalchemy import func, select
 
 from bench import harness as h
-from tests.support import small_recipe
+from stack.recipes import small_recipe
 
 RECIPE = small_recipe(**{"training.epochs": 2, "export.formats": ["h5"]})
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -133,7 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds = [int(n) for n in args.jobs.split(",")]
     names = ["postgres"] + (["sqlite"] if args.embedded else [])
-    results = {**h.machine(), "recipe": "tests.support.small_recipe(), 2 epochs, h5", "workers": "2 × concurrency 1",
+    results = {**h.machine(), "recipe": "stack.recipes.small_recipe(), 2 epochs, h5", "workers": "2 × concurrency 1",
                "gunicorn": " ".join(h.GUNICORN_FLAGS)}
     for name in names:
         results[name] = run_backend(name, rounds, args.py_spy if name == "postgres" else None)

@@ -7,14 +7,15 @@ Redis), a real API server on a loopback port, and real Celery worker processes.
 from __future__ import annotations
 
 import os
-import threading
-import uuid
 
 import httpx
 import pytest
 
 from core.migrate import upgrade
 from core.settings import Settings, load_settings
+from stack.databases import flush_redis, scratch_database
+from stack.processes import LiveServer
+from tests import conformance
 from tests.support import start_worker
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -24,19 +25,23 @@ FAST = dict(heartbeat_interval_s=0.5, reconcile_interval_s=1.0, single_user=True
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "worker: starts real Celery worker processes (slow)")
+    conformance.install()
+
+
+@pytest.fixture(autouse=True)
+def responses_fit_the_openapi_document():
+    """Every JSON body any app sent during the test fits the schema ``/openapi.json`` documents for it."""
+    conformance.take()
+    yield
+    found = conformance.take()
+    assert not found, "responses off /openapi.json:\n" + "\n".join(found[:10])
 
 
 @pytest.fixture(scope="session")
 def postgres_url():
     """A fresh database on the machine's PostgreSQL for this session, dropped afterwards."""
-    import psycopg
-
-    name = f"trainer_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(PG_ADMIN_URL, "trainer_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -73,21 +78,13 @@ def isolated_backend(request, tmp_path) -> Settings:
         upgrade(settings)
         yield settings
         return
-    import psycopg
-    import redis
-
-    name = f"trainer_iso_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
     broker = REDIS_URL.rsplit("/", 1)[0] + "/14"
-    redis.Redis.from_url(broker).flushdb()
-    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    settings = load_settings(database_url=url, broker_url=broker, **FAST)
-    upgrade(settings)
-    yield settings
-    redis.Redis.from_url(broker).flushdb()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    flush_redis(broker)
+    with scratch_database(PG_ADMIN_URL, "trainer_iso") as url:
+        settings = load_settings(database_url=url, broker_url=broker, **FAST)
+        upgrade(settings)
+        yield settings
+    flush_redis(broker)
 
 
 @pytest.fixture(scope="session")
@@ -109,19 +106,6 @@ def db(backend):
     from core.db import Database
 
     return Database(backend)
-
-
-class LiveServer:
-    def __init__(self, app):
-        from werkzeug.serving import make_server
-
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Faults with real processes: the broker and the database go away and come back; nothing is lost.
 
-Every server killed here is a throwaway one on a spare port (tests/throwaway.py), never the shared ones.
+Every server killed here is a throwaway one on a spare port (stack/databases.py), never the shared ones.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from core.db import Database
 from core.migrate import upgrade
 from core.settings import load_settings
 from service.app import create_app
+from stack.databases import ThrowawayPostgres, ThrowawayRedis
 from tests.conftest import FAST, LiveServer
 from tests.support import small_recipe, start_worker, wait_for, wait_until
-from tests.throwaway import ThrowawayPostgres, ThrowawayRedis
 
 pytestmark = pytest.mark.worker
 

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,11 +26,12 @@ MAX_PAGE = 200  # the API's own upper bound for ?limit=
 USER_AGENT = "trainer-client/0.1"
 
 
-class TrainerError(Exception):
-    """An RFC 9457 problem from the API (or a transport failure, with ``status`` None).
+class TrainerClientError(Exception):
+    """An RFC 9457 problem from the API (or a failure on this side of it, with ``status`` None).
 
     The fields are kept as the server sent them so a caller can branch on ``status`` and show
-    ``detail``, which is the sentence the API wrote for humans.
+    ``detail``, which is the sentence the API wrote for humans. (Named apart from the server's own
+    ``core.errors.TrainerError``, which this package never imports; ``TrainerError`` is a deprecated alias.)
     """
 
     def __init__(self, status: int | None, title: str, detail: str, errors: list | None = None):
@@ -40,7 +42,7 @@ class TrainerError(Exception):
         self.errors = errors or []
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> TrainerError:
+    def from_response(cls, response: httpx.Response) -> TrainerClientError:
         """Read a problem+json body; fall back to the status line for anything else (a proxy's HTML page)."""
         try:
             body = response.json()
@@ -60,13 +62,31 @@ class TrainerError(Exception):
         return {"status": self.status, "title": self.title, "detail": self.detail, "errors": self.errors}
 
 
-class ChecksumMismatch(TrainerError):
+class ChecksumMismatch(TrainerClientError):
     """The bytes on disk do not hash to what the server said: the download must not be trusted."""
 
     def __init__(self, expected: str, actual: str):
         super().__init__(None, "Checksum mismatch", f"expected sha256 {expected}, got {actual}")
         self.expected = expected
         self.actual = actual
+
+
+class WaitTimeout(TrainerClientError, TimeoutError):
+    """``Job.wait`` gave up after its ``timeout``; the job goes on on the server. Also a builtin TimeoutError."""
+
+    def __init__(self, job_id: str, status: str, timeout: float):
+        super().__init__(None, "Timed out", f"job {job_id} is still {status} after {timeout} s")
+        self.args = (self.detail,)  # str() is the sentence alone
+        self.job_id, self.job_status, self.timeout = job_id, status, timeout
+
+
+def __getattr__(name: str):
+    """``TrainerError``, the old name of ``TrainerClientError``, still imports, with a DeprecationWarning."""
+    if name == "TrainerError":
+        warnings.warn("trainer_client.TrainerError is deprecated: use TrainerClientError", DeprecationWarning,
+                      stacklevel=2)
+        return TrainerClientError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def verify_sha256(actual: str, expected: str) -> None:
@@ -162,13 +182,13 @@ class Client:
     # -- transport -----------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, **kwargs) -> httpx.Response:
-        """One request; a status >= 400 becomes a TrainerError, a transport failure too (status None)."""
+        """One request; a status >= 400 becomes a TrainerClientError, a transport failure too (status None)."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
         if response.status_code >= 400:
-            raise TrainerError.from_response(response)
+            raise TrainerClientError.from_response(response)
         return response
 
     @contextmanager
@@ -178,13 +198,13 @@ class Client:
             with self._http.stream(method, path, **kwargs) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise TrainerError.from_response(response)
+                    raise TrainerClientError.from_response(response)
                 yield response
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
 
-    def _unreachable(self, exc: Exception) -> TrainerError:
-        return TrainerError(None, "Connection failed", f"{self.url}: {str(exc) or type(exc).__name__}")
+    def _unreachable(self, exc: Exception) -> TrainerClientError:
+        return TrainerClientError(None, "Connection failed", f"{self.url}: {str(exc) or type(exc).__name__}")
 
 
 class Job:
@@ -245,21 +265,25 @@ class Job:
         self.etag = response.headers.get("ETag")
         return True
 
-    def wait(self, poll: float = 0.5, timeout: float | None = None, on_update: Callable[[Job], Any] | None = None) -> Job:
+    def wait(self, poll: float = 0.5, timeout: float | None = None, on_update: Callable[[Job], Any] | None = None,
+             until: Iterable[str] = TERMINAL) -> Job:
         """Poll until the job succeeds, fails or is cancelled; ``on_update(job)`` runs once per change.
 
-        Raises TimeoutError after ``timeout`` seconds; the job itself keeps running on the server.
+        ``until`` names other statuses to stop at as well (``{"running"}``: until it has started); a job that
+        has ended never changes again, so it is returned whatever ``until`` says. Raises WaitTimeout (a
+        TimeoutError) after ``timeout`` seconds; the job itself keeps running on the server.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        stop_at = TERMINAL | frozenset(until)
         self._poll()
         changed = True  # the caller has not seen this state yet, even if the server says 304
         while True:
             if changed and on_update is not None:
                 on_update(self)
-            if self.done:
+            if self.status in stop_at:
                 return self
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {self.id} is still {self.status} after {timeout} s")
+                raise WaitTimeout(self.id, self.status, timeout)
             time.sleep(poll)
             changed = self._poll()
 
@@ -295,7 +319,8 @@ class Job:
         with self.client.stream("GET", f"/v1/jobs/{self.id}/model", params={"format": format}) as response:
             expected = expected_sha256 or response.headers.get("X-Checksum-Sha256")
             if not expected:
-                raise TrainerError(None, "No checksum", "the server sent no X-Checksum-Sha256; refusing to trust the file")
+                raise TrainerClientError(None, "No checksum",
+                                         "the server sent no X-Checksum-Sha256; refusing to trust the file")
             target = _target_path(path, response.headers.get("Content-Disposition"), f"{self.id}-model.{format}")
             total = int(response.headers["Content-Length"]) if "Content-Length" in response.headers else None
             return _save_verified(response.iter_bytes(), target, expected, total, progress)

@@ -1,6 +1,8 @@
-"""Throwaway Redis and PostgreSQL servers on spare loopback ports, for fault tests to kill.
+"""Databases the tests and benchmarks own: a scratch database on the machine's PostgreSQL, and throwaway
+Redis and PostgreSQL servers — processes of their own on spare ports, for fault tests to kill.
 
-Never the machine's shared servers: these live in a temporary directory and die with the test.
+Never the machine's shared servers themselves: a scratch database is dropped afterwards, a throwaway server
+lives in a temporary directory and dies with its test.
 """
 from __future__ import annotations
 
@@ -11,13 +13,35 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from stack.processes import free_port
 
-def spare_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+@contextmanager
+def scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL ``admin_url`` reaches, dropped (its connections closed by force)
+    afterwards; yields its SQLAlchemy URL."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def flush_redis(url: str) -> None:
+    """Empty the one Redis database ``url`` names (each suite and benchmark has its own number)."""
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
 
 
 def _wait_port(port: int, up: bool, timeout: float = 30) -> None:
@@ -32,7 +56,7 @@ def _wait_port(port: int, up: bool, timeout: float = 30) -> None:
 
 class ThrowawayRedis:
     def __init__(self):
-        self.port = spare_port()
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-")
         self.proc: subprocess.Popen | None = None
 
@@ -40,7 +64,7 @@ class ThrowawayRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "ThrowawayRedis":
+    def start(self) -> ThrowawayRedis:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -63,7 +87,7 @@ class ThrowawayPostgres:
 
     def __init__(self):
         self.bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1])
-        self.port = spare_port()
+        self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="pg-"))
         self.data = self.dir / "data"
         as_root = os.geteuid() == 0
@@ -79,7 +103,7 @@ class ThrowawayPostgres:
     def url(self) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
-    def start(self) -> "ThrowawayPostgres":
+    def start(self) -> ThrowawayPostgres:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o",
                   f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
         return self
