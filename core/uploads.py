@@ -273,21 +273,7 @@ def parse_csv(data: bytes | IO[bytes], label_column: str, max_bytes: int | None)
         lines.commas = 0
         width = len(header) - 1
         values, labels = array.array("f"), array.array("d")
-        for line_no, row in enumerate(reader, start=2):
-            lines.commas = 0
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DatasetError(f"line {line_no} has {len(row)} fields; the header has {len(header)}")
-            try:
-                numbers = [float(v) for v in row]
-            except ValueError:
-                raise DatasetError(f"line {line_no} has a value that is not a number") from None
-            labels.append(numbers.pop(label_at))
-            values.extend(numbers)
-            if max_bytes is not None and 4 * len(values) + 8 * len(labels) > max_bytes:
-                raise DatasetTooLarge(f"the .csv's values take over {_mb(max_bytes)} by line {line_no} (features as "
-                                      f"float32); that is the limit (TRAINER_MAX_DATASET_BYTES)")
+        _read_rows(reader, lines, header, label_at, max_bytes, values, labels)
     except UnicodeDecodeError:
         raise DatasetError("a .csv upload must be UTF-8 text") from None
     except csv.Error as exc:
@@ -298,6 +284,26 @@ def parse_csv(data: bytes | IO[bytes], label_column: str, max_bytes: int | None)
     arrays = Arrays(_features(x, "the features"), _labels(np.frombuffer(labels, dtype=np.float64), label_column))
     _check_lengths(arrays)
     return arrays
+
+
+def _read_rows(reader, lines: _Lines, header: list[str], label_at: int, max_bytes: int | None,
+               values: array.array, labels: array.array) -> None:
+    """Each row's numbers appended to ``values`` (features) and ``labels``, the limit checked per row."""
+    for line_no, row in enumerate(reader, start=2):
+        lines.commas = 0
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise DatasetError(f"line {line_no} has {len(row)} fields; the header has {len(header)}")
+        try:
+            numbers = [float(v) for v in row]
+        except ValueError:
+            raise DatasetError(f"line {line_no} has a value that is not a number") from None
+        labels.append(numbers.pop(label_at))
+        values.extend(numbers)
+        if max_bytes is not None and 4 * len(values) + 8 * len(labels) > max_bytes:
+            raise DatasetTooLarge(f"the .csv's values take over {_mb(max_bytes)} by line {line_no} (features as "
+                                  f"float32); that is the limit (TRAINER_MAX_DATASET_BYTES)")
 
 
 # --------------------------------------------------------------------------- both
