@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 import statistics
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, GetJsonSchemaHandler, ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -29,10 +29,23 @@ class Variant(Strict):
                                       description='e.g. {"training.optimizer.type": "nadam"}')
 
 
+class _PartialRecipe:
+    """Documents the base as a recipe's fields, none required: it is a recipe only once a variant's overrides are
+    applied (they may add, change or remove any field), and each child recipe is validated then, naming its variant.
+    Validation of the base itself stays a plain object's."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler: GetJsonSchemaHandler) -> dict:
+        recipe = handler.resolve_ref_schema(handler(Recipe.__pydantic_core_schema__))
+        return {"type": "object", "title": "PartialRecipe", "properties": recipe["properties"]}
+
+
 class ExperimentSpec(Strict):
     name: str = Field("experiment", min_length=1, max_length=200)
     description: str | None = Field(None, max_length=4000)
-    base: dict = Field(description="A recipe; every variant starts from it.")
+    base: Annotated[dict, _PartialRecipe()] = Field(
+        description="A recipe (its fields as in POST /v1/jobs), before each variant's overrides; every variant "
+                    "starts from it.")
     variants: list[Variant] = Field(min_length=1, max_length=20)
     repeats: int = Field(1, ge=1, le=10, description="Seeds per variant: base seed, +1, +2, …")
     target_accuracy: float | None = Field(None, gt=0, le=1, description="For 'epochs to reach' in the table.")

@@ -5,29 +5,24 @@ This process never imports TensorFlow (about 4 s and 700 MB); it validates, stor
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
-from celery import Celery
-from flask import Request, current_app, redirect, request
+from flask import Request, redirect, request
 from flask_openapi3 import Info, OpenAPI
+from flask_openapi3.models import Schema
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from core.db import Database
 from core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from core.queue import make_celery
 from core.settings import Settings, load_settings
-from service import auth, problems
+from service import auth, extensions, problems, representation
+from service.datasets_api import api as datasets_api
+from service.experiments_api import api as experiments_api
+from service.extensions import services
+from service.health_api import api as health_api
+from service.jobs_api import api as jobs_api
+from service.pages import pages
+from service.usage_api import api as usage_api
 
-
-@dataclass
-class Services:
-    settings: Settings
-    db: Database
-    celery: Celery
-
-
-def services() -> Services:
-    return current_app.extensions["trainer"]
+__all__ = ["create_app", "services"]
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
@@ -46,27 +41,18 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
-    app.extensions["trainer"] = Services(settings, Database(settings), make_celery(settings))
+    extensions.init_app(app, settings)
 
     problems.install(app)
     auth.install(app)
     _install_body_checks(app, settings)
 
-    from service.datasets_api import api as datasets_api
-    from service.experiments_api import api as experiments_api
-    from service.health_api import api as health_api
-    from service.jobs_api import api as jobs_api
-    from service.usage_api import api as usage_api
-
-    app.register_api(jobs_api)
-    app.register_api(datasets_api)
-    app.register_api(experiments_api)
-    app.register_api(health_api)
-    app.register_api(usage_api)
-
-    from service.pages import pages
-
+    for api in (jobs_api, datasets_api, experiments_api, health_api, usage_api):
+        app.register_api(api)
     app.register_blueprint(pages)
+    # the response models' schemas; a request model's own (validation) schema wins where both name one model
+    for name, schema in representation.SCHEMAS.items():
+        app.components_schemas.setdefault(name, Schema(**schema))
 
     @app.get("/openapi.json", doc_ui=False)
     def openapi_json():

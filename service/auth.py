@@ -21,6 +21,7 @@ from core.db import Database
 from core.errors import BadRequest, Unauthorized
 from core.settings import ConfigError, Settings
 from service import rate_limit
+from service.extensions import services
 
 log = logging.getLogger(__name__)
 SINGLE_USER_OWNER = "default"
@@ -48,11 +49,9 @@ def allowed_hosts(settings: Settings) -> frozenset[str]:
 
 
 def install(app: Flask) -> None:
-    from service.app import services
-
-    settings = app.extensions["trainer"].settings
+    settings = services(app).settings
     tokens.env_tokens(settings)  # a malformed TRAINER_API_TOKENS fails at start, not at the first request
-    _check_at_start(settings, app.extensions["trainer"].db)
+    _check_at_start(settings, services(app).db)
     hosts = allowed_hosts(settings)
     limiter = rate_limit.make_limiter(settings)
 

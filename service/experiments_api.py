@@ -8,10 +8,10 @@ from pydantic import BaseModel, Field
 from core import experiments
 from core.errors import NotFound
 from core.queue import dispatch
-from service.app import services
 from service.auth import current_owner
-from service.problems import COMMON_RESPONSES, body
-from service.representation import png
+from service.extensions import services
+from service.problems import COMMON_RESPONSES
+from service.representation import Cancelled, Experiment, documented, experiment_body, png
 
 api = APIBlueprint("experiments", __name__, url_prefix="/v1/experiments", abp_tags=[Tag(name="experiments")],
                    abp_security=[{"bearer": []}], abp_responses=COMMON_RESPONSES)
@@ -22,15 +22,10 @@ class ExperimentPath(BaseModel):
 
 
 def _body(session, experiment, children) -> dict:
-    base = f"/v1/experiments/{experiment.id}"
-    finished = sum(job.status in ("succeeded", "failed", "cancelled") for job in children)
-    return {"id": experiment.id, "name": experiment.name, "created_at": experiment.created_at.isoformat(),
-            "spec": experiment.spec, "jobs": len(children), "finished": finished,
-            "comparison": [row.model_dump(mode="json") for row in experiments.comparison(session, experiment, children)],
-            "links": {"self": base, "cancel": f"{base}/cancel", "compare_plot": f"{base}/plots/compare.png"}}
+    return experiment_body(experiment, children, experiments.comparison(session, experiment, children))
 
 
-@api.post("", responses={202: body("The experiment with its queued child jobs")})
+@api.post("", responses={202: documented("The experiment with its queued child jobs", Experiment)})
 def create_experiment(body: experiments.ExperimentSpec):
     """One child job per variant × seed, queued like any job."""
     svc = services()
@@ -45,7 +40,7 @@ def create_experiment(body: experiments.ExperimentSpec):
     return out, 202, {"Location": f"/v1/experiments/{experiment.id}"}
 
 
-@api.get("/<experiment_id>", responses={200: body("The comparison table, per variant")})
+@api.get("/<experiment_id>", responses={200: documented("The comparison table, per variant", Experiment)})
 def get_experiment(path: ExperimentPath):
     """Per variant: mean ± spread over seeds of test accuracy, best val accuracy, epochs to the target,
     wall time, sparsity and gzipped size."""
@@ -55,12 +50,12 @@ def get_experiment(path: ExperimentPath):
         return _body(session, experiment, children)
 
 
-@api.post("/<experiment_id>/cancel", responses={202: body("How many child jobs were cancelled")})
+@api.post("/<experiment_id>/cancel", responses={202: documented("How many child jobs were cancelled", Cancelled)})
 def cancel_experiment(path: ExperimentPath):
     svc = services()
     with svc.db.session() as session:
         count = experiments.cancel(session, path.experiment_id, current_owner())
-    return {"cancelled": count}, 202
+    return Cancelled(cancelled=count).model_dump(mode="json"), 202
 
 
 @api.delete("/<experiment_id>", responses={204: None})
@@ -72,7 +67,8 @@ def delete_experiment(path: ExperimentPath):
 
 
 @api.get("/<experiment_id>/plots/compare.png",
-         responses={200: body("Validation accuracy per variant", "image/png", {"type": "string", "format": "binary"})})
+         responses={200: documented("Validation accuracy per variant", media="image/png",
+                                      schema={"type": "string", "format": "binary"})})
 def compare_plot(path: ExperimentPath):
     """Drawn by the worker that finishes the experiment's last job."""
     svc = services()

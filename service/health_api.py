@@ -4,20 +4,23 @@ from __future__ import annotations
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
-from service.app import services
-from service.problems import COMMON_RESPONSES, body
+from service.extensions import services
+from service.problems import COMMON_RESPONSES
+from service.representation import Health, Readiness, documented
 
+# 422 never happens here; documented so flask-openapi3 does not add its own 422 model, which this API never sends
 api = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")],
-                   abp_responses={k: v for k, v in COMMON_RESPONSES.items() if k in (404, 405, 500)})
+                   abp_responses={k: v for k, v in COMMON_RESPONSES.items() if k in (404, 405, 422, 500)})
 
 
-@api.get("/healthz", responses={200: body("The process is up")})
+@api.get("/healthz", responses={200: documented("The process is up", Health)})
 def healthz():
     """The process is up."""
-    return {"status": "ok"}
+    return Health(status="ok").model_dump(mode="json")
 
 
-@api.get("/readyz", responses={200: body("Ready"), 503: body("Not ready: which dependency is down")})
+@api.get("/readyz", responses={200: documented("Ready", Readiness),
+                                 503: documented("Not ready: which dependency is down", Readiness)})
 def readyz():
     """The database and the broker can be reached; 503 otherwise."""
     svc = services()
@@ -35,4 +38,5 @@ def readyz():
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+    body = Readiness(status="ready" if ready else "unavailable", checks=checks).model_dump(mode="json")
+    return body, 200 if ready else 503

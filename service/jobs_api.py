@@ -15,10 +15,22 @@ from core.errors import BadRequest, Conflict, NotFound
 from core.models import JobStatus
 from core.queue import dispatch
 from core.recipe import ExportFormat, Recipe, Strict
-from service.app import services
 from service.auth import current_owner
-from service.problems import COMMON_RESPONSES, NOT_MODIFIED, body
-from service.representation import history_csv, job_body, png
+from service.extensions import services
+from service.problems import COMMON_RESPONSES, NOT_MODIFIED
+from service.representation import (
+    Diagnostics,
+    History,
+    Job,
+    JobList,
+    diagnostics_body,
+    documented,
+    history_body,
+    history_csv,
+    job_body,
+    job_list_body,
+    png,
+)
 
 api = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", abp_tags=[Tag(name="jobs")], abp_security=[{"bearer": []}],
                    abp_responses=COMMON_RESPONSES)
@@ -51,7 +63,7 @@ class HistoryQuery(Strict):
     format: Literal["json", "csv"] = "json"
 
 
-@api.post("", responses={202: body("The job, queued (or the one this Idempotency-Key made)")})
+@api.post("", responses={202: documented("The job, queued (or the one this Idempotency-Key made)", Job)})
 def submit(body: Recipe):
     """Validate a recipe, store the job as queued, and send its id to the workers."""
     svc = services()
@@ -68,19 +80,16 @@ def submit(body: Recipe):
     return response
 
 
-@api.get("", responses={200: body("A page of jobs and next_cursor")})
+@api.get("", responses={200: documented("A page of jobs, newest first", JobList)})
 def list_jobs(query: ListQuery):
     """Newest first; follow ``next_cursor`` for the next page."""
     svc = services()
     with svc.db.session() as session:
         rows, cursor = jobs.page(session, current_owner(), query.status, query.limit, query.cursor)
-        items = [job_body(job, None) for job in rows]
-    for item in items:
-        item.pop("history")
-    return {"items": items, "next_cursor": cursor}
+        return job_list_body(rows, cursor)
 
 
-@api.get("/<job_id>", responses={200: body("The job"), 304: NOT_MODIFIED})
+@api.get("/<job_id>", responses={200: documented("The job", Job), 304: NOT_MODIFIED})
 def get_job(path: JobPath):
     """The job with its history so far; send If-None-Match with the ETag to poll cheaply."""
     return _job_response(path.job_id)
@@ -106,7 +115,7 @@ def api_json(body, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
-@api.post("/<job_id>/cancel", responses={202: body("The job, cancelled or asked to stop")})
+@api.post("/<job_id>/cancel", responses={202: documented("The job, cancelled or asked to stop", Job)})
 def cancel_job(path: JobPath):
     """Queued: cancelled at once. Running: stops at the next batch boundary. Finished: 409."""
     svc = services()
@@ -125,7 +134,8 @@ def delete_job(path: JobPath):
 
 
 @api.get("/<job_id>/model", responses={
-    200: body("The model file", "application/octet-stream", {"type": "string", "format": "binary"}), 304: NOT_MODIFIED})
+    200: documented("The model file", media="application/octet-stream", schema={"type": "string", "format": "binary"}),
+    304: NOT_MODIFIED})
 def download_model(path: JobPath, query: ModelQuery):
     """The trained model, pruning wrappers stripped, streamed from the database with its sha256."""
     svc = services()
@@ -161,7 +171,7 @@ class PlotPath(JobPath):
 
 
 @api.get("/<job_id>/plots/<name>.png",
-         responses={200: body("The picture", "image/png", {"type": "string", "format": "binary"})})
+         responses={200: documented("The picture", media="image/png", schema={"type": "string", "format": "binary"})})
 def get_plot(path: PlotPath):
     """Drawn by the worker when the job ends: curves, sparsity vs the schedule, per-layer sparsity, weights."""
     svc = services()
@@ -173,8 +183,8 @@ def get_plot(path: PlotPath):
     return png(svc.db, artifact)
 
 
-@api.get("/<job_id>/history", responses={200: {"description": "One row per epoch", "content": {
-    "application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}}})
+@api.get("/<job_id>/history", responses={
+    200: documented("One row per finished epoch", History, also={"text/csv": {"type": "string"}})})
 def get_history(path: JobPath, query: HistoryQuery):
     """One row per finished epoch, as JSON or CSV."""
     svc = services()
@@ -184,20 +194,20 @@ def get_history(path: JobPath, query: HistoryQuery):
     if query.format == "csv":
         return Response(history_csv(rows), mimetype="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{path.job_id}-history.csv"'})
-    return {"job_id": path.job_id, "history": rows}
+    return history_body(path.job_id, rows)
 
 
-@api.get("/<job_id>/diagnostics", responses={200: body("Per epoch and layer figures")})
+@api.get("/<job_id>/diagnostics", responses={200: documented("Per epoch and layer figures", Diagnostics)})
 def get_diagnostics(path: JobPath):
     """Per epoch and layer: mean |gradient| of the loss w.r.t. the kernel, and the share of saturated outputs."""
     svc = services()
     with svc.db.session() as session:
         jobs.get(session, path.job_id, current_owner())
         rows = jobs.diagnostics(session, path.job_id)
-    return {"job_id": path.job_id, "epochs": rows}
+    return diagnostics_body(path.job_id, rows)
 
 
-@api.get("/<job_id>/logs", responses={200: body("Log lines", "text/plain", {"type": "string"})})
+@api.get("/<job_id>/logs", responses={200: documented("Log lines", media="text/plain", schema={"type": "string"})})
 def get_logs(path: JobPath):
     """The job's own log lines from the worker, growing while it runs (a failure's traceback is here)."""
     svc = services()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template
 
-from service.app import services
+from service.extensions import services
 
 pages = Blueprint("pages", __name__, template_folder="templates")
 

@@ -4,29 +4,34 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, json
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from core.errors import TrainerError
+from service.representation import documented
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 
 
-PROBLEM_SCHEMA = {
-    "type": "object",
-    "required": ["title", "status", "detail"],
-    "properties": {
-        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "errors": {"type": "array", "items": {"type": "object", "properties": {
-            "loc": {"type": "array"}, "msg": {"type": "string"}, "type": {"type": "string"}}}},
-    },
-}
+class ProblemError(BaseModel):
+    loc: list[str | int] = Field(description="Where in the request, as the client wrote it: keys and list indexes.")
+    msg: str
+    type: str | None = Field(None, description="pydantic's error type, for a field the schema refused.")
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457): the body of every 4xx and 5xx, built by ``problem`` and nowhere else."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str = Field(description="What was wrong and what to do, in words.")
+    errors: list[ProblemError] | None = Field(None, description="Invalid requests: each field refused.")
 
 
 def problem_response(description: str) -> dict:
-    return {"description": description, "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}}}
+    return documented(description, Problem, media=PROBLEM)
 
 
 #: Documented on every operation: what any request may get back.
@@ -46,9 +51,7 @@ COMMON_RESPONSES = {
 
 
 def problem(status: int, title: str, detail: str, errors: list | None = None, headers: dict | None = None) -> Response:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    if errors is not None:
-        body["errors"] = errors
+    body = Problem(title=title, status=status, detail=detail, errors=errors).model_dump(mode="json", exclude_none=True)
     return Response(json.dumps(body), status=status, mimetype=PROBLEM, headers=headers or {})
 
 
@@ -128,11 +131,6 @@ def install(app: Flask) -> None:
                            "it refers to has gone); read the resource again and retry")
         log.exception("unhandled error")
         return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
-
-
-def body(description: str, media: str = "application/json", schema: dict | None = None) -> dict:
-    """A documented success response (bodies are described as objects; the Job fields are in the README)."""
-    return {"description": description, "content": {media: {"schema": schema or {"type": "object"}}}}
 
 
 NOT_MODIFIED = {"description": "Unchanged since the ETag sent in If-None-Match"}

@@ -1,0 +1,35 @@
+"""The per-app services — settings, database, Celery — made in the factory and reached by views with ``services()``.
+
+They live apart from ``service/app.py`` (flaskr's ``db.py`` pattern) so the blueprints can import them at the top
+while the factory imports the blueprints: no import cycle, no imports inside functions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import Flask, current_app
+
+from core.db import Database
+from core.queue import make_celery
+from core.settings import Settings
+
+KEY = "trainer"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    celery: Celery
+
+
+def init_app(app: Flask, settings: Settings) -> Services:
+    """One database engine and one Celery app per Flask app: tests build several apps over different settings."""
+    made = app.extensions[KEY] = Services(settings, Database(settings), make_celery(settings))
+    return made
+
+
+def services(app: Flask | None = None) -> Services:
+    """The services of ``app``, or of the app handling the current request."""
+    return (app or current_app).extensions[KEY]
