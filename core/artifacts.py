@@ -15,7 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from core.db import Database
-from core.errors import TrainerError
+from core.errors import CorruptArtifact
 from core.models import Artifact, ArtifactChunk
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,6 @@ def store(
         seq += 1
     artifact.size, artifact.sha256, artifact.chunk_count = size, digest.hexdigest(), seq
     return artifact
-
-
-class CorruptArtifact(TrainerError):
-    status, title = 500, "Corrupted artifact"
 
 
 def _fetch(db: Database, artifact_id: str, seq: int) -> tuple[bytes, str | None] | None:

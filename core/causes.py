@@ -1,8 +1,9 @@
 """Why a job stopped without succeeding: one typed cause per way it can end, each with the hint a client sees.
 
 Defined once here; the worker (``worker.runner``, ``worker.memory_guard``), the reconciler
-(``core.jobs.reconcile``) and the cancel of a queued job all write ``JobError.model_dump()`` into
-``jobs.error``, and the API returns it as the job's ``error``.
+and the cancel of a queued job all write ``JobError.stored()`` into ``jobs.error``, and the API returns
+it as the job's ``error``. The worker raises ``core.errors.JobStopped`` (or ``Diverged``) to end a job
+with one of these causes. Hints name no route: the same text reaches the SDK and the CLI.
 """
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ class Cause(str, enum.Enum):
 
 
 HINTS: dict[Cause, str] = {
-    Cause.CANCELLED: "the job was cancelled with POST /v1/jobs/{id}/cancel; submit the recipe again to rerun it",
+    Cause.CANCELLED: "the job was cancelled; submit the recipe again to rerun it",
     Cause.TIMEOUT: "raise training.max_runtime_s (up to TRAINER_MAX_RUNTIME_S) or train fewer epochs",
     Cause.DIVERGED: "lower the learning rate, clip gradients (clipnorm), use he/lecun initialization or batch norm",
-    Cause.WORKER_LOST: "the worker's process stopped on every attempt; see GET /v1/jobs/{id}/logs",
+    Cause.WORKER_LOST: "the worker's process stopped on every attempt; the job's logs show how far it got",
     Cause.OUT_OF_MEMORY: "use a smaller batch_size or narrower layers (activations grow with both), "
                          "or ask for a worker with more memory",
-    Cause.TRAINING_ERROR: "see GET /v1/jobs/{id}/logs for the traceback",
+    Cause.TRAINING_ERROR: "the job's logs hold the traceback",
 }
 
 
@@ -48,13 +49,3 @@ class JobError(BaseModel):
         """The JSON written to ``jobs.error`` (the fields a cause does not use are left out)."""
         return self.model_dump(mode="json", exclude_none=True)
 
-
-class JobStopped(Exception):
-    """Raised in the worker when a job ends early for a typed cause (the runner records ``error``)."""
-
-    def __init__(self, cause: Cause, message: str, **extra):
-        super().__init__(message)
-        self.cause, self.extra = cause, extra
-
-    def error(self) -> JobError:
-        return JobError.of(self.cause, str(self), **self.extra)

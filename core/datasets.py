@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.errors import RecipeError
+from core.errors import RecipeError, UnknownDataset
 from core.models import Dataset
 from core.settings import Settings
 
@@ -106,7 +106,7 @@ def lookup(session: Session, name: str, owner: str, settings: Settings) -> Datas
         return info
     row = session.execute(select(Dataset).where(Dataset.id == name, Dataset.owner == owner)).scalar_one_or_none()
     if row is None:
-        raise RecipeError(["dataset", "name"], f"unknown dataset {name!r}; GET /v1/datasets lists them")
+        raise UnknownDataset(name)
     return DatasetInfo.from_dict(row.info)
 
 

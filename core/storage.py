@@ -15,17 +15,11 @@ from sqlalchemy.orm import Session
 
 from core import artifacts
 from core.datasets import BUILTIN
-from core.errors import Conflict, NotFound, TrainerError
+from core.errors import Conflict, NotFound, StorageQuotaExceeded
 from core.models import Artifact, Dataset, Job, JobStatus
 from core.settings import Settings
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
-
-
-class StorageQuotaExceeded(TrainerError):
-    """413: what the request would store does not fit in the owner's quota (deleting things makes room)."""
-
-    status, title = 413, "Storage quota exceeded"
 
 
 class StorageUsage(BaseModel):
@@ -45,9 +39,6 @@ class StorageUsage(BaseModel):
     def describe(self) -> str:
         return (f"you store {self.used_bytes:,} bytes of your {self.limit_bytes:,}-byte quota (datasets "
                 f"{self.datasets_bytes:,}, models {self.models_bytes:,}, checkpoints {self.checkpoints_bytes:,})")
-
-
-MAKE_ROOM = "delete datasets (DELETE /v1/datasets/{id}) or finished jobs (DELETE /v1/jobs/{id}) to make room"
 
 
 def usage(session: Session, owner: str, settings: Settings) -> StorageUsage:
@@ -73,7 +64,7 @@ def admit_upload(session: Session, owner: str, settings: Settings, needed: int) 
     current = usage(session, owner, settings)
     if current.used_bytes + needed > current.limit_bytes:
         raise StorageQuotaExceeded(f"storing this dataset needs {needed:,} bytes and {current.free_bytes:,} are "
-                                   f"free: {current.describe()}; {MAKE_ROOM}")
+                                   f"free: {current.describe()}")
 
 
 def admit_job(session: Session, owner: str, settings: Settings) -> None:
@@ -82,7 +73,7 @@ def admit_job(session: Session, owner: str, settings: Settings) -> None:
     current = usage(session, owner, settings)
     if current.used_bytes >= current.limit_bytes:
         raise StorageQuotaExceeded(f"a new job needs room for its model and checkpoints and none is free: "
-                                   f"{current.describe()}; {MAKE_ROOM}")
+                                   f"{current.describe()}")
 
 
 def _active_recipes(session: Session, owner: str) -> list[tuple[str, dict]]:

@@ -19,7 +19,7 @@ from typing import IO
 import numpy as np
 
 from core.datasets import DatasetInfo
-from core.errors import DatasetError
+from core.errors import DatasetError, DatasetTooLarge
 
 MAX_FEATURES = 1_000_000
 #: A classification label is below this: labels are stored as uint16, and ``bincount`` stays small.
@@ -34,12 +34,6 @@ MAX_CSV_LINE_CHARS = 8 * 1024 * 1024
 ARRAYS = ("x", "y", "x_test", "y_test")
 #: bool, signed and unsigned integers, floats: no objects, strings, complex, dates or records.
 PLAIN_KINDS = frozenset("biuf")
-
-
-class DatasetTooLarge(DatasetError):
-    """The arrays an upload declares would take more memory than ``max_dataset_bytes``."""
-
-    status, title = 413, "Dataset too large"
 
 
 @dataclass

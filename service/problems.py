@@ -1,13 +1,36 @@
-"""Every error leaves the API as application/problem+json (RFC 9457), mapped in this one place."""
+"""Every error leaves the API as application/problem+json (RFC 9457), mapped in this one place.
+
+``core.errors`` says what went wrong; ``PROBLEMS`` says how each class is sent (status, title, headers, and
+the route that helps). Validation errors keep ``loc`` as the client wrote it, walked along the schema.
+"""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from flask import Flask, Response, json
 from pydantic import BaseModel, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from core.errors import TrainerError
+from core.errors import (
+    Conflict,
+    CorruptArtifact,
+    DatasetError,
+    DatasetTooLarge,
+    IdempotencyMismatch,
+    InvalidInput,
+    LimitExceeded,
+    MalformedRequest,
+    NotFound,
+    PayloadTooLarge,
+    RecipeError,
+    StorageQuotaExceeded,
+    TrainerError,
+    Unauthorized,
+    Unavailable,
+    UnknownDataset,
+    UnsupportedMediaType,
+)
 from service.representation import documented
 
 log = logging.getLogger(__name__)
@@ -50,44 +73,135 @@ COMMON_RESPONSES = {
 }
 
 
+@dataclass(frozen=True)
+class Kind:
+    """How one class of domain error is sent: its status and title, fixed headers, and a route that helps."""
+
+    status: int
+    title: str
+    see: str = ""  # appended to the detail (and each error's msg): the API's routes are named here, not in core
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+#: Every domain error's status, in one table; a class not listed takes its nearest listed base's.
+PROBLEMS: dict[type[TrainerError], Kind] = {
+    TrainerError: Kind(500, "Internal error"),
+    InvalidInput: Kind(422, "Invalid request"),
+    MalformedRequest: Kind(400, "Bad request"),
+    UnsupportedMediaType: Kind(415, "Unsupported media type"),
+    RecipeError: Kind(422, "Invalid recipe"),
+    UnknownDataset: Kind(422, "Invalid recipe", see="GET /v1/datasets lists them"),
+    DatasetError: Kind(422, "Invalid dataset"),
+    IdempotencyMismatch: Kind(422, "Idempotency key reused"),
+    Unauthorized: Kind(401, "Unauthorized", headers=(("WWW-Authenticate", 'Bearer realm="trainer"'),)),
+    NotFound: Kind(404, "Not found"),
+    Conflict: Kind(409, "Conflict"),
+    LimitExceeded: Kind(429, "Too many requests"),
+    PayloadTooLarge: Kind(413, "Payload too large"),
+    DatasetTooLarge: Kind(413, "Dataset too large"),
+    StorageQuotaExceeded: Kind(413, "Storage quota exceeded", see="delete datasets (DELETE /v1/datasets/{id}) "
+                               "or finished jobs (DELETE /v1/jobs/{id}) to make room"),
+    Unavailable: Kind(503, "Service unavailable"),
+    CorruptArtifact: Kind(500, "Corrupted artifact"),
+}
+
+
 def problem(status: int, title: str, detail: str, errors: list | None = None, headers: dict | None = None) -> Response:
     body = Problem(title=title, status=status, detail=detail, errors=errors).model_dump(mode="json", exclude_none=True)
     return Response(json.dumps(body), status=status, mimetype=PROBLEM, headers=headers or {})
 
 
-def _union_tags() -> frozenset[str]:
-    """The ``type`` values of the recipe's tagged unions: pydantic puts them in ``loc``; the client never wrote them."""
-    from typing import get_args
+def _client_loc(schema: dict, loc: tuple, defs: dict) -> list | None:
+    """``loc`` walked along the core schema that produced it, keeping what the client wrote.
 
-    from core import recipe
+    pydantic inserts a tagged union's tag (``"adam"``, ``"dense"``) and a plain union's member label
+    (``"LeakyReLUActivation"``, ``"tagged-union[...]"``) into ``loc``; the schema says where, so every union
+    is treated alike, however it is nested. None when ``loc`` does not fit ``schema`` (a union tries the next
+    member)."""
+    kind = schema["type"]
+    if kind == "definitions":
+        defs = {**defs, **{d["ref"]: d for d in schema["definitions"]}}
+        return _client_loc(schema["schema"], loc, defs)
+    if kind == "definition-ref":
+        return _client_loc(defs[schema["schema_ref"]], loc, defs)
+    if not loc:
+        return []
+    head, rest = loc[0], loc[1:]
+    if kind == "tagged-union":
+        choice = schema["choices"].get(head)
+        return None if choice is None else _client_loc(choice, rest, defs)
+    if kind == "union":  # head is the label of the member that failed: the member that fits ``rest`` owns it
+        for choice in schema["choices"]:
+            found = _client_loc(choice[0] if isinstance(choice, tuple) else choice, rest, defs)
+            if found is not None:
+                return found
+        return None
+    if kind in ("model-fields", "typed-dict"):
+        fields = {f.get("validation_alias") if isinstance(f.get("validation_alias"), str) else name: f
+                  for name, f in schema["fields"].items()}
+        if head not in fields:
+            return None if rest else [head]  # an unknown (forbidden) field is named as sent
+        found = _client_loc(fields[head]["schema"], rest, defs)
+        return None if found is None else [head, *found]
+    if kind in ("list", "set", "frozenset", "tuple", "dict") and isinstance(head, (int, str)):
+        return _item_loc(schema, head, rest, defs)
+    for inner in ("schema", "strict_schema", "lax_schema", "json_schema", "python_schema"):
+        if isinstance(schema.get(inner), dict):  # wrappers: nullable, default, validators, model, lax-or-strict
+            found = _client_loc(schema[inner], loc, defs)
+            if found is not None:
+                return found
+    return None
 
-    tags = set()
-    for union in (recipe.Layer, recipe.Optimizer, recipe.PruningSchedule):
-        for member in get_args(get_args(union)[0]):
-            tags.update(get_args(member.model_fields["type"].annotation))
-    return frozenset(tags)
+
+def _item_loc(schema: dict, head: int | str, rest: tuple, defs: dict) -> list | None:
+    """An item of a collection: an index, or a dict key (``[key]`` follows it when the key itself is wrong)."""
+    kind = schema["type"]
+    if kind == "dict":
+        if rest[:1] == ("[key]",):
+            return [head]
+        item = schema.get("values_schema")
+    elif not isinstance(head, int):
+        return None
+    elif kind == "tuple":
+        items, variadic = schema.get("items_schema", []), schema.get("variadic_item_index")
+        item = items[min(head, variadic)] if variadic is not None else items[head] if head < len(items) else None
+    else:
+        item = schema.get("items_schema")
+    if item is None:
+        return [head, *rest] if not rest else None
+    found = _client_loc(item, rest, defs)
+    return None if found is None else [head, *found]
 
 
-UNION_TAGS = _union_tags()
-UNION_FIELDS = frozenset({"optimizer", "schedule"})
+def _schemas_of(title: str) -> list[dict]:
+    """The core schemas of the models a ValidationError can be about (its title is the model's name)."""
+    found, stack = [], [BaseModel]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.__name__ == title and getattr(cls, "__pydantic_complete__", False):
+            found.append(cls.__pydantic_core_schema__)
+    return found
+
+
+def client_loc(title: str, raw: tuple) -> list:
+    """Where the client put the error; without a schema that fits, only the members' labels are dropped."""
+    for schema in _schemas_of(title):
+        found = _client_loc(schema, tuple(raw), {})
+        if found is not None:
+            return found
+    return [p for p in raw if not (isinstance(p, str) and ("[" in p or "-" in p))]
 
 
 def pydantic_errors(exc: ValidationError) -> list[dict]:
-    """``loc`` as the client wrote it, without the union tags and validator names pydantic inserts."""
+    """``loc`` as the client wrote it, without the union tags and member labels pydantic inserts."""
     out = []
     for err in exc.errors(include_url=False):
         raw = err["loc"]
         if err["type"] == "nul_character":  # found by walking the raw input: its loc is already the client's
             out.append({"loc": list(raw), "msg": err["msg"], "type": err["type"]})
             continue
-        loc = [
-            p for i, p in enumerate(raw)
-            if not (isinstance(p, str) and (
-                "[" in p or "-" in p
-                or (p in UNION_TAGS and i > 0 and (isinstance(raw[i - 1], int) or raw[i - 1] in UNION_FIELDS))
-            ))
-        ]
-        out.append({"loc": loc, "msg": err["msg"], "type": err["type"]})
+        out.append({"loc": client_loc(exc.title, raw), "msg": err["msg"], "type": err["type"]})
     return out
 
 
@@ -97,10 +211,24 @@ def validation_problem(exc: ValidationError) -> Response:
     return problem(422, "Invalid request", detail, errors)
 
 
+def trainer_problem(exc: TrainerError) -> Response:
+    """The problem for a domain error: the first class in its MRO that ``PROBLEMS`` maps."""
+    kind = next(PROBLEMS[cls] for cls in type(exc).__mro__ if cls in PROBLEMS)
+    detail, errors = exc.detail, exc.errors
+    if kind.see:
+        detail = f"{detail}; {kind.see}"
+        errors = errors and [{**e, "msg": f"{e['msg']}; {kind.see}"} for e in errors]
+    headers = dict(kind.headers)
+    retry_after_s = getattr(exc, "retry_after_s", None)
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
+    return problem(kind.status, kind.title, detail, errors, headers)
+
+
 def install(app: Flask) -> None:
     @app.errorhandler(TrainerError)
     def _trainer_error(exc: TrainerError):
-        return problem(exc.status, exc.title, exc.detail, exc.errors, exc.headers)
+        return trainer_problem(exc)
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError):
@@ -117,8 +245,7 @@ def install(app: Flask) -> None:
 
         if isinstance(exc, (OperationalError, InterfaceError)):
             log.warning("database unavailable: %s", exc)
-            return problem(503, "Service unavailable", "the database cannot be reached; retry shortly",
-                           headers={"Retry-After": "5"})
+            return trainer_problem(Unavailable("the database cannot be reached; retry shortly", retry_after_s=5))
         # Validation should have refused the value; if the database still does, the client's input is the
         # cause. The detail is generic: the driver's message holds SQL, table and column names.
         if isinstance(exc, DataError):

@@ -18,7 +18,7 @@ from typing import Protocol
 from sqlalchemy import case
 from sqlalchemy.orm import Session
 
-from core.errors import TooManyRequests
+from core.errors import RateLimited
 from core.models import RateWindow
 from core.settings import Settings
 
@@ -34,7 +34,7 @@ class Limiter(Protocol):
 
 
 def check(limiter: Limiter | None, limit: int, session: Session, key: str) -> None:
-    """Count one request for ``key``; over ``limit`` this minute → ``TooManyRequests`` with Retry-After."""
+    """Count one request for ``key``; over ``limit`` this minute → ``RateLimited`` with ``retry_after_s``."""
     if limiter is None:
         return
     now = time.time()
@@ -42,9 +42,9 @@ def check(limiter: Limiter | None, limit: int, session: Session, key: str) -> No
     made = limiter.count(session, key, minute)
     if made > limit:
         retry_after = max(1, int((minute + 1) * WINDOW_S - now + 0.999))
-        raise TooManyRequests(
+        raise RateLimited(
             f"this token made more than {limit} requests this minute (TRAINER_RATE_LIMIT_PER_MINUTE); "
-            f"retry after {retry_after} s", headers={"Retry-After": str(retry_after)})
+            f"retry after {retry_after} s", retry_after_s=retry_after)
 
 
 def make_limiter(settings: Settings) -> Limiter | None:

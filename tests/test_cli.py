@@ -23,7 +23,7 @@ from core.settings import ROOT
 from service.app import create_app
 from tests.conftest import LiveServer
 from tests.support import UNTIL_CANCELLED, small_recipe, wait_for, wait_until
-from trainer_client import ChecksumMismatch, Client, TrainerError, sha256_file, verify_sha256
+from trainer_client import ChecksumMismatch, Client, TrainerClientError, sha256_file, verify_sha256
 from trainer_client.cli import cli
 
 WAIT = ("--wait", "--poll", "0.2", "--timeout", "120")  # a broken worker fails the test instead of hanging it
@@ -221,7 +221,7 @@ def test_invalid_recipe_exits_2_with_the_servers_detail(trainer, http, tmp_path)
     missing = trainer("status", unknown)
     assert missing.exit_code == 1 and http.get(f"/v1/jobs/{unknown}").json()["detail"] in missing.stderr
 
-    with Client(http.base_url) as client, pytest.raises(TrainerError) as caught:
+    with Client(http.base_url) as client, pytest.raises(TrainerClientError) as caught:
         client.submit(bad)
     assert (caught.value.status, caught.value.detail) == (422, problem.json()["detail"])
 

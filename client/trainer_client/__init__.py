@@ -2,6 +2,23 @@
 
 Talks to the service over HTTP only, so it installs and runs without TensorFlow or database drivers.
 """
-from trainer_client.sdk import ChecksumMismatch, Client, Download, Job, TrainerError, sha256_file, verify_sha256
+from trainer_client.sdk import (
+    ChecksumMismatch,
+    Client,
+    Download,
+    Job,
+    TrainerClientError,
+    WaitTimeout,
+    sha256_file,
+    verify_sha256,
+)
 
-__all__ = ["ChecksumMismatch", "Client", "Download", "Job", "TrainerError", "sha256_file", "verify_sha256"]
+__all__ = ["ChecksumMismatch", "Client", "Download", "Job", "TrainerClientError", "WaitTimeout", "sha256_file",
+           "verify_sha256"]
+
+
+def __getattr__(name: str):
+    """``from trainer_client import TrainerError`` (the old name, documented until 0.2) still works, with a warning."""
+    from trainer_client import sdk
+
+    return getattr(sdk, name)

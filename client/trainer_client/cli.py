@@ -30,7 +30,7 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
-from trainer_client.sdk import DEFAULT_URL, Client, Job, TrainerError
+from trainer_client.sdk import DEFAULT_URL, Client, Job, TrainerClientError, WaitTimeout
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -59,7 +59,7 @@ class Session:
 
 
 class TrainerGroup(click.Group):
-    """Turns a TrainerError from any command into one line on stderr and an exit code.
+    """Turns a TrainerClientError from any command into one line on stderr and an exit code.
 
     Done once here so commands stay straight-line code and every failure is reported the same way.
     """
@@ -67,12 +67,12 @@ class TrainerGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except TrainerError as exc:
+        except TrainerClientError as exc:
             report_problem(exc, as_json=getattr(ctx.obj, "as_json", False))
             ctx.exit(EXIT_BAD_INPUT if exc.status in BAD_INPUT else EXIT_FAILED)
 
 
-def report_problem(exc: TrainerError, as_json: bool) -> None:
+def report_problem(exc: TrainerClientError, as_json: bool) -> None:
     """The server's own ``detail`` is the message; --json gets the whole problem as JSON."""
     if as_json:
         click.echo(json.dumps(exc.as_dict()), err=True)
@@ -216,7 +216,7 @@ def follow(s: Session, job: Job, poll: float, timeout: float | None) -> None:
     except KeyboardInterrupt:
         offer_cancel(job)
         raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-    except TimeoutError as exc:
+    except WaitTimeout as exc:
         click.echo(f"Error: {exc}; it goes on on the server (trainer status {job.id})", err=True)
         raise click.exceptions.Exit(EXIT_FAILED) from None
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer_client import Client, TrainerError
+from trainer_client import Client, TrainerClientError
 
 HERE = Path(__file__).parent
 
@@ -103,7 +103,7 @@ def get(client: Client, path: str) -> dict:
     keep-alive connection (gunicorn's 2 s) just as the next request goes out."""
     try:
         return client.request("GET", path).json()
-    except TrainerError as exc:
+    except TrainerClientError as exc:
         if exc.status is not None:
             raise
         return client.request("GET", path).json()
