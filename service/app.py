@@ -11,7 +11,7 @@ from flask_openapi3 import Info, OpenAPI
 from flask_openapi3.models import Schema
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from core.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
 from core.settings import Settings, load_settings
 from service import auth, extensions, problems, representation
 from service.datasets_api import api as datasets_api
@@ -71,7 +71,7 @@ class TrainerRequest(Request):
     def on_json_loading_failed(self, e: ValueError | None):
         if e is None:
             raise UnsupportedMediaType(f"send JSON with Content-Type: application/json, not {self.mimetype!r}")
-        raise BadRequest(f"the body is not valid JSON: {e}")
+        raise MalformedRequest(f"the body is not valid JSON: {e}")
 
 
 def _install_body_checks(app: OpenAPI, settings: Settings) -> None:
@@ -103,5 +103,5 @@ def _install_body_checks(app: OpenAPI, settings: Settings) -> None:
         try:
             request.get_json(force=True)
         except RecursionError:
-            raise BadRequest("the body is nested too deeply to be a recipe") from None
+            raise MalformedRequest("the body is nested too deeply to be a recipe") from None
         return None

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import tokens
 from core.db import Database
-from core.errors import BadRequest, Unauthorized
+from core.errors import MalformedRequest, Unauthorized
 from core.settings import ConfigError, Settings
 from service import rate_limit
 from service.extensions import services
@@ -26,7 +26,6 @@ from service.extensions import services
 log = logging.getLogger(__name__)
 SINGLE_USER_OWNER = "default"
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/docs", "/openapi.json", "/jobs/")  # pages fetch data with the token
-CHALLENGE = {"WWW-Authenticate": 'Bearer realm="trainer"'}
 HOW_TO_CREATE = ("create one with `python -m core.tokens create OWNER` (in the compose stack: "
                  "`docker compose exec api python -m core.tokens create OWNER`) or set TRAINER_API_TOKENS=token:owner "
                  "(in .env for compose)")
@@ -59,21 +58,17 @@ def install(app: Flask) -> None:
     def _authenticate():
         if settings.single_user:
             if "*" not in hosts and host_name(request.host) not in hosts:
-                raise BadRequest(f"this single-user server answers only to the hosts in TRAINER_ALLOWED_HOSTS "
-                                 f"({settings.allowed_hosts}), not {request.host!r}")
+                raise MalformedRequest(f"this single-user server answers only to the hosts in "
+                                       f"TRAINER_ALLOWED_HOSTS ({settings.allowed_hosts}), not {request.host!r}")
             g.owner = SINGLE_USER_OWNER
             return None
         if request.path.startswith(PUBLIC_PREFIXES) or request.path == "/":
             return None
         scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("send Authorization: Bearer <token>", headers=CHALLENGE)
+            raise Unauthorized("send Authorization: Bearer <token>")
         with services().db.session() as session:
-            try:
-                caller = tokens.identify(session, settings, token.strip())
-            except Unauthorized as exc:
-                exc.headers.update(CHALLENGE)
-                raise
+            caller = tokens.identify(session, settings, token.strip())
             rate_limit.check(limiter, settings.rate_limit_per_minute, session, caller.token_sha256)
         g.owner = caller.owner
         return None

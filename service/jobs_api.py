@@ -11,10 +11,11 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, BeforeValidator, Field
 
 from core import admission, artifacts, job_state, jobs
-from core.errors import BadRequest, Conflict, NotFound
+from core.errors import Conflict, MalformedRequest, NotFound
 from core.models import JobStatus
 from core.queue import dispatch
 from core.recipe import ExportFormat, Recipe, Strict
+from core.results import PlotName
 from service.auth import current_owner
 from service.extensions import services
 from service.problems import COMMON_RESPONSES, NOT_MODIFIED
@@ -50,7 +51,7 @@ QueryInt = Annotated[int, BeforeValidator(_decimal)]
 
 
 class ListQuery(Strict):
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
+    status: JobStatus | None = Field(None, strict=False)  # a query string is text: "queued" names the member
     limit: QueryInt = Field(20, ge=1, le=200)
     cursor: str | None = Field(None, max_length=200)
 
@@ -69,7 +70,7 @@ def submit(body: Recipe):
     svc = services()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
-        raise BadRequest("an Idempotency-Key is 1 to 255 characters")
+        raise MalformedRequest("an Idempotency-Key is 1 to 255 characters")
     with svc.db.session() as session:
         job, created = admission.submit(session, body, current_owner(), svc.settings, key,
                                         hashlib.sha256(request.get_data()).hexdigest())
@@ -85,7 +86,7 @@ def list_jobs(query: ListQuery):
     """Newest first; follow ``next_cursor`` for the next page."""
     svc = services()
     with svc.db.session() as session:
-        rows, cursor = jobs.page(session, current_owner(), query.status, query.limit, query.cursor)
+        rows, cursor = jobs.page(session, current_owner(), query.status and query.status.value, query.limit, query.cursor)
         return job_list_body(rows, cursor)
 
 
@@ -167,7 +168,7 @@ def download_model(path: JobPath, query: ModelQuery):
 
 
 class PlotPath(JobPath):
-    name: Literal["curves", "sparsity", "layers", "weights"]
+    name: PlotName
 
 
 @api.get("/<job_id>/plots/<name>.png",
