@@ -76,11 +76,16 @@ def _tuple_from_list(value):
 FromList = BeforeValidator(_tuple_from_list)
 
 
+#: LeakyReLU's slope for negative inputs when a recipe gives none: Keras's default (tf_keras ``LeakyReLU``;
+#: the seed's text uses 0.2 in its example). The activation, the layer and the builder all read this one.
+LEAKY_RELU_ALPHA = 0.3
+
+
 class LeakyReLUActivation(Strict):
-    """``{"type": "leaky_relu", "alpha": 0.2}``; the bare string means Keras's default α = 0.3."""
+    """``{"type": "leaky_relu", "alpha": 0.2}``; the bare string means ``LEAKY_RELU_ALPHA``."""
 
     type: Literal["leaky_relu"]
-    alpha: float = Field(0.3, ge=0, lt=1)
+    alpha: float = Field(LEAKY_RELU_ALPHA, ge=0, lt=1)
 
 
 Activation = Union[ActivationName, LeakyReLUActivation]
@@ -329,10 +334,10 @@ class ActivationLayer(LayerBase):
 
 
 class LeakyReLULayer(LayerBase):
-    """α defaults to 0.3, Keras's default (the seed's text uses 0.2 in its example)."""
+    """α defaults to ``LEAKY_RELU_ALPHA``, Keras's default."""
 
     type: Literal["leaky_relu"]
-    alpha: float = Field(0.3, ge=0, lt=1)
+    alpha: float = Field(LEAKY_RELU_ALPHA, ge=0, lt=1)
 
 
 class PReLULayer(LayerBase):

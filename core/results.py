@@ -6,11 +6,16 @@ always shown under ``result``.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 
 from core.plan import TransferChoice
+
+#: The plots a succeeded job stores: drawn by ``worker.plots``, listed in the job's ``links.plots``,
+#: served at ``/v1/jobs/{id}/plots/{name}.png``. Named once here.
+PlotName = Literal["curves", "sparsity", "layers", "weights"]
+PLOTS: tuple[PlotName, ...] = get_args(PlotName)
 
 
 class LayerSparsity(BaseModel):

@@ -36,7 +36,7 @@ from core.experiments import ExperimentSpec
 from core.models import Artifact, JobStatus
 from core.plan import JobPlan
 from core.recipe import Recipe
-from core.results import ComparisonRow, JobResult
+from core.results import PLOTS, ComparisonRow, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,6 @@ Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=
 #: A metric's value: keras's floats, or an integer where one was recorded.
 Number = float | int | None
 
-PLOTS = ("curves", "sparsity", "layers", "weights")
 FINISHED = frozenset(status.value for status in rows.FINISHED)
 
 
@@ -186,7 +185,7 @@ def job_fields(job: rows.Job, models: dict[str, Artifact] | None = None) -> dict
         links=JobLinks(
             self=base, history=f"{base}/history", logs=f"{base}/logs", diagnostics=f"{base}/diagnostics",
             cancel=f"{base}/cancel", models={fmt: f"{base}/model?format={fmt}" for fmt in (models or {})},
-            plots={name: f"{base}/plots/{name}.png" for name in PLOTS} if job.status == "succeeded" else {},
+            plots={name: f"{base}/plots/{name}.png" for name in PLOTS} if job.status == JobStatus.SUCCEEDED.value else {},
         ),
     )
 

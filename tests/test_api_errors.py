@@ -32,6 +32,15 @@ def assert_problem(response, status: int) -> dict:
          ["model", "layers", 0, "activation"]),
         ({"training.optimizer": {"type": "adam", "learning_rate": -1}}, ["training", "optimizer", "learning_rate"]),
         ({"training.optimizer": {"type": "lbfgs"}}, ["training", "optimizer"]),
+        # every union's tag or member label is stripped alike, however the union is nested
+        ({"training.learning_rate_schedule": {"type": "exponential_decay", "decay_steps": 0}},
+         ["training", "learning_rate_schedule", "decay_steps"]),
+        ({"model.layers": [{"type": "dense", "units": 3, "kernel_initializer": {"type": "random_normal",
+                                                                                "stddev": 0}}]},
+         ["model", "layers", 0, "kernel_initializer", "stddev"]),
+        ({"model.layers": [{"type": "dense", "units": 3, "activation": {"type": "leaky_relu", "alpha": 1.5}}]},
+         ["model", "layers", 0, "activation", "alpha"]),
+        ({"model.layers": [{"type": "activation", "activation": "sigmoidd"}]}, ["model", "layers", 0, "activation"]),
         ({"training.epochs": 0}, ["training", "epochs"]),
         ({"regularization": {"l1": -0.1}}, ["regularization", "l1"]),
         ({"pruning.schedule.final_sparsity": 1.0}, ["pruning", "schedule", "final_sparsity"]),
@@ -250,3 +259,17 @@ def test_nul_in_an_upload_form_field_is_422_naming_it(client, form, loc):
                            content_type="multipart/form-data")
     body = assert_problem(response, 422)
     assert loc in [error["loc"] for error in body["errors"]], body
+
+
+def test_domain_errors_carry_no_http_and_each_maps_to_a_status_in_one_table():
+    """core names causes; service/problems.py alone knows statuses, titles and headers."""
+    import inspect
+
+    from core import errors
+    from service.problems import PROBLEMS
+
+    classes = [cls for _, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, errors.TrainerError)]
+    assert len(classes) >= 20
+    for cls in classes:
+        assert not {"status", "title", "headers"} & set(vars(cls)), cls
+        assert next(PROBLEMS[base] for base in cls.__mro__ if base in PROBLEMS).status >= 400

@@ -278,3 +278,12 @@ def test_cancel_a_queued_job_and_ctrl_c_a_real_process(trainer, patient_api, htt
             proc.wait(10)
         for job_id in ours:  # never leave the shared worker busy with a job that runs until cancelled
             http.post(f"/v1/jobs/{job_id}/cancel")
+
+
+def test_the_clients_statuses_are_the_servers():
+    """The client imports no server code, so its copy of the statuses is checked against JobStatus here."""
+    from core.models import JobStatus
+    from trainer_client.sdk import STATUSES, TERMINAL
+
+    assert STATUSES == tuple(status.value for status in JobStatus)
+    assert TERMINAL == {status.value for status in JobStatus if status.finished}

@@ -67,10 +67,11 @@ def regularizer(reg: L.Regularization | None):
 
 
 def _leaky_alpha(activation: L.Activation) -> float | None:
-    """leaky_relu has no activation string in tf_keras: it becomes a LeakyReLU layer (α 0.3 by default)."""
+    """leaky_relu has no activation string in tf_keras: it becomes a LeakyReLU layer (α ``LEAKY_RELU_ALPHA``
+    unless the recipe gives one)."""
     if L.activation_name(activation) != "leaky_relu":
         return None
-    return activation.alpha if isinstance(activation, L.LeakyReLUActivation) else 0.3
+    return activation.alpha if isinstance(activation, L.LeakyReLUActivation) else L.LEAKY_RELU_ALPHA
 
 
 def build_layers(spec, recipe: Recipe, index: int) -> list:

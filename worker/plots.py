@@ -15,8 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.recipe import PolynomialDecay, Recipe  # noqa: E402
-
-NAMES = ("curves", "sparsity", "layers", "weights")
+from core.results import PLOTS, PlotName  # noqa: E402
 
 
 def _png(fig) -> bytes:
@@ -97,13 +96,16 @@ def weights(initial: list[np.ndarray], final: list[np.ndarray]) -> bytes:
 
 
 def render(history: list[dict], recipe: Recipe, report: dict, steps_per_epoch: int, end_step: int | None,
-           initial_kernels: list[np.ndarray], final_kernels: list[np.ndarray]) -> dict[str, bytes]:
-    return {
+           initial_kernels: list[np.ndarray], final_kernels: list[np.ndarray]) -> dict[PlotName, bytes]:
+    """Every plot of ``core.results.PLOTS``, by name."""
+    drawn: dict[PlotName, bytes] = {
         "curves": curves(history),
         "sparsity": sparsity(history, recipe, steps_per_epoch, end_step),
         "layers": layers(report),
         "weights": weights(initial_kernels, final_kernels),
     }
+    assert tuple(drawn) == PLOTS, "core.results.PLOTS and the plots drawn here differ"
+    return drawn
 
 
 def compare(curves: dict[str, list[list[dict]]], metric: str = "val_accuracy") -> bytes:

@@ -30,14 +30,13 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
-from trainer_client.sdk import DEFAULT_URL, Client, Job, TrainerClientError, WaitTimeout
+from trainer_client.sdk import DEFAULT_URL, STATUSES, Client, Job, TrainerClientError, WaitTimeout
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 BAD_INPUT = frozenset({400, 413, 415, 422})
 FORMATS = ("h5", "keras", "savedmodel", "tflite")
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
 HISTORY_COLUMNS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "sparsity", "learning_rate", "seconds")
 HISTORY_LABELS = {"accuracy": "acc", "val_accuracy": "val_acc", "learning_rate": "lr"}

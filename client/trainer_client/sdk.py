@@ -21,7 +21,9 @@ from typing import Any
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+#: A job's statuses, in the order it can pass through them (the API's JobStatus; this package imports no server code).
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset(STATUSES[2:])
 MAX_PAGE = 200  # the API's own upper bound for ?limit=
 USER_AGENT = "trainer-client/0.1"
 
