@@ -126,51 +126,65 @@ def _client_loc(schema: dict, loc: tuple, defs: dict) -> list | None:
         return _client_loc(defs[schema["schema_ref"]], loc, defs)
     if not loc:
         return []
+    step = _STEPS.get(kind, _through_wrapper)
+    return step(schema, loc, defs)
+
+
+def _tagged_union(schema: dict, loc: tuple, defs: dict) -> list | None:
+    """``loc[0]`` is the tag pydantic inserted; the member it names holds the rest."""
+    choice = schema["choices"].get(loc[0])
+    return None if choice is None else _client_loc(choice, loc[1:], defs)
+
+
+def _union(schema: dict, loc: tuple, defs: dict) -> list | None:
+    """``loc[0]`` is the label of the member that failed; the member that fits the rest owns it."""
+    for choice in schema["choices"]:
+        found = _client_loc(choice[0] if isinstance(choice, tuple) else choice, loc[1:], defs)
+        if found is not None:
+            return found
+    return None
+
+
+def _fields(schema: dict, loc: tuple, defs: dict) -> list | None:
     head, rest = loc[0], loc[1:]
-    if kind == "tagged-union":
-        choice = schema["choices"].get(head)
-        return None if choice is None else _client_loc(choice, rest, defs)
-    if kind == "union":  # head is the label of the member that failed: the member that fits ``rest`` owns it
-        for choice in schema["choices"]:
-            found = _client_loc(choice[0] if isinstance(choice, tuple) else choice, rest, defs)
-            if found is not None:
-                return found
+    fields = {f.get("validation_alias") if isinstance(f.get("validation_alias"), str) else name: f
+              for name, f in schema["fields"].items()}
+    if head not in fields:
+        return None if rest else [head]  # an unknown (forbidden) field is named as sent
+    found = _client_loc(fields[head]["schema"], rest, defs)
+    return None if found is None else [head, *found]
+
+
+def _item(schema: dict, loc: tuple, defs: dict) -> list | None:
+    """An item of a collection: an index, or a dict key (``[key]`` follows it when the key itself is wrong)."""
+    head, rest = loc[0], loc[1:]
+    if schema["type"] == "dict":
+        if rest[:1] == ("[key]",):
+            return [head]
+        item = schema.get("values_schema")
+    elif not isinstance(head, int):
         return None
-    if kind in ("model-fields", "typed-dict"):
-        fields = {f.get("validation_alias") if isinstance(f.get("validation_alias"), str) else name: f
-                  for name, f in schema["fields"].items()}
-        if head not in fields:
-            return None if rest else [head]  # an unknown (forbidden) field is named as sent
-        found = _client_loc(fields[head]["schema"], rest, defs)
-        return None if found is None else [head, *found]
-    if kind in ("list", "set", "frozenset", "tuple", "dict") and isinstance(head, (int, str)):
-        return _item_loc(schema, head, rest, defs)
+    elif schema["type"] == "tuple":
+        items, variadic = schema.get("items_schema", []), schema.get("variadic_item_index")
+        item = items[min(head, variadic)] if variadic is not None else items[head] if head < len(items) else None
+    else:
+        item = schema.get("items_schema")
+    found = [] if item is None and not rest else None if item is None else _client_loc(item, rest, defs)
+    return None if found is None else [head, *found]
+
+
+def _through_wrapper(schema: dict, loc: tuple, defs: dict) -> list | None:
+    """nullable, default, validators, model, lax-or-strict, json-or-python: ``loc`` goes on inside."""
     for inner in ("schema", "strict_schema", "lax_schema", "json_schema", "python_schema"):
-        if isinstance(schema.get(inner), dict):  # wrappers: nullable, default, validators, model, lax-or-strict
+        if isinstance(schema.get(inner), dict):
             found = _client_loc(schema[inner], loc, defs)
             if found is not None:
                 return found
     return None
 
 
-def _item_loc(schema: dict, head: int | str, rest: tuple, defs: dict) -> list | None:
-    """An item of a collection: an index, or a dict key (``[key]`` follows it when the key itself is wrong)."""
-    kind = schema["type"]
-    if kind == "dict":
-        if rest[:1] == ("[key]",):
-            return [head]
-        item = schema.get("values_schema")
-    elif not isinstance(head, int):
-        return None
-    elif kind == "tuple":
-        items, variadic = schema.get("items_schema", []), schema.get("variadic_item_index")
-        item = items[min(head, variadic)] if variadic is not None else items[head] if head < len(items) else None
-    else:
-        item = schema.get("items_schema")
-    if item is None:
-        return [head, *rest] if not rest else None
-    found = _client_loc(item, rest, defs)
-    return None if found is None else [head, *found]
+_STEPS = {"tagged-union": _tagged_union, "union": _union, "model-fields": _fields, "typed-dict": _fields,
+          "list": _item, "set": _item, "frozenset": _item, "tuple": _item, "dict": _item}
 
 
 def _schemas_of(title: str) -> list[dict]:

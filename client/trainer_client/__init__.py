@@ -18,7 +18,7 @@ __all__ = ["ChecksumMismatch", "Client", "Download", "Job", "TrainerClientError"
 
 
 def __getattr__(name: str):
-    """``from trainer_client import TrainerError`` (the old name, documented until 0.2) still works, with a warning."""
+    """``from trainer_client import TrainerError`` (the name README used to show) still works, with a warning."""
     from trainer_client import sdk
 
     return getattr(sdk, name)
