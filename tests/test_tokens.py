@@ -18,6 +18,7 @@ from core.migrate import upgrade
 from core.models import ApiToken, utcnow
 from core.settings import ROOT, ConfigError, load_settings
 from service.app import create_app
+from stack.processes import free_port, start_gunicorn
 from tests.support import worker_env
 
 
@@ -137,13 +138,8 @@ def test_the_rate_limit_holds_across_gunicorn_worker_processes(backend, tmp_path
     """Two gunicorn processes, fresh connections: a per-process count would let more of these through."""
     secret = f"gunicorn-{os.getpid()}-{time.time()}"
     env = worker_env(backend, TRAINER_API_TOKENS=f"{secret}:gus", TRAINER_RATE_LIMIT_PER_MINUTE=4)
-    port = _free_port()
-    log = (tmp_path / "api.log").open("w")
-    proc = subprocess.Popen([str(ROOT / ".venv/bin/gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                             "service.app:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    api, url = start_gunicorn(env, tmp_path / "api.log", ["--workers", "2"])
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(url, proc, tmp_path / "api.log")
         _fresh_minute()
         statuses = []
         for _ in range(8):
@@ -151,13 +147,12 @@ def test_the_rate_limit_holds_across_gunicorn_worker_processes(backend, tmp_path
                 statuses.append(http.get("/v1/jobs", headers=bearer(secret)).status_code)
         assert statuses == [200] * 4 + [429] * 4
     finally:
-        proc.terminate()
-        proc.wait(30)
+        api.stop()
 
 
 def test_an_unreachable_redis_does_not_refuse_requests(tmp_path):
     settings = load_settings(database_url=f"sqlite:///{tmp_path / 't.sqlite'}",
-                             broker_url=f"redis://127.0.0.1:{_free_port()}/0", api_tokens="r-secret:rita",
+                             broker_url=f"redis://127.0.0.1:{free_port()}/0", api_tokens="r-secret:rita",
                              rate_limit_per_minute=1)
     upgrade(settings)
     client = create_app(settings).test_client()
@@ -173,22 +168,16 @@ def test_no_token_shipped_every_request_refused_and_the_log_says_how_to_make_one
                              broker_url=f"sqla+sqlite:///{tmp_path / 'b.sqlite'}")
     upgrade(settings)
     env = {**worker_env(settings), **{k: v for k, v in shipped.items() if k.startswith("TRAINER_")}}
-    port = _free_port()
     log_path = tmp_path / "api.log"
-    proc = subprocess.Popen([str(ROOT / ".venv/bin/gunicorn"), "--bind", f"127.0.0.1:{port}",
-                             "service.app:create_app()"], cwd=ROOT, env=env, stdout=log_path.open("w"),
-                            stderr=subprocess.STDOUT)
+    api, url = start_gunicorn(env, log_path, [])
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(url, proc, log_path)
         for headers in ({}, bearer("change-me"), {"Authorization": "Bearer"}):
             assert httpx.get(f"{url}/v1/jobs", headers=headers).status_code == 401
         assert httpx.post(f"{url}/v1/jobs", json={}, headers=bearer("change-me")).status_code == 401
         assert "no API token is configured" in log_path.read_text()
         assert "python -m core.tokens create OWNER" in log_path.read_text()
     finally:
-        proc.terminate()
-        proc.wait(30)
+        api.stop()
 
 
 def test_single_user_with_tokens_is_refused_at_start(tmp_path, monkeypatch):
@@ -276,24 +265,3 @@ def test_the_default_compose_stack_publishes_on_loopback_asks_for_no_gpu_and_bou
     gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())
     assert gpu["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert {s["image"] for s in gpu["services"].values()} == {"keras-trainer:gpu"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log_path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"gunicorn did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
