@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -22,7 +19,7 @@ from core import uploads
 from core.artifacts import read_all
 from core.errors import DatasetError
 from core.models import Artifact
-from core.settings import ROOT
+from stack.processes import clean_env, migrate, start_gunicorn
 from tests import hostile_uploads as hostile
 from tests.support import small_recipe
 
@@ -148,44 +145,19 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def _children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 class Gunicorn:
     """The API as it is deployed: gunicorn, one worker process, on a throwaway SQLite database."""
 
     def __init__(self, var: Path):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINER_", "DATABASE_URL", "CELERY_"))}
-        env.update(TRAINER_VAR_DIR=str(var), TRAINER_SINGLE_USER="1", TRAINER_LOG_LEVEL="WARNING",
-                   PYTHONUNBUFFERED="1")
-        subprocess.run([sys.executable, "-m", "core.migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = var / "gunicorn.log"
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
-             "--threads", "2", "--timeout", "120", "service.app:create_app()"],
-            cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200 and _children(self.proc.pid):
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"gunicorn did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        self.worker_pid = _children(self.proc.pid)[0]
+        env = clean_env(TRAINER_VAR_DIR=var, TRAINER_SINGLE_USER="1", TRAINER_LOG_LEVEL="WARNING")
+        migrate(env)
+        self.proc, self.url = start_gunicorn(env, var / "gunicorn.log",
+                                             ["--workers", "1", "--threads", "2", "--timeout", "120"])
+        self.port = int(self.url.rsplit(":", 1)[1])
+        self.worker_pid = self.proc.children()[0]
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            self.proc.wait(30)
+        self.proc.stop()
 
 
 @pytest.fixture(scope="module")
