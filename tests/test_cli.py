@@ -280,10 +280,25 @@ def test_cancel_a_queued_job_and_ctrl_c_a_real_process(trainer, patient_api, htt
             http.post(f"/v1/jobs/{job_id}/cancel")
 
 
+def test_wait_past_its_timeout_raises_wait_timeout_which_is_a_timeout_error(live_api):
+    from trainer_client import WaitTimeout
+
+    with Client(live_api.url) as client:
+        job = client.submit(small_recipe(**{"training.epochs": 500}))
+        try:
+            with pytest.raises(WaitTimeout) as caught:
+                job.wait(poll=0.1, timeout=0.3)
+        finally:
+            job.cancel()
+    assert isinstance(caught.value, TimeoutError) and isinstance(caught.value, TrainerClientError)
+    assert str(caught.value).startswith(f"job {job.id} is still ") and str(caught.value).endswith(" after 0.3 s")
+
+
 def test_the_clients_statuses_are_the_servers():
     """The client imports no server code, so its copy of the statuses is checked against JobStatus here."""
-    from core.models import JobStatus
     from trainer_client.sdk import STATUSES, TERMINAL
+
+    from core.models import JobStatus
 
     assert STATUSES == tuple(status.value for status in JobStatus)
     assert TERMINAL == {status.value for status in JobStatus if status.finished}
