@@ -17,8 +17,9 @@ __all__ = ["ChecksumMismatch", "Client", "Download", "Job", "TrainerClientError"
            "verify_sha256"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type[TrainerClientError]:
     """``from trainer_client import TrainerError`` (the name README used to show) still works, with a warning."""
     from trainer_client import sdk
 
-    return getattr(sdk, name)
+    alias: type[TrainerClientError] = getattr(sdk, name)  # sdk.__getattr__ warns, then gives the class
+    return alias

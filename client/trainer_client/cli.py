@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich import box
@@ -52,7 +53,7 @@ class Session:
     out: Console
     err: Console
 
-    def emit(self, data) -> None:
+    def emit(self, data: object) -> None:
         """Machine output: plain JSON on stdout, nothing else there."""
         click.echo(json.dumps(data, indent=2))
 
@@ -63,7 +64,7 @@ class TrainerGroup(click.Group):
     Done once here so commands stay straight-line code and every failure is reported the same way.
     """
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except TrainerClientError as exc:
@@ -81,9 +82,9 @@ def report_problem(exc: TrainerClientError, as_json: bool) -> None:
         click.echo("Hint: pass --token or set TRAINER_TOKEN", err=True)
 
 
-def _set_json(ctx: click.Context, _param, value: bool) -> None:
-    if value:
-        ctx.find_object(Session).as_json = True
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and (session := ctx.find_object(Session)) is not None:
+        session.as_json = True
 
 
 json_option = click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_set_json,
@@ -258,7 +259,7 @@ class EpochProgress:
         self.bar.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.bar.stop()
 
     def update(self, job: Job) -> None:
@@ -272,7 +273,7 @@ def phase(job: Job) -> str:
     current = job.progress.get("phase")
     if job.status == "running" and current not in (None, "train", "running"):
         return f"running ({current})"
-    return job.status
+    return job.status or ""
 
 
 def metrics_line(job: Job) -> str:
@@ -290,7 +291,7 @@ def metrics_line(job: Job) -> str:
 # -- rendering ---------------------------------------------------------------------------------------
 
 
-def fmt(value, digits: int = 4) -> str:
+def fmt(value: object, digits: int = 4) -> str:
     """Numbers as people compare them: fixed decimals for metrics, thousands separators for counts."""
     if value is None:
         return "–"
@@ -310,8 +311,9 @@ def when(iso: str | None) -> str:
     return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def styled_status(status: str) -> Text:
-    return Text(status, style=STATUS_STYLE.get(status, ""))
+def styled_status(status: str | None) -> Text:
+    """None on a handle made with fetch=False: shown empty."""
+    return Text(status or "", style=STATUS_STYLE.get(status or "", ""))
 
 
 def show_job(s: Session, job: Job) -> None:
@@ -323,7 +325,7 @@ def show_job(s: Session, job: Job) -> None:
 
 def job_view(job: Job) -> Group:
     """The summary grid, then the result tables once there is a result."""
-    parts = [summary_grid(job)]
+    parts: list[Table | None] = [summary_grid(job)]
     if job.result:
         parts += [result_table(job.result), sizes_table(job.result), layers_table(job.result)]
     return Group(*[part for part in parts if part is not None])
@@ -351,7 +353,7 @@ def summary_grid(job: Job) -> Table:
     return grid
 
 
-def result_table(result: dict) -> Table:
+def result_table(result: dict[str, Any]) -> Table:
     """Test metrics, sparsity actually reached, and parameter counts — the numbers a run is judged by."""
     table = Table(title="Result", title_justify="left")
     table.add_column("metric", no_wrap=True)
@@ -369,7 +371,7 @@ def result_table(result: dict) -> Table:
     return table
 
 
-def sizes_table(result: dict) -> Table | None:
+def sizes_table(result: dict[str, Any]) -> Table | None:
     sizes = result.get("sizes") or {}
     if not sizes:
         return None
@@ -382,7 +384,7 @@ def sizes_table(result: dict) -> Table | None:
     return table
 
 
-def layers_table(result: dict) -> Table | None:
+def layers_table(result: dict[str, Any]) -> Table | None:
     layers = (result.get("sparsity") or {}).get("layers") or []
     if not layers:
         return None
@@ -415,7 +417,7 @@ def jobs_table(jobs: list[Job]) -> Table:
     return table
 
 
-def history_table(rows: list[dict]) -> Table:
+def history_table(rows: list[dict[str, Any]]) -> Table:
     """The usual columns any row has; ``phase`` and the learning rate only when they vary (transfer, schedules)."""
     present = [c for c in HISTORY_COLUMNS if any(c in row for row in rows)]
     present = [c for c in present if c not in VARYING_ONLY or len({row.get(c) for row in rows}) > 1]

@@ -36,7 +36,7 @@ class TrainerClientError(Exception):
     ``core.errors.TrainerError``, which this package never imports; ``TrainerError`` is a deprecated alias.)
     """
 
-    def __init__(self, status: int | None, title: str, detail: str, errors: list | None = None):
+    def __init__(self, status: int | None, title: str, detail: str, errors: list[dict[str, Any]] | None = None):
         super().__init__(f"{status} {title}: {detail}" if status else f"{title}: {detail}")
         self.status = status
         self.title = title
@@ -60,7 +60,7 @@ class TrainerClientError(Exception):
             body.get("errors"),
         )
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"status": self.status, "title": self.title, "detail": self.detail, "errors": self.errors}
 
 
@@ -76,13 +76,13 @@ class ChecksumMismatch(TrainerClientError):
 class WaitTimeout(TrainerClientError, TimeoutError):
     """``Job.wait`` gave up after its ``timeout``; the job goes on on the server. Also a builtin TimeoutError."""
 
-    def __init__(self, job_id: str, status: str, timeout: float):
+    def __init__(self, job_id: str, status: str | None, timeout: float):
         super().__init__(None, "Timed out", f"job {job_id} is still {status} after {timeout} s")
         self.args = (self.detail,)  # str() is the sentence alone
         self.job_id, self.job_status, self.timeout = job_id, status, timeout
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type[TrainerClientError]:
     """``TrainerError``, the old name of ``TrainerClientError``, still imports, with a DeprecationWarning."""
     if name == "TrainerError":
         warnings.warn("trainer_client.TrainerError is deprecated: use TrainerClientError", DeprecationWarning,
@@ -97,7 +97,7 @@ def verify_sha256(actual: str, expected: str) -> None:
         raise ChecksumMismatch(expected, actual)
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """The hex sha256 of a file, read in chunks so large models do not need to fit in memory."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -122,7 +122,7 @@ class Client:
     to observe requests), so the SDK needs no option of its own for each transport concern.
     """
 
-    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0, **httpx_options):
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0, **httpx_options: Any):
         self.url = str(url or os.environ.get("TRAINER_URL") or DEFAULT_URL).rstrip("/")
         token = token if token is not None else os.environ.get("TRAINER_TOKEN")
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json, application/problem+json"}
@@ -133,7 +133,7 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -141,7 +141,7 @@ class Client:
 
     # -- the resources -------------------------------------------------------------------------------
 
-    def submit(self, recipe: dict | str | os.PathLike, idempotency_key: str | None = None) -> Job:
+    def submit(self, recipe: dict[str, Any] | str | os.PathLike[str], idempotency_key: str | None = None) -> Job:
         """Send a recipe (a dict, or the path of a JSON file sent as is, so the server judges it).
 
         With ``idempotency_key``, retrying after a lost response returns the same job instead of a second one.
@@ -168,7 +168,7 @@ class Client:
         """Newest first, following ``next_cursor`` until ``limit`` jobs (listings carry no history)."""
         return [Job(self, item) for item in self._pages(status, limit, page_size)]
 
-    def _pages(self, status: str | None, limit: int, page_size: int) -> Iterator[dict]:
+    def _pages(self, status: str | None, limit: int, page_size: int) -> Iterator[dict[str, Any]]:
         cursor = None
         remaining = limit
         while remaining > 0:
@@ -183,7 +183,7 @@ class Client:
 
     # -- transport -----------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request; a status >= 400 becomes a TrainerClientError, a transport failure too (status None)."""
         try:
             response = self._http.request(method, path, **kwargs)
@@ -194,7 +194,7 @@ class Client:
         return response
 
     @contextmanager
-    def stream(self, method: str, path: str, **kwargs) -> Iterator[httpx.Response]:
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
         """A streamed response whose errors are read in full first, so their problem body is not lost."""
         try:
             with self._http.stream(method, path, **kwargs) as response:
@@ -212,7 +212,7 @@ class Client:
 class Job:
     """A job as last seen by this client; ``data`` is the server's JSON, untouched."""
 
-    def __init__(self, client: Client, data: dict, etag: str | None = None):
+    def __init__(self, client: Client, data: dict[str, Any], etag: str | None = None):
         self.client = client
         self.data = data
         self.etag = etag
@@ -222,7 +222,7 @@ class Job:
 
     @property
     def id(self) -> str:
-        return self.data["id"]
+        return str(self.data["id"])
 
     @property
     def name(self) -> str | None:
@@ -233,15 +233,15 @@ class Job:
         return self.data.get("status")  # None on a handle made with fetch=False, until refresh()
 
     @property
-    def progress(self) -> dict:
+    def progress(self) -> dict[str, Any]:
         return self.data.get("progress") or {}
 
     @property
-    def result(self) -> dict | None:
+    def result(self) -> dict[str, Any] | None:
         return self.data.get("result")
 
     @property
-    def error(self) -> dict | None:
+    def error(self) -> dict[str, Any] | None:
         return self.data.get("error")
 
     @property
@@ -275,7 +275,7 @@ class Job:
         has ended never changes again, so it is returned whatever ``until`` says. Raises WaitTimeout (a
         TimeoutError) after ``timeout`` seconds; the job itself keeps running on the server.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
         stop_at = TERMINAL | frozenset(until)
         self._poll()
         changed = True  # the caller has not seen this state yet, even if the server says 304
@@ -284,7 +284,7 @@ class Job:
                 on_update(self)
             if self.status in stop_at:
                 return self
-            if deadline is not None and time.monotonic() >= deadline:
+            if timeout is not None and time.monotonic() >= started + timeout:
                 raise WaitTimeout(self.id, self.status, timeout)
             time.sleep(poll)
             changed = self._poll()
@@ -296,9 +296,10 @@ class Job:
         self.etag = response.headers.get("ETag")
         return self
 
-    def history(self) -> list[dict]:
+    def history(self) -> list[dict[str, Any]]:
         """The per-epoch metrics, read from the history endpoint (listings do not carry them)."""
-        return self.client.request("GET", f"/v1/jobs/{self.id}/history").json()["history"]
+        rows: list[dict[str, Any]] = self.client.request("GET", f"/v1/jobs/{self.id}/history").json()["history"]
+        return rows
 
     def history_csv(self) -> str:
         """The same rows as the server's CSV, byte for byte."""
@@ -306,7 +307,7 @@ class Job:
 
     def download(
         self,
-        path: str | os.PathLike | None = None,
+        path: str | os.PathLike[str] | None = None,
         format: str = "h5",
         progress: Callable[[int, int | None], Any] | None = None,
         expected_sha256: str | None = None,
@@ -328,7 +329,7 @@ class Job:
             return _save_verified(response.iter_bytes(), target, expected, total, progress)
 
 
-def _target_path(path: str | os.PathLike | None, disposition: str | None, fallback: str) -> Path:
+def _target_path(path: str | os.PathLike[str] | None, disposition: str | None, fallback: str) -> Path:
     """The file to write: the caller's, or the server's filename (its base name only) in a directory."""
     if path is not None and not Path(path).is_dir():
         return Path(path)
