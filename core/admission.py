@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session
 
 from core import datasets, footprint, selection, storage, transfer
 from core.datasets import DatasetInfo
-from core.errors import IdempotencyMismatch, QueueFull, RecipeError
+from core.errors import IdempotencyMismatch, LayerChoiceError, QueueFull, RecipeError, ShapeError
 from core.models import IdempotencyKey, Job, JobStatus, utcnow
 from core.plan import JobPlan, plan_for
-from core.recipe import LayerChoiceError, Recipe, ShapeError, layer_shapes
+from core.recipe import Recipe, layer_shapes
 from core.settings import Settings
 from core.transfer import TransferPlan
 
@@ -101,7 +101,7 @@ def _pruned_layers(recipe: Recipe, tp: TransferPlan | None) -> list[str] | None:
 
 def create(session: Session, recipe: Recipe, owner: str, settings: Settings) -> Job:
     queued = session.scalar(select(func.count()).select_from(Job)
-                            .where(Job.owner == owner, Job.status == JobStatus.QUEUED.value))
+                            .where(Job.owner == owner, Job.status == JobStatus.QUEUED.value)) or 0
     if queued >= settings.max_queued_per_owner:
         raise QueueFull(f"{queued} of your jobs are queued (the limit is {settings.max_queued_per_owner}); "
                         "wait for some to start", retry_after_s=30)

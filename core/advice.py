@@ -17,10 +17,10 @@ def selu_warnings(recipe: Recipe) -> list[str]:
     if not recipe.dataset.standardize:
         out.append("SELU needs standardized inputs: set dataset.standardize")
     hidden = [layer for layer in layers if isinstance(layer, KernelLayer)][:-1]  # the output layer's init is free
-    odd_init = [layer.name for layer in hidden if initializer_name(layer.kernel_initializer) != "lecun_normal"]
+    odd_init = [layer.given_name for layer in hidden if initializer_name(layer.kernel_initializer) != "lecun_normal"]
     if odd_init:
         out.append(f"SELU needs lecun_normal initialization; not in {', '.join(odd_init)}")
-    breaking = [layer.name for layer in layers if layer.type in SELU_BREAKERS]
+    breaking = [layer.given_name for layer in layers if layer.type in SELU_BREAKERS]
     if breaking:
         out.append(f"SELU self-normalization is only guaranteed for a sequential stack of dense layers; "
                    f"{', '.join(breaking)} break it (use alpha_dropout instead of dropout)")

@@ -55,15 +55,21 @@ def _fetch(db: Database, artifact_id: str, seq: int) -> tuple[bytes, str | None]
     with db.session() as session:
         conn = session.connection()
         if conn.dialect.name == "postgresql":
-            # bytea in binary form: psycopg's default text (hex) form reads about 3× slower
-            with conn.connection.dbapi_connection.cursor(binary=True) as cur:
-                cur.execute("SELECT data, sha256 FROM artifact_chunks WHERE artifact_id = %s AND seq = %s",
-                            (artifact_id, seq))
-                return cur.fetchone()
-        return session.execute(
+            import psycopg  # the PostgreSQL driver; the API on SQLite never loads it
+
+            raw = conn.connection.dbapi_connection
+            if isinstance(raw, psycopg.Connection):
+                # bytea in binary form: psycopg's default text (hex) form reads about 3× slower
+                with raw.cursor(binary=True) as cur:
+                    cur.execute("SELECT data, sha256 FROM artifact_chunks WHERE artifact_id = %s AND seq = %s",
+                                (artifact_id, seq))
+                    row = cur.fetchone()
+                return None if row is None else (row[0], row[1])
+        found = session.execute(
             select(ArtifactChunk.data, ArtifactChunk.sha256).where(
                 ArtifactChunk.artifact_id == artifact_id, ArtifactChunk.seq == seq)
         ).one_or_none()
+        return None if found is None else (found.data, found.sha256)
 
 
 def _chunk(db: Database, artifact: Artifact, seq: int) -> tuple[bytes, bool]:

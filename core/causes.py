@@ -8,6 +8,7 @@ with one of these causes. Hints name no route: the same text reaches the SDK and
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -42,10 +43,10 @@ class JobError(BaseModel):
     batch: int | None = Field(None, description="diverged: the batch within that epoch")
 
     @classmethod
-    def of(cls, cause: Cause, message: str, **extra) -> JobError:
+    def of(cls, cause: Cause, message: str, **extra: Any) -> JobError:
         return cls(type=cause, message=message, hint=HINTS[cause], **extra)
 
-    def stored(self) -> dict:
+    def stored(self) -> dict[str, Any]:
         """The JSON written to ``jobs.error`` (the fields a cause does not use are left out)."""
         return self.model_dump(mode="json", exclude_none=True)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import uuid
-from typing import IO
+from typing import IO, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,7 +24,7 @@ from core.settings import Settings
 MAX_NAME = 200
 
 
-def catalogue(session: Session, owner: str, settings: Settings) -> list[dict]:
+def catalogue(session: Session, owner: str, settings: Settings) -> list[dict[str, Any]]:
     """The built-ins (their figures are fixed: no file is read) with whether they are installed, then the
     owner's uploads, oldest first; each item's ``id`` is what a recipe's ``dataset.name`` takes."""
     items = [{"id": name, **info.as_dict(), **availability(info, settings)} for name, info in BUILTIN.items()]

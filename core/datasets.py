@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,11 +35,11 @@ class DatasetInfo:
     input_divisor: float = 1.0  # training inputs are float32(stored value) / input_divisor
     package: str = ""  # the Debian package that installs a built-in's files (empty: always available)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DatasetInfo":
+    def from_dict(cls, data: dict[str, Any]) -> "DatasetInfo":
         return cls(**{**data, "feature_shape": tuple(data["feature_shape"]),
                       "class_counts": tuple(data.get("class_counts", ())),
                       "class_names": tuple(data.get("class_names", ()))})
@@ -86,7 +87,7 @@ def install_hint(info: DatasetInfo) -> str:
     return f"apt-get install {info.package}"
 
 
-def availability(info: DatasetInfo, settings: Settings) -> dict:
+def availability(info: DatasetInfo, settings: Settings) -> dict[str, Any]:
     """``{"available": true}`` or, for a built-in whose files are absent, what to install and where it looked."""
     missing = missing_files(info.name, settings) if info.source == "builtin" else []
     if not missing:

@@ -4,8 +4,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import Delete, Update, create_engine, event
+from sqlalchemy.engine import CursorResult, Engine
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings
@@ -17,7 +18,7 @@ def make_engine(settings: Settings) -> Engine:
         engine = create_engine(settings.database_url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):
+        def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: object) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
@@ -46,3 +47,12 @@ class Database:
     def after_fork(self) -> None:
         """A forked child must not reuse the parent's sockets."""
         self.engine.dispose(close=False)
+
+
+def rows_matched(session: Session, statement: Update | Delete) -> int:
+    """Run a guarded UPDATE/DELETE through the session (which keeps its loaded objects in step) and return the
+    rows it matched. An ORM UPDATE/DELETE gives a ``CursorResult``; ``Session.execute`` is typed as a plain Result."""
+    result = session.execute(statement)
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"an UPDATE/DELETE gave a {type(result).__name__}, not a CursorResult")
+    return result.rowcount

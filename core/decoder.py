@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import math
 
-from core.layers import DenseLayer, KernelLayer, ReshapeLayer
+from core.layers import DenseLayer, KernelLayer, Layer, ReshapeLayer
 
 
-def mirrored_decoder(encoder: list, input_shape: list[int]) -> list | None:
+def mirrored_decoder(encoder: list[Layer], input_shape: list[int]) -> list[Layer] | None:
     """None when the encoder has kernel layers other than dense ones: only a dense stack can be mirrored."""
     dense = [layer for layer in encoder if isinstance(layer, DenseLayer)]
     if len(dense) != len([layer for layer in encoder if isinstance(layer, KernelLayer)]):
         return None
-    mirrored: list = [DenseLayer(type="dense", units=layer.units, activation=layer.activation,
+    mirrored: list[Layer] = [DenseLayer(type="dense", units=layer.units, activation=layer.activation,
                                  kernel_initializer=layer.kernel_initializer, name=f"decoder_dense_{i}")
                       for i, layer in enumerate(reversed(dense[:-1]))]
     mirrored.append(DenseLayer(type="dense", units=math.prod(input_shape), name="decoder_output"))

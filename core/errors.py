@@ -30,13 +30,16 @@ Modelled on httpx's ``_exceptions.py``::
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from core.causes import Cause, JobError
 
 
 class TrainerError(Exception):
     """Base of every error the service raises on purpose; anything else is a bug (an internal error)."""
 
-    def __init__(self, detail: str, *, errors: list[dict] | None = None):
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None):
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
@@ -60,7 +63,7 @@ class UnsupportedMediaType(InvalidInput):
 class RecipeError(InvalidInput):
     """The recipe is valid JSON of the right shape but cannot be trained as asked; ``loc`` names the field."""
 
-    def __init__(self, loc: list, msg: str):
+    def __init__(self, loc: Sequence[str | int], msg: str):
         super().__init__(f"{'.'.join(map(str, loc))}: {msg}", errors=[{"loc": list(loc), "msg": msg}])
         self.loc, self.msg = list(loc), msg
 
@@ -162,7 +165,7 @@ class CorruptArtifact(TrainerError):
 class JobStopped(TrainerError):
     """Raised in the worker when a job ends early for a typed cause; the runner records ``error()``."""
 
-    def __init__(self, cause: Cause, message: str, **extra):
+    def __init__(self, cause: Cause, message: str, **extra: Any):
         super().__init__(message)
         self.cause, self.extra = cause, extra
 

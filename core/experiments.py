@@ -12,13 +12,16 @@ import uuid
 from typing import Annotated, Any
 
 from pydantic import Field, GetJsonSchemaHandler, ValidationError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from core import admission, artifacts, job_state, jobs
 from core.errors import Conflict, NotFound, RecipeError
+from core.layers import Strict
 from core.models import FINISHED, Artifact, ArtifactChunk, Experiment, Job, JobStatus
-from core.recipe import Recipe, Strict
+from core.recipe import Recipe
 from core.results import ComparisonRow, JobResult, MeanSpread
 from core.settings import Settings
 
@@ -35,7 +38,7 @@ class _PartialRecipe:
     Validation of the base itself stays a plain object's."""
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema, handler: GetJsonSchemaHandler) -> dict:
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         recipe = handler.resolve_ref_schema(handler(Recipe.__pydantic_core_schema__))
         return {"type": "object", "title": "PartialRecipe", "properties": recipe["properties"]}
 
@@ -43,7 +46,7 @@ class _PartialRecipe:
 class ExperimentSpec(Strict):
     name: str = Field("experiment", min_length=1, max_length=200)
     description: str | None = Field(None, max_length=4000)
-    base: Annotated[dict, _PartialRecipe()] = Field(
+    base: Annotated[dict[str, Any], _PartialRecipe()] = Field(
         description="A recipe (its fields as in POST /v1/jobs), before each variant's overrides; every variant "
                     "starts from it.")
     variants: list[Variant] = Field(min_length=1, max_length=20)
@@ -58,10 +61,8 @@ class OverrideError(ValueError):
 _INDEX = re.compile(r"[0-9]{1,6}")
 
 
-def _step(node: dict | list, part: str, dotted: str, where: str):
-    """The key or index ``part`` names in ``node``; OverrideError when it names nothing there."""
-    if isinstance(node, dict):
-        return part
+def _index(node: list[Any], part: str, dotted: str, where: str) -> int:
+    """The index ``part`` names in the list ``node``; OverrideError when it names nothing there."""
     if not _INDEX.fullmatch(part):
         raise OverrideError(f"{dotted!r}: {where or 'the recipe'} is a list, and {part!r} is not an index of it")
     if int(part) >= len(node):
@@ -69,27 +70,37 @@ def _step(node: dict | list, part: str, dotted: str, where: str):
     return int(part)
 
 
-def apply_overrides(base: dict, overrides: dict[str, Any]) -> dict:
+def _copied(child: object, dotted: str, where: str) -> dict[str, Any] | list[Any]:
+    """A copy of the container on the path, to change without touching the base; OverrideError for a scalar."""
+    if isinstance(child, dict):
+        return dict(child)
+    if isinstance(child, list):
+        return list(child)
+    raise OverrideError(f"{dotted!r}: {where} is {type(child).__name__} "
+                        f"{str(child)[:40]!r}, not an object or a list to go into")
+
+
+def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """The base with each dotted path set (``None`` removes a key). Only the containers on a path are copied,
     so the base is never changed and is never walked as a whole (it may be nested arbitrarily deep)."""
     recipe = dict(base)
     for dotted, value in overrides.items():
         *path, last = dotted.split(".")
-        node: dict | list = recipe
+        node: dict[str, Any] | list[Any] = recipe
         for depth, part in enumerate(path):
-            where = ".".join(path[:depth])
-            key = _step(node, part, dotted, where)
-            child = node.get(key, {}) if isinstance(node, dict) else node[key]
-            if not isinstance(child, (dict, list)):
-                raise OverrideError(f"{dotted!r}: {'.'.join(path[:depth + 1])} is {type(child).__name__} "
-                                    f"{str(child)[:40]!r}, not an object or a list to go into")
-            node[key] = child = dict(child) if isinstance(child, dict) else list(child)
+            where, into = ".".join(path[:depth]), ".".join(path[:depth + 1])
+            if isinstance(node, dict):
+                child = node[part] = _copied(node.get(part, {}), dotted, into)
+            else:
+                index = _index(node, part, dotted, where)
+                child = node[index] = _copied(node[index], dotted, into)
             node = child
-        key = _step(node, last, dotted, ".".join(path))
-        if value is None and isinstance(node, dict):
-            node.pop(key, None)
+        if isinstance(node, list):
+            node[_index(node, last, dotted, ".".join(path))] = value
+        elif value is None:
+            node.pop(last, None)
         else:
-            node[key] = value
+            node[last] = value
     return recipe
 
 
@@ -157,7 +168,7 @@ def comparison(session: Session, experiment: Experiment, children: list[Job]) ->
             for variant in experiment.spec["variants"]]
 
 
-def _row(session: Session, variant: dict, mine: list[Job], target: float | None) -> ComparisonRow:
+def _row(session: Session, variant: dict[str, Any], mine: list[Job], target: float | None) -> ComparisonRow:
     done = [job for job in mine if job.status == JobStatus.SUCCEEDED.value]
     results = [JobResult.model_validate(job.result) for job in done]
     histories = [jobs.history(session, job.id) for job in done]
@@ -174,7 +185,8 @@ def _row(session: Session, variant: dict, mine: list[Job], target: float | None)
                                         for history in histories if history]),
         epochs_to_target=_mean_spread([float(e) for e in reach]) if target else None,
         reached_target=f"{len(reach)}/{len(done)}" if target else None,
-        wall_seconds=_mean_spread([(job.finished_at - job.started_at).total_seconds() for job in done]),
+        wall_seconds=_mean_spread([(job.finished_at - job.started_at).total_seconds() for job in done
+                                   if job.finished_at and job.started_at]),  # a succeeded job has both
         sparsity=_mean_spread([r.sparsity.overall for r in results]),
         gzip_bytes=_mean_spread([float(s) for s in sizes]),
     )
@@ -196,14 +208,14 @@ def cancel(session: Session, experiment_id: str, owner: str) -> int:
 PLOT_KIND = "experiment-plot"
 
 
-def finished_curves(session: Session, experiment_id: str) -> dict[str, list[list[dict]]] | None:
+def finished_curves(session: Session, experiment_id: str) -> dict[str, list[list[dict[str, Any]]]] | None:
     """Each variant's histories once every child job has ended, else None."""
     children = list(session.execute(select(Job).where(Job.experiment_id == experiment_id)).scalars())
     if not children or any(JobStatus(job.status) not in FINISHED for job in children):
         return None
-    curves: dict[str, list[list[dict]]] = {}
+    curves: dict[str, list[list[dict[str, Any]]]] = {}
     for job in children:
-        if job.status == JobStatus.SUCCEEDED.value:
+        if job.status == JobStatus.SUCCEEDED.value and job.variant is not None:  # a child job has a variant
             curves.setdefault(job.variant, []).append(jobs.history(session, job.id))
     return curves
 

@@ -34,7 +34,7 @@ RUNTIME_BYTES = 64 * 1024 * 1024
 
 @dataclass(frozen=True)
 class LayerCost:
-    loc: tuple  # where the layer is in the recipe, for the error
+    loc: tuple[str | int, ...]  # where the layer is in the recipe, for the error
     name: str
     type: str
     activation_bytes: int
@@ -83,12 +83,12 @@ def _layer_costs(recipe: Recipe, tp: TransferPlan | None, rows: int) -> tuple[li
             pruned |= {layer.name for layer in tp.reused if layer.prunable}
     costs, widest, pruned_params = [], math.prod(recipe.model.input_shape), 0
     if tp:
-        for layer in tp.reused:  # a stored Keras layer: its output is what it keeps
-            size = math.prod(layer.output_shape)
+        for kept in tp.reused:  # a stored Keras layer: its output is what it keeps
+            size = math.prod(kept.output_shape)
             widest = max(widest, size)
-            costs.append(LayerCost(("transfer", "reuse"), layer.name, "reused", size * rows * FLOAT_BYTES))
-            if layer.name in pruned:
-                pruned_params += layer.params
+            costs.append(LayerCost(("transfer", "reuse"), kept.name, "reused", size * rows * FLOAT_BYTES))
+            if kept.name in pruned:
+                pruned_params += kept.params
         layers, start = recipe.model.layers, tp.output_shape
     else:
         layers, start = recipe.all_layers(), tuple(recipe.model.input_shape)
@@ -97,14 +97,15 @@ def _layer_costs(recipe: Recipe, tp: TransferPlan | None, rows: int) -> tuple[li
                                    math.prod(start) * rows * FLOAT_BYTES))
     n_encoder = len(recipe.model.layers)
     for index, (layer, (in_shape, out_shape)) in enumerate(zip(layers, layer_shapes(layers, start))):
+        loc: tuple[str | int, ...]
         if index < n_encoder:
             loc = ("model", "layers", index)
         else:
             loc = ("model", "decoder", index - n_encoder) if recipe.model.decoder else ("model", "layers")
         size = layer.activation_size(in_shape)
         widest = max(widest, math.prod(out_shape))
-        costs.append(LayerCost(loc, layer.name, layer.type, size * rows * FLOAT_BYTES))
-        if layer.name in pruned:
+        costs.append(LayerCost(loc, layer.given_name, layer.type, size * rows * FLOAT_BYTES))
+        if layer.given_name in pruned:
             pruned_params += layer.param_count(in_shape)
     return costs, widest, pruned_params
 

@@ -8,18 +8,20 @@ not a 4 GB allocation), and the body must hold exactly that many bytes.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from core.errors import DatasetError
 
 #: IDX type code → numpy dtype (big-endian, as the format stores them).
-DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-          0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+DTYPES: dict[int, np.dtype[Any]] = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
+                                    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 MAX_DIMENSIONS = 4
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -28,14 +30,14 @@ class IDXError(DatasetError):
     """The file is not a well-formed IDX file (or not one within the size limit)."""
 
 
-def _read_exactly(stream, n: int, path: Path, what: str) -> bytes:
+def _read_exactly(stream: io.BufferedIOBase, n: int, path: Path, what: str) -> bytes:
     data = stream.read(n)
     if len(data) != n:
         raise IDXError(f"{path.name}: truncated {what} ({len(data)} of {n:,} bytes)")
     return data
 
 
-def parse_header(stream, path: Path) -> tuple[np.dtype, tuple[int, ...]]:
+def parse_header(stream: io.BufferedIOBase, path: Path) -> tuple[np.dtype[Any], tuple[int, ...]]:
     magic = _read_exactly(stream, 4, path, "header")
     if magic[:2] != b"\x00\x00":
         raise IDXError(f"{path.name}: not an IDX file (magic {magic.hex()})")
@@ -56,7 +58,7 @@ def read(path: str | Path, max_bytes: int) -> np.ndarray:
         with path.open("rb") as raw:
             compressed = raw.read(2) == GZIP_MAGIC
             raw.seek(0)
-            stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+            stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
             dtype, dims = parse_header(stream, path)
             size = math.prod(dims) * dtype.itemsize
             if size > max_bytes:

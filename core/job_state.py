@@ -8,19 +8,21 @@ end in exactly one state. Nothing else in the code base writes ``Job.status``.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from core import checkpoints, jobs
 from core.causes import Cause, JobError
+from core.db import rows_matched
 from core.errors import Conflict
 from core.models import EpochRecord, Job, JobStatus, utcnow
 
 Q, R = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 
 
-def with_phase(progress: dict | None, phase: str) -> dict:
+def with_phase(progress: dict[str, Any] | None, phase: str) -> dict[str, Any]:
     return {**(progress or {}), "phase": phase}
 
 
@@ -31,17 +33,17 @@ def cancel(session: Session, job_id: str, owner: str) -> Job:
     """Queued: cancelled now. Running: flagged; the worker stops at the next batch and ends it cancelled."""
     job = jobs.get(session, job_id, owner)
     now = utcnow()
-    done = session.execute(
+    done = rows_matched(session,
         update(Job).where(Job.id == job_id, Job.status == Q)
         .values(status=JobStatus.CANCELLED.value, finished_at=now, version=Job.version + 1,
                 progress=with_phase(job.progress, "cancelled"),
                 error=JobError.of(Cause.CANCELLED, "cancelled before it started").stored())
-    ).rowcount
+    )
     if not done:
-        done = session.execute(
+        done = rows_matched(session,
             update(Job).where(Job.id == job_id, Job.status == R)
             .values(cancel_requested=True, version=Job.version + 1)
-        ).rowcount
+        )
     if not done:
         raise Conflict(f"job {job_id} is already {session.scalar(select(Job.status).where(Job.id == job_id))}")
     session.refresh(job)
@@ -54,36 +56,36 @@ def cancel(session: Session, job_id: str, owner: str) -> Job:
 def claim(session: Session, job_id: str, worker: str) -> int | None:
     """queued → running in one conditional UPDATE; returns the attempt number, or None if not ours to run."""
     now = utcnow()
-    taken = session.execute(
+    taken = rows_matched(session,
         update(Job).where(Job.id == job_id, Job.status == Q)
         .values(status=R, attempt=Job.attempt + 1, started_at=now, heartbeat_at=now, worker=worker,
                 version=Job.version + 1, cancel_requested=False)
-    ).rowcount
+    )
     if not taken:
         return None
     return session.scalar(select(Job.attempt).where(Job.id == job_id))
 
 
-def _mine(job_id: str, attempt: int):
+def _mine(job_id: str, attempt: int) -> tuple[ColumnElement[bool], ...]:
     return (Job.id == job_id, Job.status == R, Job.attempt == attempt)
 
 
 def heartbeat(session: Session, job_id: str, attempt: int) -> tuple[bool, bool]:
     """(still ours, cancel requested)."""
-    ours = session.execute(update(Job).where(*_mine(job_id, attempt)).values(heartbeat_at=utcnow())).rowcount
+    ours = rows_matched(session, update(Job).where(*_mine(job_id, attempt)).values(heartbeat_at=utcnow()))
     cancel = bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
     return bool(ours), cancel
 
 
-def update_running(session: Session, job_id: str, attempt: int, **values) -> bool:
+def update_running(session: Session, job_id: str, attempt: int, **values: Any) -> bool:
     values.setdefault("heartbeat_at", utcnow())
     return bool(
-        session.execute(update(Job).where(*_mine(job_id, attempt)).values(version=Job.version + 1, **values)).rowcount
+        rows_matched(session, update(Job).where(*_mine(job_id, attempt)).values(version=Job.version + 1, **values))
     )
 
 
-def record_epoch(session: Session, job_id: str, attempt: int, epoch: int, phase: str, metrics: dict,
-                 progress: dict, diagnostics: list | None = None) -> bool:
+def record_epoch(session: Session, job_id: str, attempt: int, epoch: int, phase: str, metrics: dict[str, Any],
+                 progress: dict[str, Any], diagnostics: list[dict[str, Any]] | None = None) -> bool:
     if not update_running(session, job_id, attempt, progress=progress):
         return False
     session.merge(EpochRecord(job_id=job_id, epoch=epoch, attempt=attempt, phase=phase, metrics=metrics,
@@ -91,13 +93,13 @@ def record_epoch(session: Session, job_id: str, attempt: int, epoch: int, phase:
     return True
 
 
-def finish(session: Session, job_id: str, attempt: int, status: JobStatus, **values) -> bool:
+def finish(session: Session, job_id: str, attempt: int, status: JobStatus, **values: Any) -> bool:
     """running → final, only by the attempt that holds the job; its checkpoint goes with it."""
     done = bool(
-        session.execute(
+        rows_matched(session,
             update(Job).where(*_mine(job_id, attempt))
             .values(status=status.value, finished_at=utcnow(), version=Job.version + 1, **values)
-        ).rowcount
+        )
     )
     if done:
         checkpoints.discard(session, job_id)
@@ -124,31 +126,31 @@ def fail_running_on(session: Session, worker: str, error: JobError) -> str | Non
 
 def redispatch_queued(session: Session, job_id: str, dispatched_before: datetime, now: datetime) -> bool:
     """A queued job nobody took: stamped as sent again, unless a worker claimed it meanwhile."""
-    return bool(session.execute(
+    return bool(rows_matched(session,
         update(Job).where(Job.id == job_id, Job.status == Q, Job.dispatched_at < dispatched_before)
         .values(dispatched_at=now)
-    ).rowcount)
+    ))
 
 
-def _silent(job_id: str, attempt: int, beat_before: datetime):
+def _silent(job_id: str, attempt: int, beat_before: datetime) -> tuple[ColumnElement[bool], ...]:
     return (Job.id == job_id, Job.status == R, Job.attempt == attempt, Job.heartbeat_at < beat_before)
 
 
 def requeue_silent(session: Session, job_id: str, attempt: int, beat_before: datetime, now: datetime) -> bool:
     """running → queued: the attempt's worker stopped heartbeating (and has not beaten since)."""
-    return bool(session.execute(
+    return bool(rows_matched(session,
         update(Job).where(*_silent(job_id, attempt, beat_before))
         .values(status=Q, dispatched_at=now, version=Job.version + 1)
-    ).rowcount)
+    ))
 
 
 def fail_silent(session: Session, job_id: str, attempt: int, beat_before: datetime, now: datetime,
                 error: JobError) -> bool:
     """running → failed: the last attempt's worker stopped heartbeating; its checkpoint goes with it."""
-    done = bool(session.execute(
+    done = bool(rows_matched(session,
         update(Job).where(*_silent(job_id, attempt, beat_before))
         .values(status=JobStatus.FAILED.value, finished_at=now, version=Job.version + 1, error=error.stored())
-    ).rowcount)
+    ))
     if done:
         checkpoints.discard(session, job_id)
     return done

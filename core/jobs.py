@@ -8,11 +8,13 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from core import artifacts, storage
+from core.db import rows_matched
 from core.errors import Conflict, NotFound, RecipeError
 from core.models import FINISHED, Artifact, EpochRecord, Job, JobStatus, LogLine
 
@@ -41,7 +43,7 @@ def version(session: Session, job_id: str, owner: str) -> int:
     return found
 
 
-def history(session: Session, job_id: str) -> list[dict]:
+def history(session: Session, job_id: str) -> list[dict[str, Any]]:
     rows = session.execute(  # not the diagnostics column: it has an endpoint of its own
         select(EpochRecord.epoch, EpochRecord.phase, EpochRecord.attempt, EpochRecord.metrics)
         .where(EpochRecord.job_id == job_id).order_by(EpochRecord.epoch)
@@ -55,7 +57,7 @@ def logs(session: Session, job_id: str) -> list[LogLine]:
 
 def log_line_count(session: Session, job_id: str) -> int:
     """Lines already stored (earlier attempts): they count against ``max_log_lines_per_job``."""
-    return session.scalar(select(func.count()).select_from(LogLine).where(LogLine.job_id == job_id))
+    return session.scalar(select(func.count()).select_from(LogLine).where(LogLine.job_id == job_id)) or 0
 
 
 def model_artifacts(session: Session, job_id: str) -> dict[str, Artifact]:
@@ -93,7 +95,7 @@ def page(session: Session, owner: str, status: str | None, limit: int, cursor: s
     return rows[:limit], next_cursor
 
 
-def diagnostics(session: Session, job_id: str) -> list[dict]:
+def diagnostics(session: Session, job_id: str) -> list[dict[str, Any]]:
     rows = session.execute(
         select(EpochRecord.epoch, EpochRecord.phase, EpochRecord.diagnostics)
         .where(EpochRecord.job_id == job_id).order_by(EpochRecord.epoch)
@@ -120,8 +122,6 @@ def remove(session: Session, job_id: str, owner: str) -> None:
     artifacts.delete_for(session, job_id=job_id)
     session.execute(delete(EpochRecord).where(EpochRecord.job_id == job_id))
     session.execute(delete(LogLine).where(LogLine.job_id == job_id))
-    gone = session.execute(
-        delete(Job).where(Job.id == job_id, Job.status.in_([s.value for s in FINISHED]))
-    ).rowcount
+    gone = rows_matched(session, delete(Job).where(Job.id == job_id, Job.status.in_([s.value for s in FINISHED])))
     if not gone:
         raise Conflict(f"job {job_id} changed while being deleted")

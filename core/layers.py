@@ -7,7 +7,7 @@ reports at that layer's index.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Self, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -20,16 +20,19 @@ InitializerName = Literal[
     "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal", "zeros"
 ]
 
+#: A path into the input as (parent link, key) pairs, so a deep input is walked without copying its path.
+_Link = tuple["_Link | None", int | str]
 
-def nul_errors(data, limit: int = 10) -> list[InitErrorDetails]:
+
+def nul_errors(data: object, limit: int = 10) -> list[InitErrorDetails]:
     """Where the input's text (dict keys included) holds a NUL, walked without recursion so any depth is safe."""
     errors: list[InitErrorDetails] = []
-    stack: list[tuple[tuple | None, object]] = [(None, data)]  # (path as (parent, key) links, node)
+    stack: list[tuple[_Link | None, object]] = [(None, data)]  # (path as (parent, key) links, node)
     while stack and len(errors) < limit:
         link, node = stack.pop()
         if isinstance(node, str):
             if "\x00" in node:
-                loc = []
+                loc: list[int | str] = []
                 while link is not None:
                     link, key = link
                     loc.append(key)
@@ -50,7 +53,7 @@ class NulFree(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nul(cls, data):
+    def _no_nul(cls, data: Any) -> Any:
         errors = nul_errors(data) if isinstance(data, (dict, list)) else []
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
@@ -67,7 +70,7 @@ class Strict(NulFree):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _tuple_from_list(value):
+def _tuple_from_list(value: object) -> object:
     """JSON has no tuples: a list stands for one (strict mode alone would refuse it)."""
     return tuple(value) if isinstance(value, list) else value
 
@@ -133,7 +136,7 @@ class Regularization(Strict):
                      FromList] | None = None
 
     @model_validator(mode="after")
-    def _unpack(self):
+    def _unpack(self) -> Self:
         if self.l1_l2 is not None:
             if self.l1 or self.l2:
                 raise ValueError("give l1_l2, or l1 and l2, not both")
@@ -152,6 +155,13 @@ class LayerBase(Strict):
     name: str | None = Field(
         None, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$", description="Defaults to '<type>_<index>'."
     )
+
+    @property
+    def given_name(self) -> str:
+        """``name``, which a validated recipe always has (``ModelSpec`` names the unnamed layers)."""
+        if self.name is None:
+            raise ValueError(f"an unnamed {type(self).__name__} outside a validated recipe")
+        return self.name
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return input_shape
@@ -203,8 +213,11 @@ Size = Annotated[int, Field(ge=1, le=64)]
 Pair = Union[Size, Annotated[tuple[Size, Size], FromList]]
 
 
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    first, second = value
+    return (first, second)
 
 
 def _spatial(size: int, window: int, stride: int, padding: str) -> int:
@@ -363,7 +376,7 @@ class RReLULayer(LayerBase):
     upper: float = Field(1 / 3, ge=0, lt=1)
 
     @model_validator(mode="after")
-    def _ordered(self):
+    def _ordered(self) -> Self:
         if self.lower > self.upper:
             raise ValueError("lower must not be above upper")
         return self

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -35,13 +37,13 @@ class Base(DeclarativeBase):
     pass
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """SQLite drops the zone; every timestamp here is UTC, so it is put back on read."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
@@ -54,7 +56,7 @@ class Job(Base):
     owner: Mapped[str] = mapped_column(String(64), index=True, default="default")
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), index=True)
-    recipe: Mapped[dict] = mapped_column(JSON)
+    recipe: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: How many times a worker took the job; every worker write is guarded by it, so a stale worker writes nothing.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     #: Bumped on every change: the ETag, so a poller's If-None-Match costs one indexed read.
@@ -65,9 +67,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    progress: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     device: Mapped[str | None] = mapped_column(String(128), nullable=True)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     experiment_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
@@ -83,9 +85,9 @@ class EpochRecord(Base):
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer)
     phase: Mapped[str] = mapped_column(String(32), default="train")
-    metrics: Mapped[dict] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: Per-layer gradient and saturation figures on the probe batch (GET /v1/jobs/{id}/diagnostics).
-    diagnostics: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    diagnostics: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -107,7 +109,7 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(200))
     format: Mapped[str] = mapped_column(String(8))
     #: Shapes, classes and sample counts: what recipe validation needs without reading the data.
-    info: Mapped[dict] = mapped_column(JSON)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -186,5 +188,5 @@ class Experiment(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), index=True)
     name: Mapped[str] = mapped_column(String(200))
-    spec: Mapped[dict] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -6,7 +6,7 @@ the stored keys are the ones the HTTP representation has always shown under ``pr
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
@@ -46,7 +46,7 @@ class JobPlan(BaseModel):
     params: int | None = Field(None, description="Parameters of the whole model, reused layers included.")
     n_classes: int | None = Field(None, description="Classes of the dataset as the recipe selects it.")
 
-    def stored(self) -> dict:
+    def stored(self) -> dict[str, Any]:
         """The JSON kept in ``progress["plan"]``: keys that do not apply are absent, as they always were."""
         return self.model_dump(mode="json", exclude_none=True)
 

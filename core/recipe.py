@@ -8,28 +8,17 @@ oversized model without importing TensorFlow. Step arithmetic is in ``core.steps
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from collections.abc import Set
+from typing import Annotated, Any, Literal, Self, Union
 
 from pydantic import Field, model_validator
 
 from core.decoder import mirrored_decoder
-from core.errors import LayerChoiceError, ShapeError  # noqa: F401  (re-exported)
-from core.layers import (  # noqa: F401  (re-exported: the recipe's vocabulary)
-    PRUNABLE_TYPES,
-    Activation,
-    DenseLayer,
-    FromList,
-    KernelLayer,
-    Layer,
-    Regularization,
-    Shape,
-    Strict,
-    activation_name,
-    initializer_name,
-)
+from core.errors import LayerChoiceError, ShapeError
+from core.layers import PRUNABLE_TYPES, FromList, KernelLayer, Layer, Regularization, Shape, Strict
 
 
-def _name_layers(layers: list, prefix: str, seen: set[str]) -> None:
+def _name_layers(layers: list[Layer], prefix: str, seen: set[str]) -> None:
     for index, layer in enumerate(layers):
         if layer.name is None:
             layer.name = f"{prefix}{layer.type}_{index}"
@@ -38,9 +27,9 @@ def _name_layers(layers: list, prefix: str, seen: set[str]) -> None:
         seen.add(layer.name)
 
 
-def layer_shapes(layers: list, start: Shape) -> list[tuple[Shape, Shape]]:
+def layer_shapes(layers: list[Layer], start: Shape) -> list[tuple[Shape, Shape]]:
     """(input, output) shape of every layer from ``start``, without the batch axis; ShapeError at a bad one."""
-    shape, out = start, []
+    shape, out = start, list[tuple[Shape, Shape]]()
     for index, layer in enumerate(layers):
         try:
             nxt = layer.output_shape(shape)
@@ -84,7 +73,7 @@ class ClipOptions(Strict):
     global_clipnorm: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _one_norm_clip(self):
+    def _one_norm_clip(self) -> Self:
         if self.clipnorm is not None and self.global_clipnorm is not None:
             raise ValueError("clipnorm and global_clipnorm cannot both be set")
         return self
@@ -119,7 +108,7 @@ class Adam(ClipOptions):
     amsgrad: bool = Field(False, description="adam only")
 
     @model_validator(mode="after")
-    def _amsgrad_is_adam_only(self):
+    def _amsgrad_is_adam_only(self) -> Self:
         if self.amsgrad and self.type != "adam":
             raise ValueError(f"amsgrad is an option of adam, not {self.type}")
         return self
@@ -152,7 +141,7 @@ class PiecewiseConstant(Strict):
     values: list[Annotated[float, Field(gt=0, le=10)]] = Field(min_length=2, max_length=101)
 
     @model_validator(mode="after")
-    def _shape(self):
+    def _shape(self) -> Self:
         if len(self.values) != len(self.boundaries) + 1:
             raise ValueError("values needs one more entry than boundaries")
         if self.boundaries != sorted(set(self.boundaries)):
@@ -173,6 +162,10 @@ LearningRateSchedule = Annotated[
 ]
 
 
+Metric = Literal["accuracy"]
+_ACCURACY: list[Metric] = ["accuracy"]  # typed constants, copied per recipe: a lambda's list literal is list[str]
+
+
 class EarlyStopping(Strict):
     monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
     patience: int = Field(5, ge=0, le=1000)
@@ -182,7 +175,7 @@ class EarlyStopping(Strict):
 class TrainingSpec(Strict):
     optimizer: Optimizer = Field(default_factory=lambda: Adam(type="adam"))
     loss: Literal["sparse_categorical_crossentropy", "binary_crossentropy", "mse"] = "sparse_categorical_crossentropy"
-    metrics: list[Literal["accuracy"]] = Field(default_factory=lambda: ["accuracy"], max_length=4)
+    metrics: list[Metric] = Field(default_factory=lambda: _ACCURACY.copy(), max_length=4)
     epochs: int = Field(10, ge=1, le=100_000)
     batch_size: int = Field(32, ge=1, le=65536)
     learning_rate_schedule: LearningRateSchedule | None = None
@@ -211,7 +204,7 @@ class DatasetSpec(Strict):
                               "(a Normalization layer inside the model, so exports take raw inputs).")
 
     @model_validator(mode="after")
-    def _relabel_keys(self):
+    def _relabel_keys(self) -> Self:
         if self.relabel:
             for key in self.relabel:
                 if not (key.isascii() and key.isdigit() and len(key) <= 6):  # "²" is a digit to isdigit()
@@ -268,7 +261,7 @@ class PruningSpec(Strict):
     post_training_threshold: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _one_method(self):
+    def _one_method(self) -> Self:
         methods = [self.schedule is not None or self.sparsity_m_by_n is not None, self.post_training_threshold is not None]
         if sum(methods) != 1:
             raise ValueError("give a schedule (and/or sparsity_m_by_n) for pruning during training, or "
@@ -285,6 +278,7 @@ class PruningSpec(Strict):
 
 
 ExportFormat = Literal["h5", "keras", "savedmodel", "tflite"]
+_H5_AND_KERAS: list[ExportFormat] = ["h5", "keras"]
 
 
 class TFLiteOptions(Strict):
@@ -293,7 +287,7 @@ class TFLiteOptions(Strict):
 
 
 class ExportSpec(Strict):
-    formats: list[ExportFormat] = Field(default_factory=lambda: ["h5", "keras"], min_length=1, max_length=4)
+    formats: list[ExportFormat] = Field(default_factory=lambda: _H5_AND_KERAS.copy(), min_length=1, max_length=4)
     tflite_options: TFLiteOptions = Field(default_factory=TFLiteOptions)
 
 
@@ -328,7 +322,7 @@ class Recipe(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _head_names(cls, data):
+    def _head_names(cls, data: Any) -> Any:
         """On a transfer, unnamed head layers are ``head_<type>_<i>``: the reused layers own the plain names."""
         if isinstance(data, dict) and data.get("transfer") and isinstance(data.get("model"), dict):
             layers = data["model"].get("layers")
@@ -340,7 +334,7 @@ class Recipe(Strict):
         return data
 
     @model_validator(mode="after")
-    def _kind_rules(self):
+    def _kind_rules(self) -> Self:
         if self.kind == "autoencoder":
             if "loss" not in self.training.model_fields_set:
                 self.training.loss = "mse"
@@ -356,24 +350,24 @@ class Recipe(Strict):
             raise ValueError("reuse 'encoder' builds a new model on an autoencoder's encoder, not another autoencoder")
         return self
 
-    def decoder_layers(self) -> list | None:
+    def decoder_layers(self) -> list[Layer] | None:
         """The decoder (``core.decoder``): [] for a supervised model, None when it cannot be mirrored."""
         if self.kind != "autoencoder":
             return []
         return self.model.decoder if self.model.decoder is not None else mirrored_decoder(self.model.layers,
                                                                                           self.model.input_shape)
 
-    def all_layers(self) -> list:
+    def all_layers(self) -> list[Layer]:
         """Every recipe layer in build order (an autoencoder's decoder after its encoder)."""
         return [*self.model.layers, *(self.decoder_layers() or [])]
 
-    def check_pruned_layers(self, extra_prunable: set[str] = frozenset()) -> None:
+    def check_pruned_layers(self, extra_prunable: Set[str] = frozenset()) -> None:
         """Named layers must exist and be prunable; raises ValueError with the index into ``pruning.layers``.
 
         ``extra_prunable``: prunable layers reused from a transfer base."""
         if not (self.pruning and self.pruning.layers is not None):
             return
-        by_name = {layer.name: layer for layer in self.all_layers()}
+        by_name = {layer.given_name: layer for layer in self.all_layers()}
         for i, name in enumerate(self.pruning.layers):
             if name in extra_prunable:
                 continue
@@ -390,4 +384,4 @@ class Recipe(Strict):
             return []
         if self.pruning.layers is not None:
             return list(self.pruning.layers)
-        return [layer.name for layer in self.all_layers() if layer.type in PRUNABLE_TYPES]
+        return [layer.given_name for layer in self.all_layers() if layer.type in PRUNABLE_TYPES]

@@ -63,7 +63,7 @@ class JobResult(BaseModel):
         None, description="post_training_threshold jobs only: the test metrics before the weights were zeroed.")
     transfer: TransferResult | None = Field(None, description="Transfer jobs only: what was reused.")
 
-    def stored(self) -> dict:
+    def stored(self) -> dict[str, Any]:
         """The JSON kept in ``Job.result``: keys that do not apply are absent, as they always were."""
         return self.model_dump(mode="json", exclude_none=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,9 +95,9 @@ class Settings:
         return self.database_url.startswith("sqlite")
 
 
-def load_settings(**overrides) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     var = _var_dir()
-    values = dict(
+    values: dict[str, Any] = dict(
         database_url=os.environ.get("DATABASE_URL", f"sqlite:///{var / 'trainer.sqlite'}"),
         broker_url=os.environ.get("CELERY_BROKER_URL", f"sqla+sqlite:///{var / 'broker.sqlite'}"),
         artifact_chunk_bytes=_int("TRAINER_ARTIFACT_CHUNK_BYTES", 4 * 1024 * 1024),

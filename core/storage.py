@@ -9,6 +9,8 @@ finish: the figure can go over the limit by what jobs already admitted store.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field, computed_field
 from sqlalchemy import case, delete, func, or_, select
 from sqlalchemy.orm import Session
@@ -31,7 +33,7 @@ class StorageUsage(BaseModel):
     models_bytes: int = Field(description="Finished jobs' exported models and plots")
     checkpoints_bytes: int = Field(description="Running jobs' resumable checkpoints (deleted when a job ends)")
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]  # mypy cannot type a decorated property; pydantic's documented form
     @property
     def free_bytes(self) -> int:
         return max(0, self.limit_bytes - self.used_bytes)
@@ -76,7 +78,7 @@ def admit_job(session: Session, owner: str, settings: Settings) -> None:
                                    f"{current.describe()}")
 
 
-def _active_recipes(session: Session, owner: str) -> list[tuple[str, dict]]:
+def _active_recipes(session: Session, owner: str) -> list[tuple[str, dict[str, Any]]]:
     """The owner's queued and running jobs: at most ``max_queued_per_owner`` plus the running, so a scan in
     Python is cheap and the same on SQLite and PostgreSQL."""
     return list(session.execute(select(Job.id, Job.recipe).where(Job.owner == owner, Job.status.in_(ACTIVE))).all())

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from core.errors import RecipeError
+from core.errors import RecipeError, ShapeError
 from core.layers import PRUNABLE_TYPES, KernelLayer, activation_name
 from core.models import Job, JobStatus
 from core.plan import TransferChoice
-from core.recipe import Recipe, ShapeError, TransferSpec, layer_shapes
+from core.recipe import Recipe, TransferSpec, layer_shapes
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,10 @@ def keras_plan(recipe: Recipe) -> list[KerasLayer]:
         plan.append(KerasLayer("standardize", -1, shape, 0, False))
     layers = recipe.all_layers()
     for index, (layer, (in_shape, out_shape)) in enumerate(zip(layers, layer_shapes(layers, shape))):
-        plan.append(KerasLayer(layer.name, index, out_shape, layer.param_count(in_shape), layer.type in PRUNABLE_TYPES))
+        plan.append(KerasLayer(layer.given_name, index, out_shape, layer.param_count(in_shape),
+                               layer.type in PRUNABLE_TYPES))
         if isinstance(layer, KernelLayer) and activation_name(layer.activation) == "leaky_relu":
-            plan.append(KerasLayer(f"{layer.name}_leaky_relu", index, out_shape, 0, False))
+            plan.append(KerasLayer(f"{layer.given_name}_leaky_relu", index, out_shape, 0, False))
     return plan
 
 
@@ -62,6 +63,8 @@ class TransferPlan:
 def resolve(session: Session, recipe: Recipe, owner: str) -> TransferPlan:
     """The reused layers of the base job, checked against the new head; RecipeError naming the field."""
     spec = recipe.transfer
+    if spec is None:
+        raise ValueError("resolve() is for a recipe with a transfer")
     base = _base_recipe(session, spec.base_job_id, owner)
     if recipe.dataset.standardize:
         raise RecipeError(["dataset", "standardize"], "a transfer job reuses its base's input preprocessing; "

@@ -13,8 +13,9 @@ import csv
 import io
 import math
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -44,6 +45,13 @@ class Arrays:
     y: np.ndarray
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+
+    @property
+    def test(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(x_test, y_test) when the upload brings its own test split: the two come together or not at all."""
+        if self.x_test is None or self.y_test is None:
+            return None
+        return self.x_test, self.y_test
 
 
 def _source(data: bytes | IO[bytes]) -> IO[bytes]:
@@ -101,10 +109,8 @@ def _features(x: np.ndarray, what: str) -> np.ndarray:
 def with_int64_labels(arrays: Arrays) -> Arrays:
     """For the worker: int64 labels (what selection and Keras index with); features stay compact until the split
     widens to float32 only the rows a job uses (``worker.data``)."""
-    def i64(y):
-        return None if y is None else y.astype(np.int64, copy=False)
-
-    return Arrays(arrays.x, i64(arrays.y), arrays.x_test, i64(arrays.y_test))
+    y_test = None if arrays.y_test is None else arrays.y_test.astype(np.int64, copy=False)
+    return Arrays(arrays.x, arrays.y.astype(np.int64, copy=False), arrays.x_test, y_test)
 
 
 # --------------------------------------------------------------------------- .npz
@@ -126,14 +132,19 @@ class Member:
         return self.nbytes + extra
 
 
+#: The stdlib's own reader of a zip's end record; private, so typeshed leaves it (and its index) out.
+_END_RECORD: Callable[[IO[bytes]], list[Any] | None] = zipfile._EndRecData  # type: ignore[attr-defined]
+_ENTRIES_TOTAL: int = zipfile._ECD_ENTRIES_TOTAL  # type: ignore[attr-defined]
+
+
 def _entry_count(stream: IO[bytes]) -> int:
     """From the zip's end record, before ``ZipFile`` builds an object per entry of a central directory
     that could list hundreds of thousands of them."""
-    endrec = zipfile._EndRecData(stream)  # the stdlib's own reader of the end record
+    endrec = _END_RECORD(stream)
     if endrec is None:
         raise DatasetError("not a readable .npz file: no zip end record (a truncated file, or not a zip: np.savez "
                            "writes one, a single .npy is not an .npz)")
-    return int(endrec[zipfile._ECD_ENTRIES_TOTAL])
+    return int(endrec[_ENTRIES_TOTAL])
 
 
 def _declared(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Member:
@@ -232,7 +243,7 @@ class _Lines:
         self.text = text
         self.commas = 0
 
-    def __iter__(self):
+    def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
@@ -280,8 +291,8 @@ def parse_csv(data: bytes | IO[bytes], label_column: str, max_bytes: int | None)
     return arrays
 
 
-def _read_rows(reader, lines: _Lines, header: list[str], label_at: int, max_bytes: int | None,
-               values: array.array, labels: array.array) -> None:
+def _read_rows(reader: Iterator[list[str]], lines: _Lines, header: list[str], label_at: int, max_bytes: int | None,
+               values: array.array[float], labels: array.array[float]) -> None:
     """Each row's numbers appended to ``values`` (features) and ``labels``, the limit checked per row."""
     for line_no, row in enumerate(reader, start=2):
         lines.commas = 0
@@ -308,11 +319,12 @@ def _check_lengths(a: Arrays) -> None:
         raise DatasetError(f"x has {len(a.x)} samples but y has {len(a.y)}")
     if len(a.x) < 2:
         raise DatasetError("at least 2 samples are needed")
-    if a.x_test is not None:
-        if len(a.x_test) != len(a.y_test):
-            raise DatasetError(f"x_test has {len(a.x_test)} samples but y_test has {len(a.y_test)}")
-        if a.x_test.shape[1:] != a.x.shape[1:]:
-            raise DatasetError(f"x_test samples are {list(a.x_test.shape[1:])}, x samples {list(a.x.shape[1:])}")
+    if a.test is not None:
+        x_test, y_test = a.test
+        if len(x_test) != len(y_test):
+            raise DatasetError(f"x_test has {len(x_test)} samples but y_test has {len(y_test)}")
+        if x_test.shape[1:] != a.x.shape[1:]:
+            raise DatasetError(f"x_test samples are {list(x_test.shape[1:])}, x samples {list(a.x.shape[1:])}")
     if int(np.prod(a.x.shape[1:])) > MAX_FEATURES:
         raise DatasetError(f"at most {MAX_FEATURES:,} features per sample")
 
@@ -330,8 +342,11 @@ def parse(data: bytes | IO[bytes], fmt: str, label_column: str | None = None, *,
 def stored(arrays: Arrays) -> io.BytesIO:
     """Compressed, in the compact dtypes: a uint8 image set stays a quarter of its float32 size, and less."""
     buffer = io.BytesIO()
-    extra = {} if arrays.x_test is None else {"x_test": arrays.x_test, "y_test": arrays.y_test}
-    np.savez_compressed(buffer, x=arrays.x, y=arrays.y, **extra)
+    if arrays.test is None:
+        np.savez_compressed(buffer, x=arrays.x, y=arrays.y)
+    else:
+        x_test, y_test = arrays.test
+        np.savez_compressed(buffer, x=arrays.x, y=arrays.y, x_test=x_test, y_test=y_test)
     buffer.seek(0)
     return buffer
 

@@ -12,9 +12,10 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from core import admission, artifacts, job_state, jobs
 from core.errors import Conflict, MalformedRequest, NotFound
+from core.layers import Strict
 from core.models import JobStatus
 from core.queue import dispatch
-from core.recipe import ExportFormat, Recipe, Strict
+from core.recipe import ExportFormat, Recipe
 from core.results import PlotName
 from service.auth import current_owner
 from service.extensions import services
