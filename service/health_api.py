@@ -8,9 +8,10 @@ from service.extensions import services
 from service.problems import COMMON_RESPONSES
 from service.representation import Health, Readiness, documented
 
-# 422 never happens here; documented so flask-openapi3 does not add its own 422 model, which this API never sends
+# 400: single-user mode's Host check runs before every route, these too. 422 never happens here; documented so
+# flask-openapi3 does not add its own 422 model, which this API never sends.
 api = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")],
-                   abp_responses={k: v for k, v in COMMON_RESPONSES.items() if k in (404, 405, 422, 500)})
+                   abp_responses={k: v for k, v in COMMON_RESPONSES.items() if k in (400, 404, 405, 422, 500)})
 
 
 @api.get("/healthz", responses={200: documented("The process is up", Health)})
