@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from flask import Request, redirect, request
+from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 from flask_openapi3.models import Schema
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -40,7 +41,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         responses=problems.COMMON_RESPONSES,
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False  # fields in the models' order
     extensions.init_app(app, settings)
 
     problems.install(app)

@@ -6,9 +6,12 @@ the route that helps). Validation errors keep ``loc`` as the client wrote it, wa
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask, Response, json
+from flask_openapi3.types import ResponseDict
 from pydantic import BaseModel, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -53,12 +56,12 @@ class Problem(BaseModel):
     errors: list[ProblemError] | None = Field(None, description="Invalid requests: each field refused.")
 
 
-def problem_response(description: str) -> dict:
+def problem_response(description: str) -> dict[str, Any]:
     return documented(description, Problem, media=PROBLEM)
 
 
 #: Documented on every operation: what any request may get back.
-COMMON_RESPONSES = {
+COMMON_RESPONSES: ResponseDict = {
     400: problem_response("Malformed request (e.g. invalid JSON), or a Host single-user mode does not answer"),
     401: problem_response("Missing or invalid API token"),
     404: problem_response("No such resource for this owner"),
@@ -111,7 +114,7 @@ def problem(status: int, title: str, detail: str, errors: list | None = None, he
     return Response(json.dumps(body), status=status, mimetype=PROBLEM, headers=headers or {})
 
 
-def _client_loc(schema: dict, loc: tuple, defs: dict) -> list | None:
+def _client_loc(schema: Mapping[str, Any], loc: tuple[Any, ...], defs: dict[str, Any]) -> list | None:
     """``loc`` walked along the core schema that produced it, keeping what the client wrote.
 
     pydantic inserts a tagged union's tag (``"adam"``, ``"dense"``) and a plain union's member label
@@ -130,13 +133,13 @@ def _client_loc(schema: dict, loc: tuple, defs: dict) -> list | None:
     return step(schema, loc, defs)
 
 
-def _tagged_union(schema: dict, loc: tuple, defs: dict) -> list | None:
+def _tagged_union(schema: Mapping[str, Any], loc: tuple[Any, ...], defs: dict[str, Any]) -> list | None:
     """``loc[0]`` is the tag pydantic inserted; the member it names holds the rest."""
     choice = schema["choices"].get(loc[0])
     return None if choice is None else _client_loc(choice, loc[1:], defs)
 
 
-def _union(schema: dict, loc: tuple, defs: dict) -> list | None:
+def _union(schema: Mapping[str, Any], loc: tuple[Any, ...], defs: dict[str, Any]) -> list | None:
     """``loc[0]`` is the label of the member that failed; the member that fits the rest owns it."""
     for choice in schema["choices"]:
         found = _client_loc(choice[0] if isinstance(choice, tuple) else choice, loc[1:], defs)
@@ -145,7 +148,7 @@ def _union(schema: dict, loc: tuple, defs: dict) -> list | None:
     return None
 
 
-def _fields(schema: dict, loc: tuple, defs: dict) -> list | None:
+def _fields(schema: Mapping[str, Any], loc: tuple[Any, ...], defs: dict[str, Any]) -> list | None:
     head, rest = loc[0], loc[1:]
     fields = {f.get("validation_alias") if isinstance(f.get("validation_alias"), str) else name: f
               for name, f in schema["fields"].items()}
@@ -155,7 +158,7 @@ def _fields(schema: dict, loc: tuple, defs: dict) -> list | None:
     return None if found is None else [head, *found]
 
 
-def _item(schema: dict, loc: tuple, defs: dict) -> list | None:
+def _item(schema: Mapping[str, Any], loc: tuple[Any, ...], defs: dict[str, Any]) -> list | None:
     """An item of a collection: an index, or a dict key (``[key]`` follows it when the key itself is wrong)."""
     head, rest = loc[0], loc[1:]
     if schema["type"] == "dict":
@@ -173,7 +176,7 @@ def _item(schema: dict, loc: tuple, defs: dict) -> list | None:
     return None if found is None else [head, *found]
 
 
-def _through_wrapper(schema: dict, loc: tuple, defs: dict) -> list | None:
+def _through_wrapper(schema: Mapping[str, Any], loc: tuple[Any, ...], defs: dict[str, Any]) -> list | None:
     """nullable, default, validators, model, lax-or-strict, json-or-python: ``loc`` goes on inside."""
     for inner in ("schema", "strict_schema", "lax_schema", "json_schema", "python_schema"):
         if isinstance(schema.get(inner), dict):
@@ -187,9 +190,10 @@ _STEPS = {"tagged-union": _tagged_union, "union": _union, "model-fields": _field
           "list": _item, "set": _item, "frozenset": _item, "tuple": _item, "dict": _item}
 
 
-def _schemas_of(title: str) -> list[dict]:
+def _schemas_of(title: str) -> list[Mapping[str, Any]]:
     """The core schemas of the models a ValidationError can be about (its title is the model's name)."""
-    found, stack = [], [BaseModel]
+    found: list[Mapping[str, Any]] = []
+    stack: list[type[BaseModel]] = [BaseModel]
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
@@ -209,7 +213,7 @@ def client_loc(title: str, raw: tuple) -> list:
 
 def pydantic_errors(exc: ValidationError) -> list[dict]:
     """``loc`` as the client wrote it, without the union tags and member labels pydantic inserts."""
-    out = []
+    out: list[dict[str, Any]] = []
     for err in exc.errors(include_url=False):
         raw = err["loc"]
         if err["type"] == "nul_character":  # found by walking the raw input: its loc is already the client's

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
-from sqlalchemy import case
+from sqlalchemy import Table, case
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from core.errors import RateLimited
@@ -69,7 +71,10 @@ class RedisWindows:
             return 0
         name = f"trainer:rate:{key}:{minute}"
         try:
-            made, _ = self.redis.pipeline(transaction=False).incr(name).expire(name, 2 * WINDOW_S).execute()
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.incr(name)
+            pipe.expire(name, 2 * WINDOW_S)
+            made, _ = pipe.execute()
         except self._errors as exc:
             log.warning("rate limit not counted for %.0f s: Redis unreachable (%s)", REDIS_BACKOFF_S, exc)
             self._paused_until = time.monotonic() + REDIS_BACKOFF_S
@@ -81,16 +86,12 @@ class DatabaseWindows:
     """One row per token: its current minute and the requests made in it, bumped by one upsert."""
 
     def __init__(self, is_sqlite: bool):
-        if is_sqlite:
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        self._insert = insert
+        self._insert: Callable[[Table], sqlite.Insert | postgresql.Insert] = (
+            sqlite.insert if is_sqlite else postgresql.insert)
 
     def count(self, session: Session, key: str, minute: int) -> int:
-        table = RateWindow.__table__
-        stmt = self._insert(table).values(token_sha256=key, minute=minute, count=1)
-        stmt = stmt.on_conflict_do_update(
+        table = RateWindow.metadata.tables[RateWindow.__tablename__]
+        stmt = self._insert(table).values(token_sha256=key, minute=minute, count=1).on_conflict_do_update(
             index_elements=[table.c.token_sha256],
             set_={"count": case((table.c.minute == minute, table.c.count + 1), else_=1), "minute": minute},
         ).returning(table.c.count)

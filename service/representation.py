@@ -13,7 +13,7 @@ import io
 import logging
 import typing
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from flask import Response, stream_with_context
 from pydantic import (
@@ -39,6 +39,7 @@ from core.recipe import Recipe
 from core.results import PLOTS, ComparisonRow, JobResult
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 #: Where response schemas are referenced in ``/openapi.json``; ``SCHEMAS`` is merged into its components.
 REF = "#/components/schemas/{model}"
@@ -87,7 +88,7 @@ class ResponseDrift(RuntimeError):
     """A body its own response model refuses: a bug or a stored row that does not fit; a 500, never a 422."""
 
 
-def build(model: type[BaseModel], **fields) -> BaseModel:
+def build(model: type[M], **fields: Any) -> M:
     try:
         return model(**fields)
     except ValidationError as exc:
@@ -123,7 +124,7 @@ class HistoryRow(BaseModel):
     ``seconds``, …) after the three fields every row has."""
 
     model_config = ConfigDict(extra="allow")
-    __pydantic_extra__: dict[str, Number]  # type: ignore[assignment]
+    __pydantic_extra__: dict[str, Number]
 
     epoch: int
     phase: str = Field(description="train, or a transfer job's frozen / fine_tune.")
@@ -162,14 +163,14 @@ class Job(BaseModel):
 
 
 #: A job in the list: the job without its history (derived from ``Job`` so the two cannot drift).
-JobSummary = create_model(
-    "JobSummary", __doc__="A job in the list: every field of the job but its history.",
-    **{name: (field.annotation, field) for name, field in Job.model_fields.items() if name != "history"},
-)
+_SUMMARY_FIELDS: dict[str, Any] = {name: (field.annotation, field) for name, field in Job.model_fields.items()
+                                   if name != "history"}
+JobSummary = create_model("JobSummary", __doc__="A job in the list: every field of the job but its history.",
+                          **_SUMMARY_FIELDS)
 
 
 class JobList(BaseModel):
-    items: list[JobSummary]  # type: ignore[valid-type]
+    items: list[JobSummary]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
 
 
