@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 SMALL = {
     "name": "iris-small",
@@ -19,12 +20,12 @@ SMALL = {
 }
 
 
-def small_recipe(**overrides) -> dict:
+def small_recipe(**overrides: Any) -> dict[str, Any]:
     """A tiny pruned iris model that trains in about a second; ``overrides`` are dotted paths
     (``small_recipe(**{"training.epochs": 2})``)."""
     recipe = copy.deepcopy(SMALL)
     for dotted, value in overrides.items():
-        target = recipe
+        target: Any = recipe  # a dict, or whatever the path leads to
         *path, last = dotted.split(".")
         for part in path:
             target = target[part]

@@ -1,6 +1,9 @@
 """Recipe → a fresh Keras model. Built anew for every job: TF-MOT wraps layer objects in place."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from core import layers as L
@@ -89,8 +92,9 @@ def build_layers(spec, recipe: Recipe, index: int) -> list:
         )
         if isinstance(spec, L.DenseLayer):
             return [keras.layers.Dense(spec.units, **common), *extra]
-        return [keras.layers.Conv2D(spec.filters, spec.kernel_size, strides=spec.strides, padding=spec.padding,
-                                    **common), *extra]
+        if isinstance(spec, L.Conv2DLayer):
+            return [keras.layers.Conv2D(spec.filters, spec.kernel_size, strides=spec.strides, padding=spec.padding,
+                                        **common), *extra]
     if isinstance(spec, L.BatchNormalizationLayer):
         return [keras.layers.BatchNormalization(axis=spec.axis, momentum=spec.momentum, epsilon=spec.epsilon,
                                                 center=spec.center, scale=spec.scale, name=spec.name)]
@@ -99,7 +103,7 @@ def build_layers(spec, recipe: Recipe, index: int) -> list:
         if alpha is not None:
             return [keras.layers.LeakyReLU(alpha=alpha, name=spec.name)]
         return [keras.layers.Activation(spec.activation, name=spec.name)]
-    simple = {
+    simple: dict[type[L.LayerBase], Callable[[], Any]] = {
         L.MaxPooling2DLayer: lambda: keras.layers.MaxPooling2D(spec.pool_size, strides=spec.strides,
                                                                padding=spec.padding, name=spec.name),
         L.GlobalAveragePooling2DLayer: lambda: keras.layers.GlobalAveragePooling2D(name=spec.name),

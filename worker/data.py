@@ -76,6 +76,8 @@ def load(db: Database | None, spec: DatasetSpec) -> uploads.Arrays:
     """``db`` may be None for a built-in (benches, tests): settings then come from the environment."""
     if spec.name in BUILTIN:
         return _builtin(spec.name, db.settings if db is not None else None)
+    if db is None:
+        raise ValueError(f"dataset {spec.name!r} is an upload: reading it needs the database")
     with db.session() as session:
         artifact = session.execute(
             select(Artifact).where(Artifact.dataset_id == spec.name, Artifact.kind == "dataset")
@@ -93,25 +95,20 @@ def split(arrays: uploads.Arrays, spec: DatasetSpec, seed: int) -> Splits:
     x, y = selection.select(arrays.x, arrays.y, spec, n_classes)
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], y[order]
-    own_test = arrays.x_test is not None
-    if own_test:
-        x_test, y_test = selection.select(arrays.x_test, arrays.y_test, spec, n_classes)
-    counts = split_counts(len(x), len(x_test) if own_test else None, spec)
+    own_test = None if arrays.test is None else selection.select(*arrays.test, spec, n_classes)
+    counts = split_counts(len(x), None if own_test is None else len(own_test[0]), spec)
     pool, n_val = counts.pool, counts.validation
-    if not own_test:
-        x_test, y_test = x[pool + n_val:], y[pool + n_val:]
-    val = (x[pool:pool + n_val], y[pool:pool + n_val]) if n_val else (None, None)
+    x_test, y_test = own_test if own_test is not None else (x[pool + n_val:], y[pool + n_val:])
     keep = counts.train
     divisor = BUILTIN[spec.name].input_divisor if spec.name in BUILTIN else 1.0
-    return Splits(_inputs(x[:keep], divisor), y[:keep], _inputs(val[0], divisor), val[1], _inputs(x_test, divisor),
-                  y_test)
+    x_val = _inputs(x[pool:pool + n_val], divisor) if n_val else None
+    y_val = y[pool:pool + n_val] if n_val else None
+    return Splits(_inputs(x[:keep], divisor), y[:keep], x_val, y_val, _inputs(x_test, divisor), y_test)
 
 
-def _inputs(x: np.ndarray | None, divisor: float) -> np.ndarray | None:
+def _inputs(x: np.ndarray, divisor: float) -> np.ndarray:
     """float32 model inputs from stored values (Fashion-MNIST's uint8 pixels / 255), made after the split so
     rows a job does not use are never widened."""
-    if x is None:
-        return None
     if divisor == 1.0:
         return x.astype(np.float32, copy=False)
     return np.divide(x, np.float32(divisor), dtype=np.float32)
@@ -129,11 +126,11 @@ def shaped_for_output(splits: Splits, output_shape: tuple) -> Splits:
     if len(output_shape) != 2 or output_shape[-1] != 1:
         return splits
 
-    def column(y: np.ndarray | None) -> np.ndarray | None:
-        return None if y is None else y.reshape(-1, 1).astype(np.float32)
+    def column(y: np.ndarray) -> np.ndarray:
+        return y.reshape(-1, 1).astype(np.float32)
 
-    return Splits(splits.x_train, column(splits.y_train), splits.x_val, column(splits.y_val), splits.x_test,
-                  column(splits.y_test))
+    y_val = None if splits.y_val is None else column(splits.y_val)
+    return Splits(splits.x_train, column(splits.y_train), splits.x_val, y_val, splits.x_test, column(splits.y_test))
 
 
 def standardization(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -46,7 +46,7 @@ def tflite_bytes(model, options: TFLiteOptions) -> bytes:
 def strip_and_export(model, spec: ExportSpec, directory: Path) -> dict[str, Path]:
     """``model`` is already stripped of pruning wrappers; each file loads with stock tf_keras / tf.lite."""
     model = portable(model)
-    out = {}
+    out: dict[str, Path] = {}
     for fmt in spec.formats:
         path = directory / FILENAMES[fmt]
         if fmt == "h5":

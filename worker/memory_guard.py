@@ -194,6 +194,8 @@ class MemoryGuard:
     def _record(self) -> None:
         while self._unrecorded:
             pid, error = self._unrecorded[0]
+            if self.db is None:
+                raise RuntimeError("start() opens the database the guard records in")
             try:
                 with self.db.session() as session:
                     job_id = job_state.fail_running_on(session, worker_name(pid), error)

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.recipe import PolynomialDecay, Recipe  # noqa: E402
+from core.recipe import ConstantSparsity, PolynomialDecay, Recipe  # noqa: E402
 from core.results import PLOTS, PlotName  # noqa: E402
 
 
@@ -45,9 +45,8 @@ def curves(history: list[dict]) -> bytes:
     return _png(fig)
 
 
-def target_sparsity(recipe: Recipe, step: int, end_step: int) -> float:
+def target_sparsity(schedule: PolynomialDecay | ConstantSparsity, step: int, end_step: int) -> float:
     """The schedule's own formula (TF-MOT's PolynomialDecay / ConstantSparsity), for comparison."""
-    schedule = recipe.pruning.schedule
     if step < schedule.begin_step:
         return 0.0
     if isinstance(schedule, PolynomialDecay):
@@ -60,9 +59,10 @@ def sparsity(history: list[dict], recipe: Recipe, steps_per_epoch: int, end_step
     fig, ax = plt.subplots(figsize=(6, 3.6))
     steps = [row["epoch"] * steps_per_epoch for row in history]
     ax.plot(steps, [row.get("sparsity", 0.0) for row in history], "o-", label="measured (kernels of pruned layers)")
-    if recipe.pruning and recipe.pruning.schedule and end_step:
+    schedule = recipe.pruning.schedule if recipe.pruning else None
+    if schedule and end_step:
         grid = np.linspace(0, max(steps or [1]), 200)
-        ax.plot(grid, [target_sparsity(recipe, int(s), end_step) for s in grid], "--", label="schedule target")
+        ax.plot(grid, [target_sparsity(schedule, int(s), end_step) for s in grid], "--", label="schedule target")
     ax.set_xlabel("training step")
     ax.set_ylabel("sparsity")
     ax.set_ylim(-0.02, 1.02)
@@ -86,7 +86,7 @@ def weights(initial: list[np.ndarray], final: list[np.ndarray]) -> bytes:
     before = np.concatenate([k.ravel() for k in initial]) if initial else np.zeros(1)
     after = np.concatenate([k.ravel() for k in final]) if final else np.zeros(1)
     limit = float(np.percentile(np.abs(np.concatenate([before, after])), 99.5)) or 1.0
-    bins = np.linspace(-limit, limit, 81)
+    bins = np.linspace(-limit, limit, 81).tolist()
     ax.hist(before, bins=bins, alpha=0.5, label="at initialization")
     ax.hist(after, bins=bins, alpha=0.5, label=f"trained ({np.mean(after == 0):.0%} exactly zero)")
     ax.set_yscale("log")

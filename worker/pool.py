@@ -25,10 +25,12 @@ REAP_GIVE_UP_S = 2.0  # after this the pool's own 5 s timer still replaces the c
 lost_child_listeners: list[Callable[[int, int], None]] = []
 
 
-class TellsLostChildren:
-    """Tells ``lost_child_listeners`` of a child that died running a job, then lets the pool mark it lost."""
+class TellsLostChildren(billiard_pool.Pool):
+    """Tells ``lost_child_listeners`` of a child that died running a job, then lets the pool mark it lost.
 
-    def on_job_process_lost(self, job, pid, exitcode):
+    A mixin placed before the pool class it extends (the MRO is the same as a plain mixin's)."""
+
+    def on_job_process_lost(self, job: object, pid: int, exitcode: int) -> None:
         for listener in lost_child_listeners:
             try:
                 listener(pid, exitcode)

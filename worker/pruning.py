@@ -30,19 +30,21 @@ def prune_schedule(spec: PolynomialDecay | ConstantSparsity | None, end_step: in
 def apply(model, recipe: Recipe, end_step: int | None, names: list[str]):
     """Returns (model with wrappers, names pruned). Other layers are kept as they are, weights included."""
     spec = recipe.pruning
-    names = set(names)
+    if spec is None:
+        raise ValueError("apply() is for a recipe that prunes")
+    chosen = set(names)
     options = {"pruning_schedule": prune_schedule(spec.schedule, end_step), "block_size": tuple(spec.block_size),
                "block_pooling_type": spec.block_pooling_type}
     if spec.sparsity_m_by_n:
         options["sparsity_m_by_n"] = tuple(spec.sparsity_m_by_n)
 
     def clone(layer):
-        if layer.name in names:
+        if layer.name in chosen:
             return sparsity.prune_low_magnitude(layer, **options)
         return layer
 
     pruned = keras.models.clone_model(model, clone_function=clone)
-    return pruned, sorted(names)
+    return pruned, sorted(chosen)
 
 
 def strip(model):

@@ -36,6 +36,8 @@ class Reconciler:
         self._stop.set()
 
     def run_once(self) -> dict[str, list[str]]:
+        if self.db is None:
+            raise RuntimeError("start() opens the database the reconciler works on")
         with self.db.session() as session:
             found = reconcile(session, self.settings)
         for job_id in found["redispatch"]:

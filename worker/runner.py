@@ -28,7 +28,7 @@ from core.errors import JobStopped
 from core.models import Job, JobStatus, utcnow
 from core.plan import JobPlan, TransferChoice
 from core.recipe import Recipe
-from core.results import JobResult, TransferResult
+from core.results import FileSize, JobResult, PlotName, TransferResult
 from core.settings import Settings
 from worker import checkpoint
 
@@ -226,7 +226,7 @@ def _maybe_compare(db: Database, settings: Settings, job_id: str) -> None:
         with db.session() as session:
             experiment_id = session.scalar(select(Job.experiment_id).where(Job.id == job_id))
             curves = experiments.finished_curves(session, experiment_id) if experiment_id else None
-        if curves is None:
+        if experiment_id is None or curves is None:
             return
         from worker import plots
 
@@ -295,10 +295,11 @@ def _result(outcome, files: dict[str, Path], job_plan: JobPlan) -> JobResult:
     from worker import export
 
     transfer = None
-    if outcome.transfer is not None:
+    if outcome.transfer is not None and job_plan.transfer is not None:  # a transfer outcome comes from its plan
         transfer = TransferResult(**job_plan.transfer.model_dump(), **outcome.transfer)
+    sizes = {fmt: FileSize(**size) for fmt, size in export.sizes(files).items()}
     return JobResult(test=outcome.test, **export.sparsity_report(outcome.model, outcome.pruned_layers),
-                     sizes=export.sizes(files), epochs_run=outcome.epochs_run,
+                     sizes=sizes, epochs_run=outcome.epochs_run,
                      train_seconds=round(outcome.seconds, 3), test_before_threshold=outcome.test_before_threshold,
                      transfer=transfer)
 
@@ -333,7 +334,7 @@ def _export_and_store(run: JobRun, recipe: Recipe, outcome, job_plan: JobPlan) -
         with_retries(store, run.settings.db_retry_s, "storing the trained model")
 
 
-def _render_plots(run: JobRun, recipe: Recipe, outcome, result: dict, job_plan: JobPlan) -> dict[str, bytes]:
+def _render_plots(run: JobRun, recipe: Recipe, outcome, result: dict, job_plan: JobPlan) -> dict[PlotName, bytes]:
     """Pictures are a courtesy: a failure to draw them is logged, never a failed job."""
     try:
         from worker import plots

@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -192,10 +192,11 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
             epochs_run = _fit_plain(run, recipe, resume)
         final = pruning.strip(model) if pruned_names else model
         before = None
-        if recipe.pruning and not recipe.pruning.during_training:
+        threshold = recipe.pruning.post_training_threshold if recipe.pruning else None
+        if threshold is not None:  # the naive baseline: pruning after training, not during it
             before = _evaluate(final, recipe, splits, stats)
             pruned_names = pruned_layers if pruned_layers is not None else recipe.pruned_layer_names()
-            pruning.threshold_after_training(final, pruned_names, recipe.pruning.post_training_threshold)
+            pruning.threshold_after_training(final, pruned_names, threshold)
         test = _evaluate(final, recipe, splits, stats)
     return Outcome(
         model=final, test=test, epochs_run=epochs_run, stopped=run.progress.stopped, pruned_layers=pruned_names,
@@ -218,8 +219,8 @@ def _prune_during_training(model, recipe: Recipe, end_step: int | None, pruned_l
 class _Fitting:
     """What both fit paths share: the model, the arguments of every ``fit`` call and the progress callback."""
 
-    model: object
-    fit: dict
+    model: Any  # a Keras model (TensorFlow is untyped here)
+    fit: dict[str, Any]
     progress: _Progress
 
 
@@ -252,6 +253,8 @@ def _fit_transfer(run: _Fitting, recipe: Recipe, transfer: Transfer) -> tuple[in
     """Phase 1 trains the head with the reused layers frozen; phase 2 thaws the chosen ones at the fine-tune
     rate. The epochs run, and the reused layers' checksums after each phase."""
     model, progress, epochs = run.model, run.progress, recipe.training.epochs
+    if recipe.transfer is None:
+        raise ValueError("_fit_transfer is for a recipe with a transfer")
     reused = {layer.name for layer in transfer.layers}
     wrapped = [layer for layer in model.layers if getattr(layer, "layer", layer).name in reused]
     checksums = {"base": reuse.checksums(wrapped)}
