@@ -61,8 +61,13 @@ bench: install
 bench-load: install
 	$(BIN)/python -m bench.load 60
 
+## ruff's rules and its format check, mypy (strict on core/ and client/trainer_client/; [tool.mypy] in
+## pyproject.toml names the packages), and the container files (lint-containers, deploy/podman/compose.mk).
+LINTED := core service worker stack client tests bench examples
 lint: install lint-containers
-	$(BIN)/ruff check core service worker tests bench examples client stack
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 
 clean:
 	rm -rf var/ .pytest_cache

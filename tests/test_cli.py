@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from trainer_client import ChecksumMismatch, Client, TrainerClientError, sha256_file, verify_sha256
+from trainer_client.cli import cli
 
 from core.settings import ROOT
 from service.app import create_app
 from tests.conftest import LiveServer
 from tests.support import UNTIL_CANCELLED, small_recipe, wait_for, wait_until
-from trainer_client import ChecksumMismatch, Client, TrainerClientError, sha256_file, verify_sha256
-from trainer_client.cli import cli
 
 WAIT = ("--wait", "--poll", "0.2", "--timeout", "120")  # a broken worker fails the test instead of hanging it
 DIVERGES = {
