@@ -1,6 +1,7 @@
 """The seed's model-A / model-B story on Fashion-MNIST, through the API with the SDK.
 
     python examples/transfer/story.py [URL] [--seeds 42 43 44 45 46] [--optimizers sgd nadam] [--json out.json]
+        [--model-a JOB_ID ...]   (reuse finished model-A jobs, one per seed)
 
 For every seed: model A (``1-model-A.json``: the 8 classes other than sandal and shirt, dense SELU
 300-100-50-50-50, LeCun normal, plain SGD, 20 epochs) is trained once; then, for every optimizer, model B
@@ -28,6 +29,7 @@ HERE = Path(__file__).parent
 #: optimizer of B's first phase, and the fine-tune rate (10× lower) of B-on-A's second
 OPTIMIZERS = {
     "sgd": ({"type": "sgd", "learning_rate": 0.01}, 0.001),
+    "sgd-book": ({"type": "sgd", "learning_rate": 0.001}, 0.0001),  # the book's notebook: SGD(1e-3), then 1e-4
     "adam": ({"type": "adam", "learning_rate": 0.001}, 0.0001),
     "nadam": ({"type": "nadam", "learning_rate": 0.001}, 0.0001),
 }
@@ -58,12 +60,12 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f} [{min(values):.4f}–{max(values):.4f}]"
 
 
-def run(url: str, seeds: list[int], optimizers: list[str]) -> dict:
+def run(url: str, seeds: list[int], optimizers: list[str], model_a: list[str] | None = None) -> dict:
     rows = []
     started = time.perf_counter()
     with Client(url) as client:
-        for seed in seeds:
-            a = train(client, recipe("1-model-A", seed))
+        for i, seed in enumerate(seeds):
+            a = client.job(model_a[i]) if model_a else train(client, recipe("1-model-A", seed))
             row = {"seed": seed, "model_a_job": a.id, "model_a": a.result["test"]["accuracy"]}
             for opt in optimizers:
                 scratch = train(client, recipe("2-model-B-scratch", seed, opt))
@@ -91,9 +93,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("url", nargs="?", default="http://127.0.0.1:8000")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
     parser.add_argument("--optimizers", nargs="+", choices=sorted(OPTIMIZERS), default=["sgd", "nadam"])
+    parser.add_argument("--model-a", nargs="+", metavar="JOB_ID",
+                        help="reuse these finished model-A jobs, one per seed, instead of training A again")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
-    out = run(args.url, args.seeds, args.optimizers)
+    if args.model_a and len(args.model_a) != len(args.seeds):
+        parser.error("--model-a needs one job id per seed")
+    out = run(args.url, args.seeds, args.optimizers, args.model_a)
     for label, value in out["summary"].items():
         print(f"{label:<34} {value}")
     print(f"{len(args.seeds)} seeds in {out['wall_seconds']:.0f} s")
