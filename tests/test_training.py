@@ -109,3 +109,14 @@ def test_exported_h5_loads_with_stock_keras_and_predicts_like_the_trained_model(
         loaded = keras.models.load_model(files[fmt])
         np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
     assert files["savedmodel"].stat().st_size > 0 and files["tflite"].read_bytes()[4:8] == b"TFL3"
+
+
+def test_a_feature_constant_in_training_is_left_unscaled_not_blown_up():
+    from worker.data import standardization
+
+    x = np.zeros((20, 3), np.float32)
+    x[:, 1] = np.arange(20)
+    mean, var = standardization(x)
+    assert var[0] == var[2] == 1.0 and var[1] == pytest.approx(np.arange(20).var())
+    test_ink = (np.array([0.9, 5.0, 0.0], np.float32) - mean) / np.sqrt(var)
+    assert np.abs(test_ink).max() < 10
