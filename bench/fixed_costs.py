@@ -88,7 +88,7 @@ def measure(label: str, recipe: Recipe, repeats: int, dbs: dict) -> dict:
     end_step = plan(recipe, describe(BUILTIN["fashion_mnist"], recipe.dataset))["pruning_end_step"]
     keras.utils.set_random_seed(recipe.seed)
     build_s, (model, names) = timed(lambda: built(recipe, end_step), repeats)
-    params = model.count_params()
+    params = builder.build_model(recipe).count_params()  # the recipe's; the wrapped model also counts masks
     row("model build (layers + TF-MOT wrappers + compile)", build_s,
         f"Python: Keras layer objects and TF-MOT's clone_model; not the {params:,} parameters")
     small = to_dataset(splits.x_train[:256], splits.y_train[:256], recipe.training.batch_size, recipe.seed)
