@@ -261,7 +261,6 @@ def fashion_pairs(http: httpx.Client, env: dict, epochs: int, pairs: int) -> dic
             "finished_to_downloaded_s": round(service_s - (finished - t), 3),
             "checkpoint_first": {"bytes": int(checkpoint.group(1)), "ms": int(checkpoint.group(2))} if checkpoint
             else None,
-            "checkpoints_written": len(re.findall(r"checkpoint", logs)),
         })
     ratios = [r["ratio"] for r in runs]
     med = lambda key: round(statistics.median(r[key] for r in runs), 3)  # noqa: E731
