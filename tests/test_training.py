@@ -72,6 +72,34 @@ def test_stop_request_ends_training_at_a_batch_boundary(iris):
     assert outcome.stopped == "cancelled" and len(recorder.epochs) == 2
 
 
+class _CountingChecks(Recorder):
+    """Counts how often training asked whether to stop: once per call into the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.checks = 0
+
+    def stop_reason(self):
+        self.checks += 1
+        return None
+
+
+def test_a_long_run_checks_for_a_stop_every_16_steps_and_trains_the_same_weights(iris, monkeypatch):
+    from worker import training
+
+    # iris: 108 training rows at batch 1 = 108 steps per epoch; 19 epochs = 2,052 steps, a "long" run
+    long_run = small_recipe(**{"training.batch_size": 1, "training.epochs": 19})
+    batched = _CountingChecks()
+    outcome, _ = train(long_run, iris, batched)
+    assert batched.checks == 19 * -(-108 // training.STEPS_PER_EXECUTION)
+    monkeypatch.setattr(training, "BATCHED_FROM_STEPS", 10**9)  # one step per call, as before
+    stepwise = _CountingChecks()
+    again, _ = train(long_run, iris, stepwise)
+    assert stepwise.checks == 19 * 108
+    for a, b in zip(outcome.model.get_weights(), again.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_l1_regularisation_without_pruning_trains_and_reports_no_pruned_layer(iris):
     from worker.export import sparsity_report
 

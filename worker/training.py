@@ -64,8 +64,8 @@ class Outcome:
 
 
 class _Progress(keras.callbacks.Callback):
-    """Reports each epoch, stops within ``STEPS_PER_EXECUTION`` batches when asked, and fails fast on a NaN/inf
-    loss (seen at the same granularity)."""
+    """Reports each epoch, stops at a batch boundary when asked (within ``STEPS_PER_EXECUTION`` batches in a
+    long run), and fails fast on a NaN/inf loss (seen at the same granularity)."""
 
     def __init__(self, hooks: Hooks, measure_sparsity: Callable[[], float | None], probe: Probe | None):
         super().__init__()
@@ -138,17 +138,24 @@ def _targets(recipe: Recipe, x, y, stats):
     return (x - mean) / np.sqrt(np.maximum(variance, 1e-7))
 
 
-#: Training steps Keras runs per call into the graph (one Python round trip, one ``_Progress`` batch check).
-#: A per-batch Python callback cost a small model about a quarter of its CPU time per epoch (the seed's MLP on
-#: Fashion-MNIST: 3.6 vs 2.65 CPU-s, ``bench/throughput.py``); per 16 steps it is noise. The weights are
-#: bit-identical; a stop request or a NaN loss is then seen within 16 steps instead of one.
+#: Training steps Keras runs per call into the graph (one Python round trip, one ``_Progress`` batch check) in a
+#: run of at least ``BATCHED_FROM_STEPS`` steps. A per-batch Python callback cost the seed's MLP on Fashion-MNIST
+#: about a quarter of its CPU per epoch (3.6 vs 2.65 CPU-s, same weights bit for bit); the graph loop costs a
+#: little more tracing once, which a short run (the contract's digits recipe: 1,230 steps) does not win back.
+#: A stop request or a NaN loss is then seen within 16 steps instead of one.
 STEPS_PER_EXECUTION = 16
+BATCHED_FROM_STEPS = 2048
 
 
-def _compile(model, recipe: Recipe, learning_rate: float | None = None) -> None:
+def steps_per_execution(n_train: int, recipe: Recipe) -> int:
+    total = math.ceil(n_train / recipe.training.batch_size) * recipe.training.epochs
+    return STEPS_PER_EXECUTION if total >= BATCHED_FROM_STEPS else 1
+
+
+def _compile(model, recipe: Recipe, learning_rate: float | None = None, steps: int = 1) -> None:
     model.compile(optimizer=builder.build_optimizer(recipe, learning_rate), loss=recipe.training.loss,
                   metrics=list(recipe.training.metrics), jit_compile=recipe.training.jit_compile,
-                  steps_per_execution=STEPS_PER_EXECUTION)
+                  steps_per_execution=steps)
 
 
 def placement(recipe: Recipe, device: str):
@@ -217,6 +224,7 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
         progress = _Progress(hooks, measure, probe)
         callbacks += [progress, *_callbacks(recipe)]
         batch = recipe.training.batch_size
+        per_call = steps_per_execution(len(splits.x_train), recipe)
         train_ds = to_dataset(splits.x_train, y_train, batch, shuffle_seed=recipe.seed)
         val_ds = None
         if splits.x_val is not None:
@@ -231,20 +239,20 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
             if frozen_epochs:
                 for layer in wrapped:
                     layer.trainable = False
-                _compile(model, recipe)  # a change of trainable takes effect only on compile
+                _compile(model, recipe, steps=per_call)  # a change of trainable takes effect only on compile
                 progress.phase = "frozen"
                 epochs_run = len(model.fit(epochs=frozen_epochs, **fit).epoch)
                 checksums["frozen"] = reuse.checksums(wrapped)
             if epochs_run == frozen_epochs and progress.stopped is None and frozen_epochs < epochs:
                 for layer in wrapped:
                     layer.trainable = getattr(layer, "layer", layer).name in transfer.unfreeze
-                _compile(model, recipe, transfer.fine_tune_learning_rate)
+                _compile(model, recipe, transfer.fine_tune_learning_rate, steps=per_call)
                 progress.phase = "fine_tune"
                 history = model.fit(epochs=epochs, initial_epoch=frozen_epochs, **fit)
                 epochs_run += len(history.epoch)
                 checksums["fine_tune"] = reuse.checksums(wrapped)
         else:
-            _compile(model, recipe)
+            _compile(model, recipe, steps=per_call)
             progress.checkpointable = True
             start = 0
             if resume is not None:
