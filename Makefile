@@ -44,7 +44,7 @@ test: install browser fashion-mnist
 test-fast: install
 	$(BIN)/pytest -m "not worker"
 
-## Every benchmark (about 20 min; each writes bench/results/*.json and prints its table; README quotes them).
+## Every benchmark (about 60 min, the Fashion-MNIST ones 40; each writes bench/results/*.json and prints its table; README quotes them).
 bench: install
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.overhead --redis
@@ -56,6 +56,11 @@ bench: install
 	$(BIN)/python -m bench.sparsity
 	$(BIN)/python -m bench.checkpoint
 	$(BIN)/python -m bench.footprint
+	$(BIN)/python -m bench.overhead --fashion
+	$(BIN)/python -m bench.overhead --fashion --redis
+	$(BIN)/python -m bench.throughput --fashion
+	$(BIN)/python -m bench.fixed_costs
+	$(BIN)/python -m bench.upload_scale
 
 ## 50 pollers + 10 submitters for 60 s with wrk while a job trains (installs wrk if missing).
 bench-load: install

@@ -20,6 +20,8 @@ from tests.support import start_worker
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+#: The database of tests that flush their broker themselves; two suites run at once need two pairs of these.
+ISOLATED_REDIS_DB = os.environ.get("TEST_REDIS_ISOLATED_DB", "14")
 FAST = dict(heartbeat_interval_s=0.5, reconcile_interval_s=1.0, single_user=True)
 
 
@@ -78,7 +80,7 @@ def isolated_backend(request, tmp_path) -> Settings:
         upgrade(settings)
         yield settings
         return
-    broker = REDIS_URL.rsplit("/", 1)[0] + "/14"
+    broker = REDIS_URL.rsplit("/", 1)[0] + "/" + ISOLATED_REDIS_DB
     flush_redis(broker)
     with scratch_database(PG_ADMIN_URL, "trainer_iso") as url:
         settings = load_settings(database_url=url, broker_url=broker, **FAST)

@@ -72,6 +72,34 @@ def test_stop_request_ends_training_at_a_batch_boundary(iris):
     assert outcome.stopped == "cancelled" and len(recorder.epochs) == 2
 
 
+class _CountingChecks(Recorder):
+    """Counts how often training asked whether to stop: once per call into the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.checks = 0
+
+    def stop_reason(self):
+        self.checks += 1
+        return None
+
+
+def test_a_long_run_checks_for_a_stop_every_16_steps_and_trains_the_same_weights(iris, monkeypatch):
+    from worker import training
+
+    # iris: 108 training rows at batch 1 = 108 steps per epoch; 19 epochs = 2,052 steps, a "long" run
+    long_run = small_recipe(**{"training.batch_size": 1, "training.epochs": 19})
+    batched = _CountingChecks()
+    outcome, _ = train(long_run, iris, batched)
+    assert batched.checks == 19 * -(-108 // training.STEPS_PER_EXECUTION)
+    monkeypatch.setattr(training, "BATCHED_FROM_STEPS", 10**9)  # one step per call, as before
+    stepwise = _CountingChecks()
+    again, _ = train(long_run, iris, stepwise)
+    assert stepwise.checks == 19 * 108
+    for a, b in zip(outcome.model.get_weights(), again.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_l1_regularisation_without_pruning_trains_and_reports_no_pruned_layer(iris):
     from worker.export import sparsity_report
 
@@ -109,3 +137,14 @@ def test_exported_h5_loads_with_stock_keras_and_predicts_like_the_trained_model(
         loaded = keras.models.load_model(files[fmt])
         np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
     assert files["savedmodel"].stat().st_size > 0 and files["tflite"].read_bytes()[4:8] == b"TFL3"
+
+
+def test_a_feature_constant_in_training_is_left_unscaled_not_blown_up():
+    from worker.data import standardization
+
+    x = np.zeros((20, 3), np.float32)
+    x[:, 1] = np.arange(20)
+    mean, var = standardization(x)
+    assert var[0] == var[2] == 1.0 and var[1] == pytest.approx(np.arange(20).var())
+    test_ink = (np.array([0.9, 5.0, 0.0], np.float32) - mean) / np.sqrt(var)
+    assert np.abs(test_ink).max() < 10

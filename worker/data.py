@@ -134,9 +134,13 @@ def shaped_for_output(splits: Splits, output_shape: tuple) -> Splits:
 
 
 def standardization(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance per feature (per channel for images) of the training inputs only."""
+    """Mean and variance per feature (per channel for images) of the training inputs only.
+
+    A feature constant over the training rows gets a variance of 1 (scikit-learn's choice): Keras divides by
+    max(std, 1e-7), so a never-inked pixel of a small training set turned a test image's ink into ~1e7."""
     axes = tuple(range(x_train.ndim - 1))
-    return x_train.mean(axis=axes), x_train.var(axis=axes)
+    var = x_train.var(axis=axes)
+    return x_train.mean(axis=axes), np.where(var < 1e-12, 1.0, var).astype(var.dtype)
 
 
 def to_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None):
