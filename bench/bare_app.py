@@ -3,6 +3,7 @@
 ``gunicorn 'bench.bare_app:create_app()'``: ``GET /const`` is a constant JSON body, ``GET /file`` is
 ``send_file`` of the path in ``BENCH_FILE`` (local disk), ``GET /healthz`` says it is up.
 """
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ behaviour) and with the default policy — and reports per epoch the checkpoint'
 (capture + write + commit), how many epochs got one, and the share of the training time they took.
 Writes ``bench/results/checkpoint.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,19 +28,31 @@ from worker import data, training
 from worker.runner import JobRun
 
 TINY = {
-    "name": "iris-tiny", "dataset": {"name": "iris", "test_fraction": 0.2, "validation_fraction": 0.1}, "seed": 7,
-    "model": {"input_shape": [4], "layers": [
-        {"type": "dense", "units": 16, "activation": "relu"}, {"type": "dense", "units": 3, "activation": "softmax"}]},
+    "name": "iris-tiny",
+    "dataset": {"name": "iris", "test_fraction": 0.2, "validation_fraction": 0.1},
+    "seed": 7,
+    "model": {
+        "input_shape": [4],
+        "layers": [
+            {"type": "dense", "units": 16, "activation": "relu"},
+            {"type": "dense", "units": 3, "activation": "softmax"},
+        ],
+    },
     "training": {"optimizer": {"type": "adam", "learning_rate": 0.01}, "epochs": 30, "batch_size": 16},
 }
 WIDE = {
-    "name": "digits-wide-4M", "dataset": {"name": "digits", "test_fraction": 0.2, "validation_fraction": 0.1},
+    "name": "digits-wide-4M",
+    "dataset": {"name": "digits", "test_fraction": 0.2, "validation_fraction": 0.1},
     "seed": 1,
-    "model": {"input_shape": [64], "layers": [
-        {"type": "dense", "units": 2048, "activation": "relu"}, {"type": "dense", "units": 2048, "activation": "relu"},
-        {"type": "dense", "units": 10, "activation": "softmax"}]},
-    "training": {"optimizer": {"type": "adam", "learning_rate": 0.001}, "epochs": 8, "batch_size": 64,
-                 "diagnostics": False},
+    "model": {
+        "input_shape": [64],
+        "layers": [
+            {"type": "dense", "units": 2048, "activation": "relu"},
+            {"type": "dense", "units": 2048, "activation": "relu"},
+            {"type": "dense", "units": 10, "activation": "softmax"},
+        ],
+    },
+    "training": {"optimizer": {"type": "adam", "learning_rate": 0.001}, "epochs": 8, "batch_size": 64, "diagnostics": False},
 }
 
 
@@ -57,8 +70,9 @@ def train_once(db: Database, settings: Settings, raw: dict, max_share: float, in
     with db.session() as session:
         attempt = job_state.claim(session, job_id, "bench")
         plan = JobPlan.model_validate(jobs.get_any(session, job_id).progress["plan"])
-    run = JobRun(db, replace(settings, checkpoint_max_share=max_share, checkpoint_interval_s=interval_s), job_id,
-                 attempt, recipe, {})
+    run = JobRun(
+        db, replace(settings, checkpoint_max_share=max_share, checkpoint_interval_s=interval_s), job_id, attempt, recipe, {}
+    )
     costs: list[tuple[float, int]] = []
     record = run.checkpoints.record
 
@@ -76,19 +90,22 @@ def train_once(db: Database, settings: Settings, raw: dict, max_share: float, in
 
     run.on_epoch = timed
     splits = data.split(data.load(None, recipe.dataset), recipe.dataset, recipe.seed)
-    outcome = training.train(recipe, splits, run, end_step=plan.get("pruning_end_step"),
-                             pruned_layers=plan.get("pruned_layers"))
+    outcome = training.train(
+        recipe, splits, run, end_step=plan.get("pruning_end_step"), pruned_layers=plan.get("pruned_layers")
+    )
     with db.session() as session:
         epoch_s = [row["seconds"] for row in jobs.history(session, job_id)]
         job_state.finish(session, job_id, attempt, JobStatus.SUCCEEDED, result={})
     spent = sum(seconds for seconds, _ in costs)
     steady = sum(seconds for seconds, _ in costs[1:])  # epoch 1's checkpoint is written before ends[0]
     return {
-        "epochs": outcome.epochs_run, "checkpoints": len(costs),
+        "epochs": outcome.epochs_run,
+        "checkpoints": len(costs),
         "checkpoint_bytes": costs[0][1] if costs else 0,
         "checkpoint_ms_median": round(statistics.median(s for s, _ in costs) * 1000, 1) if costs else 0,
         "epoch_ms_median": round(statistics.median(epoch_s) * 1000, 1),
-        "train_seconds": round(outcome.seconds, 2), "checkpoint_seconds": round(spent, 3),
+        "train_seconds": round(outcome.seconds, 2),
+        "checkpoint_seconds": round(spent, 3),
         "share_of_training": round(spent / outcome.seconds, 4),
         "next_checkpoint_after_s": round(run.checkpoints.spacing_s(), 2),
         "share_after_epoch_1": round(steady / (ends[-1] - ends[0]), 4),
@@ -102,27 +119,42 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--models", default="tiny,contract,wide")
     args = parser.parse_args()
-    results = {**machine(), "what": "no checkpoint after epoch 1 vs one after every epoch (max_share 0, the old "
-               "behaviour) vs the default policy (max_share 0.05; a state up to 256 KiB after every epoch)",
-               "runs": []}
+    results = {
+        **machine(),
+        "what": "no checkpoint after epoch 1 vs one after every epoch (max_share 0, the old "
+        "behaviour) vs the default policy (max_share 0.05; a state up to 256 KiB after every epoch)",
+        "runs": [],
+    }
     # ckpt ms: capture + write + commit, median; epoch ms: training only; wall ms: epoch to epoch, all included;
     # share: checkpoint time over the wall time from epoch 2 on ("none" writes epoch 1's only)
-    print(f"{'backend':9}{'model':10}{'params':>10}{'policy':>8}{'ckpt bytes':>12}{'ckpt ms':>9}{'epoch ms':>10}"
-          f"{'wall ms':>9}{'written':>9}{'share':>8}")
+    print(
+        f"{'backend':9}{'model':10}{'params':>10}{'policy':>8}{'ckpt bytes':>12}{'ckpt ms':>9}{'epoch ms':>10}"
+        f"{'wall ms':>9}{'written':>9}{'share':>8}"
+    )
     for name in args.backends.split(","):
         with backend(name) as be:
             settings = be.settings()
             db = Database(settings)
             for model in args.models.split(","):
                 raw = recipes()[model]
-                for label, share, interval in (("none", 0.0, 1e12), ("every", 0.0, 0.0),
-                                               ("policy", settings.checkpoint_max_share, 0.0)):
-                    row = {"backend": name, "model": model, "policy": label,
-                           **train_once(db, settings, raw, share, interval)}
+                for label, share, interval in (
+                    ("none", 0.0, 1e12),
+                    ("every", 0.0, 0.0),
+                    ("policy", settings.checkpoint_max_share, 0.0),
+                ):
+                    row = {
+                        "backend": name,
+                        "model": model,
+                        "policy": label,
+                        **train_once(db, settings, raw, share, interval),
+                    }
                     results["runs"].append(row)
-                    print(f"{name:9}{model:10}{row['params']:>10,}{label:>8}{row['checkpoint_bytes']:>12,}"
-                          f"{row['checkpoint_ms_median']:>9}{row['epoch_ms_median']:>10}{row['epoch_wall_ms_median']:>9}"
-                          f"{row['checkpoints']:>5}/{row['epochs']:<3}{row['share_after_epoch_1']:>8.1%}", flush=True)
+                    print(
+                        f"{name:9}{model:10}{row['params']:>10,}{label:>8}{row['checkpoint_bytes']:>12,}"
+                        f"{row['checkpoint_ms_median']:>9}{row['epoch_ms_median']:>10}{row['epoch_wall_ms_median']:>9}"
+                        f"{row['checkpoints']:>5}/{row['epochs']:<3}{row['share_after_epoch_1']:>8.1%}",
+                        flush=True,
+                    )
             db.engine.dispose()
     out = RESULTS / "checkpoint.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -6,6 +6,7 @@ A backend is either the embedded default (a temp ``TRAINER_VAR_DIR``: SQLite + S
 PostgreSQL on 127.0.0.1:5432 (a fresh database, dropped afterwards) + Redis 127.0.0.1:6379 db 11 (flushed
 before and after; no other db is touched).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,12 +38,15 @@ PROFILES = Path(tempfile.gettempdir()) / "bench-profiles"  # raw py-spy output (
 
 def machine() -> dict:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return {"machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-            "code": head.strip() + (" + uncommitted changes" if dirty else ""),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "load_avg_at_start": [round(v, 2) for v in os.getloadavg()]}
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        "code": head.strip() + (" + uncommitted changes" if dirty else ""),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_avg_at_start": [round(v, 2) for v in os.getloadavg()],
+    }
 
 
 @dataclass
@@ -58,8 +62,9 @@ class Backend:
         if self.pg_db:
             return load_settings(database_url=self.env["DATABASE_URL"], broker_url=self.env["CELERY_BROKER_URL"])
         var = Path(self.env["TRAINER_VAR_DIR"])
-        return load_settings(database_url=f"sqlite:///{var / 'trainer.sqlite'}",
-                             broker_url=f"sqla+sqlite:///{var / 'broker.sqlite'}")
+        return load_settings(
+            database_url=f"sqlite:///{var / 'trainer.sqlite'}", broker_url=f"sqla+sqlite:///{var / 'broker.sqlite'}"
+        )
 
 
 @contextmanager
@@ -89,8 +94,11 @@ def start_api(b: Backend, name: str = "api") -> tuple[Proc, str]:
 
 
 def start_worker(b: Backend, hostname: str, **extra_env) -> Proc:
-    return processes.start_worker({**b.env, "TRAINER_LOG_LEVEL": "INFO", **{k: str(v) for k, v in extra_env.items()}},
-                                  b.tmp / f"worker-{hostname}.log", hostname)
+    return processes.start_worker(
+        {**b.env, "TRAINER_LOG_LEVEL": "INFO", **{k: str(v) for k, v in extra_env.items()}},
+        b.tmp / f"worker-{hostname}.log",
+        hostname,
+    )
 
 
 def wrk(url: str, seconds: int, threads: int = 2, connections: int = 32, script: Path | None = None) -> dict:
@@ -223,8 +231,26 @@ def profile(pid: int, seconds: int, out: Path, py_spy: str, load: list[str] | No
     loader = subprocess.Popen(load, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if load else None
     try:
         time.sleep(0.5)
-        subprocess.run([py_spy, "record", "--subprocesses", "--nonblocking", "--format", "raw", "-r", "200", "-d",
-                        str(seconds), "-p", str(pid), "-o", str(out)], capture_output=True, check=True)
+        subprocess.run(
+            [
+                py_spy,
+                "record",
+                "--subprocesses",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "-r",
+                "200",
+                "-d",
+                str(seconds),
+                "-p",
+                str(pid),
+                "-o",
+                str(out),
+            ],
+            capture_output=True,
+            check=True,
+        )
     finally:
         if loader:
             loader.wait()

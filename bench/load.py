@@ -3,6 +3,7 @@ against gunicorn on loopback while a job trains. Reports requests/s, p50/p99 and
 
 Writes ``bench/results/load.json``. Needs wrk (``apt-get install wrk``; installed here when missing).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,9 @@ def parse(output: str) -> dict:
     return {
         "requests": int(re.search(r"(\d+) requests in", output).group(1)),
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-        "p50_ms": latency("50"), "p90_ms": latency("90"), "p99_ms": latency("99"),
+        "p50_ms": latency("50"),
+        "p90_ms": latency("90"),
+        "p99_ms": latency("99"),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": sum(map(int, errors.groups())) if errors else 0,
     }
@@ -68,16 +71,24 @@ def main(seconds: int = 60) -> dict:
         script = tmp / "post.lua"
         script.write_text(POST_LUA % json.dumps(small_recipe(**{"training.epochs": 1})))
         common = ["-d", f"{seconds}s", "--latency", "--timeout", "10s"]
-        pollers = subprocess.Popen([wrk, "-t", "4", "-c", "50", *common, f"{url}/v1/jobs/{job['id']}"],
-                                   stdout=subprocess.PIPE, text=True)
-        submitters = subprocess.Popen([wrk, "-t", "2", "-c", "10", "-s", str(script), *common, f"{url}/v1/jobs"],
-                                      stdout=subprocess.PIPE, text=True)
+        pollers = subprocess.Popen(
+            [wrk, "-t", "4", "-c", "50", *common, f"{url}/v1/jobs/{job['id']}"], stdout=subprocess.PIPE, text=True
+        )
+        submitters = subprocess.Popen(
+            [wrk, "-t", "2", "-c", "10", "-s", str(script), *common, f"{url}/v1/jobs"], stdout=subprocess.PIPE, text=True
+        )
         poll_out, submit_out = pollers.communicate(), submitters.communicate()
         status = httpx.get(f"{url}/v1/jobs/{job['id']}").json()
-        results = {"seconds": seconds, "machine": f"{os.cpu_count()} cores", "gunicorn": "2 workers × 8 threads",
-                   "database": "sqlite (embedded)", "training_job_status_after": status["status"],
-                   "training_job_epochs_done": len(status["history"]),
-                   "pollers_50": parse(poll_out[0]), "submitters_10": parse(submit_out[0])}
+        results = {
+            "seconds": seconds,
+            "machine": f"{os.cpu_count()} cores",
+            "gunicorn": "2 workers × 8 threads",
+            "database": "sqlite (embedded)",
+            "training_job_status_after": status["status"],
+            "training_job_epochs_done": len(status["history"]),
+            "pollers_50": parse(poll_out[0]),
+            "submitters_10": parse(submit_out[0]),
+        }
         httpx.post(f"{url}/v1/jobs/{job['id']}/cancel")
     finally:
         worker.stop()

@@ -14,6 +14,7 @@
 
 Embedded SQLite by default (``--backend postgres`` for PostgreSQL + Redis). Writes ``bench/results/memory.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ def mb(kb: int | None) -> float | None:
 def gpu_used_mb() -> list[int] | None:
     if not shutil.which("nvidia-smi"):
         return None
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True
+    ).stdout
     return [int(v) for v in out.split()]
 
 
@@ -95,13 +97,17 @@ def main() -> None:
                 for _ in range(20):
                     http.get("/v1/datasets").raise_for_status()
                 time.sleep(2)
-                results["api_idle_mb"] = {"master": mb(h.status_rss_kb(api.pid)),
-                                          "workers": [mb(h.status_rss_kb(p)) for p in api.children()]}
+                results["api_idle_mb"] = {
+                    "master": mb(h.status_rss_kb(api.pid)),
+                    "workers": [mb(h.status_rss_kb(p)) for p in api.children()],
+                }
                 idle_children = worker.children()
                 results["worker_idle_mb"] = {
                     "parent": mb(h.status_rss_kb(worker.pid)),
-                    "children": {str(p): {"vmrss_mb": mb(h.status_rss_kb(p)), "uss_mb": mb(h.uss_kb(p))}
-                                 for p in idle_children}}
+                    "children": {
+                        str(p): {"vmrss_mb": mb(h.status_rss_kb(p)), "uss_mb": mb(h.uss_kb(p))} for p in idle_children
+                    },
+                }
                 results["gpu_idle_mb"] = gpu_used_mb()
 
                 jobs_out, job_ids = [], []
@@ -120,16 +126,27 @@ def main() -> None:
                     log_pid = int(m.group(1)) if m else None
                     job_ids.append(job["id"])
                     parent_after = settle_rss(worker.pid)
-                    child_peaks = {str(p): {"vmrss_mb": mb(kb), "uss_mb": mb(sampler.peak_uss_kb.get(p))}
-                                   for p, kb in sampler.peak_kb.items()}
+                    child_peaks = {
+                        str(p): {"vmrss_mb": mb(kb), "uss_mb": mb(sampler.peak_uss_kb.get(p))}
+                        for p, kb in sampler.peak_kb.items()
+                    }
                     ran = child_peaks.get(str(log_pid), {})
-                    jobs_out.append({
-                        "job": job["id"], "status": done["status"],
-                        "accuracy": (done.get("result") or {}).get("test", {}).get("accuracy"),
-                        "child_pid_from_log": log_pid, "child_waiting_before": waiting_child,
-                        "children_seen": child_peaks, "peak_vmrss_mb": ran.get("vmrss_mb"),
-                        "peak_uss_mb": ran.get("uss_mb"), "parent_before_mb": parent_before,
-                        "parent_after_mb": parent_after, "gpu_peak_mb": gpu.peak, "samples": sampler.samples})
+                    jobs_out.append(
+                        {
+                            "job": job["id"],
+                            "status": done["status"],
+                            "accuracy": (done.get("result") or {}).get("test", {}).get("accuracy"),
+                            "child_pid_from_log": log_pid,
+                            "child_waiting_before": waiting_child,
+                            "children_seen": child_peaks,
+                            "peak_vmrss_mb": ran.get("vmrss_mb"),
+                            "peak_uss_mb": ran.get("uss_mb"),
+                            "parent_before_mb": parent_before,
+                            "parent_after_mb": parent_after,
+                            "gpu_peak_mb": gpu.peak,
+                            "samples": sampler.samples,
+                        }
+                    )
                 results["jobs"] = jobs_out
                 pids = [j["child_pid_from_log"] for j in jobs_out]
                 results["fresh_child_per_job"] = len(set(pids)) == len(pids) and None not in pids
@@ -165,39 +182,73 @@ def refuse_bombs(http: httpx.Client, api: h.Proc) -> dict:
         with h.RssSampler(api.children, interval=0.01) as sampler:
             response = http.post("/v1/datasets", files={"file": (case.filename, case.data)}, data=case.form)
         rise = max(sampler.peak_kb.get(p, kb) - kb for p, kb in before.items())
-        rows.append({"bomb": case.name, "upload_bytes": len(case.data), "status": response.status_code,
-                     "peak_mb": mb(max(sampler.peak_kb.values())), "rise_mb": mb(max(rise, 0))})
-    return {"cases": rows, "max_rise_mb": max(r["rise_mb"] for r in rows), "limit_mb": BOMB_RISE_LIMIT_MB,
-            "all_4xx": all(400 <= r["status"] < 500 for r in rows),
-            "after_mb": {str(p): settle_rss(p, 0.5) for p in api.children()}}
+        rows.append(
+            {
+                "bomb": case.name,
+                "upload_bytes": len(case.data),
+                "status": response.status_code,
+                "peak_mb": mb(max(sampler.peak_kb.values())),
+                "rise_mb": mb(max(rise, 0)),
+            }
+        )
+    return {
+        "cases": rows,
+        "max_rise_mb": max(r["rise_mb"] for r in rows),
+        "limit_mb": BOMB_RISE_LIMIT_MB,
+        "all_4xx": all(400 <= r["status"] < 500 for r in rows),
+        "after_mb": {str(p): settle_rss(p, 0.5) for p in api.children()},
+    }
 
 
 def report(r: dict, args) -> None:
-    rows = [["API master, idle", r["api_idle_mb"]["master"], ""],
-            ["API workers, idle", " / ".join(map(str, r["api_idle_mb"]["workers"])), ""],
-            ["API workers, before load", " / ".join(map(str, r["api_before_load_mb"].values())), ""],
-            [f"API workers, peak under wrk {args.seconds} s", " / ".join(map(str, r["api_load_peak_mb"].values())),
-             f"{r['api_load_wrk']['requests_per_s']:.0f} req/s, {r['api_load_wrk']['non_2xx']} non-2xx"],
-            ["API workers, after load", " / ".join(map(str, r["api_after_load_mb"].values())), ""],
-            ["worker parent, idle", r["worker_idle_mb"]["parent"], ""],
-            ["worker child, idle (VmRSS / USS)",
-             " ".join(f"{v['vmrss_mb']} / {v['uss_mb']}" for v in r["worker_idle_mb"]["children"].values()), ""]]
+    rows = [
+        ["API master, idle", r["api_idle_mb"]["master"], ""],
+        ["API workers, idle", " / ".join(map(str, r["api_idle_mb"]["workers"])), ""],
+        ["API workers, before load", " / ".join(map(str, r["api_before_load_mb"].values())), ""],
+        [
+            f"API workers, peak under wrk {args.seconds} s",
+            " / ".join(map(str, r["api_load_peak_mb"].values())),
+            f"{r['api_load_wrk']['requests_per_s']:.0f} req/s, {r['api_load_wrk']['non_2xx']} non-2xx",
+        ],
+        ["API workers, after load", " / ".join(map(str, r["api_after_load_mb"].values())), ""],
+        ["worker parent, idle", r["worker_idle_mb"]["parent"], ""],
+        [
+            "worker child, idle (VmRSS / USS)",
+            " ".join(f"{v['vmrss_mb']} / {v['uss_mb']}" for v in r["worker_idle_mb"]["children"].values()),
+            "",
+        ],
+    ]
     for i, j in enumerate(r["jobs"], 1):
-        rows.append([f"job {i}: child peak VmRSS / USS", f"{j['peak_vmrss_mb']} / {j['peak_uss_mb']}",
-                     f"pid {j['child_pid_from_log']}, {j['status']}, acc {j['accuracy']}"])
+        rows.append(
+            [
+                f"job {i}: child peak VmRSS / USS",
+                f"{j['peak_vmrss_mb']} / {j['peak_uss_mb']}",
+                f"pid {j['child_pid_from_log']}, {j['status']}, acc {j['accuracy']}",
+            ]
+        )
         rows.append([f"job {i}: parent before -> after", f"{j['parent_before_mb']} -> {j['parent_after_mb']}", ""])
     rows.append(["fresh child per job", "yes" if r["fresh_child_per_job"] else "NO", ""])
-    rows.append(["parent growth over the jobs", f"{r['parent_growth_mb']} MB",
-                 "grows" if r["parent_grows"] else f"does not grow (<= {PARENT_GROWTH_LIMIT_MB} MB)"])
-    h.table(f"RSS in MB, {r['backend']}, contract digits {args.epochs} epochs x {args.jobs} jobs "
-            f"(load avg at start {r['load_avg_at_start']})", ["", "MB", "note"], rows)
+    rows.append(
+        [
+            "parent growth over the jobs",
+            f"{r['parent_growth_mb']} MB",
+            "grows" if r["parent_grows"] else f"does not grow (<= {PARENT_GROWTH_LIMIT_MB} MB)",
+        ]
+    )
+    h.table(
+        f"RSS in MB, {r['backend']}, contract digits {args.epochs} epochs x {args.jobs} jobs "
+        f"(load avg at start {r['load_avg_at_start']})",
+        ["", "MB", "note"],
+        rows,
+    )
     print(f"\nGPU: {r['gpu']}")
     b = r["bombs"]
-    h.table(f"API worker RSS while refusing each hostile upload (rise limit {b['limit_mb']} MB; largest rise "
-            f"{b['max_rise_mb']} MB; every answer 4xx: {'yes' if b['all_4xx'] else 'NO'})",
-            ["bomb", "upload", "status", "peak MB", "rise MB"],
-            [[c["bomb"], f"{c['upload_bytes'] / 1024:,.0f} KiB", c["status"], c["peak_mb"], c["rise_mb"]]
-             for c in b["cases"]])
+    h.table(
+        f"API worker RSS while refusing each hostile upload (rise limit {b['limit_mb']} MB; largest rise "
+        f"{b['max_rise_mb']} MB; every answer 4xx: {'yes' if b['all_4xx'] else 'NO'})",
+        ["bomb", "upload", "status", "peak MB", "rise MB"],
+        [[c["bomb"], f"{c['upload_bytes'] / 1024:,.0f} KiB", c["status"], c["peak_mb"], c["rise_mb"]] for c in b["cases"]],
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Fashion-MNIST's 60,000 images, pruned to 90 %, 10 epochs, 3 alternated pairs (``
 split into queue, training (build + fit + evaluate), dataset read, store + download, from the job's own
 timestamps and log. Writes ``bench/results/overhead-fashion-<backend>.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ FASHION_MLP = {
     **json.loads((ROOT / "examples" / "recipes" / "fashion-mnist-mlp.json").read_text()),
     "name": "bench-fashion-mlp-pruned-90",
     "description": "The seed's MLP (Flatten [28, 28], Dense 300-100 ReLU, softmax 10, SGD 0.01, batch 32) pruned to "
-                   "90 % by TF-MOT's polynomial decay, 10 epochs, Fashion-MNIST's official split.",
+    "90 % by TF-MOT's polynomial decay, 10 epochs, Fashion-MNIST's official split.",
     "pruning": {"schedule": {"type": "polynomial_decay", "final_sparsity": 0.9, "frequency": 100}},
 }
 FASHION_MLP["training"] = {**FASHION_MLP["training"], "epochs": 10}
@@ -63,8 +64,7 @@ def rss_mb(pid: int) -> float:
 
 
 def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -118,8 +118,20 @@ def main() -> None:
 
     port = free_port()
     t0 = time.perf_counter()
-    api = start([str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
-                 "service.app:create_app()"], env, tmp / "api.log")
+    api = start(
+        [
+            str(BIN / "gunicorn"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--threads",
+            "4",
+            "service.app:create_app()",
+        ],
+        env,
+        tmp / "api.log",
+    )
     url = f"http://127.0.0.1:{port}"
     while True:
         try:
@@ -128,14 +140,31 @@ def main() -> None:
         except httpx.HTTPError:
             time.sleep(0.02)
     api_start_s = time.perf_counter() - t0
-    worker = start([str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--concurrency", "1",
-                    "--loglevel", "INFO", "--without-mingle", "--without-gossip"], env, tmp / "worker.log")
+    worker = start(
+        [
+            str(BIN / "celery"),
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env,
+        tmp / "worker.log",
+    )
     while " ready." not in (tmp / "worker.log").read_text():
         time.sleep(0.2)
-    results: dict = {"backend": backend, "machine": f"{platform.node()} {platform.machine()} "
-                     f"{os.cpu_count()} cores, Python {platform.python_version()}",
-                     "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                     "api_start_s": round(api_start_s, 3), "load_avg_at_start": [round(v, 2) for v in os.getloadavg()]}
+    results: dict = {
+        "backend": backend,
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "api_start_s": round(api_start_s, 3),
+        "load_avg_at_start": [round(v, 2) for v in os.getloadavg()],
+    }
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             if args.fashion:
@@ -165,8 +194,7 @@ def digits(http: httpx.Client, api: subprocess.Popen, env: dict, args, results: 
         http.get("/openapi.json")
         http.get("/v1/datasets")
     api_children = subprocess.run(["pgrep", "-P", str(api.pid)], capture_output=True, text=True).stdout.split()
-    results["api_rss_mb"] = {"master": round(rss_mb(api.pid), 1),
-                             "worker": [round(rss_mb(int(p)), 1) for p in api_children]}
+    results["api_rss_mb"] = {"master": round(rss_mb(api.pid), 1), "worker": [round(rss_mb(int(p)), 1) for p in api_children]}
 
     tiny = json.loads(json.dumps(CONTRACT))
     tiny["training"]["epochs"] = 1
@@ -180,17 +208,25 @@ def digits(http: httpx.Client, api: subprocess.Popen, env: dict, args, results: 
         client_s.append(time.perf_counter() - sent)
         server_s.append((parse_ts(running["started_at"]) - parse_ts(running["created_at"])).total_seconds())
         wait_job(http, job["id"], {"succeeded", "failed"})
-    results["submit_to_running_s"] = {"server_median": round(statistics.median(server_s), 3),
-                                      "client_median": round(statistics.median(client_s), 3),
-                                      "server_all": [round(v, 3) for v in server_s]}
+    results["submit_to_running_s"] = {
+        "server_median": round(statistics.median(server_s), 3),
+        "client_median": round(statistics.median(client_s), 3),
+        "server_all": [round(v, 3) for v in server_s],
+    }
 
     recipe = json.loads(json.dumps(CONTRACT))
     recipe["training"]["epochs"] = args.epochs
     plain, service, accuracy, plain_work, service_work = [], [], {}, [], []
     for _ in range(args.pairs):
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "bench.plain_script", str(args.epochs)], cwd=ROOT,
-                             env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.plain_script", str(args.epochs)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         plain.append(time.perf_counter() - t)
         fields = dict(f.split("=") for f in out.stdout.strip().splitlines()[-1].split())
         accuracy["plain"] = float(fields["accuracy"])
@@ -206,11 +242,14 @@ def digits(http: httpx.Client, api: subprocess.Popen, env: dict, args, results: 
         service_work.append(done["result"]["train_seconds"])
     ratios = [b / a for a, b in zip(plain, service)]
     results["digits_job"] = {
-        "epochs": args.epochs, "pairs": args.pairs,
-        "plain_script_s": [round(v, 2) for v in plain], "service_s": [round(v, 2) for v in service],
+        "epochs": args.epochs,
+        "pairs": args.pairs,
+        "plain_script_s": [round(v, 2) for v in plain],
+        "service_s": [round(v, 2) for v in service],
         "median_ratio_service_over_plain": round(statistics.median(ratios), 3),
         "plain_median_s": round(statistics.median(plain), 2),
-        "service_median_s": round(statistics.median(service), 2), "accuracy": accuracy,
+        "service_median_s": round(statistics.median(service), 2),
+        "accuracy": accuracy,
         # Without process start and imports: the script's code after its imports vs the worker's
         # build + fit + evaluate (export and storage excluded).
         "plain_after_imports_median_s": round(statistics.median(plain_work), 3),
@@ -228,8 +267,14 @@ def fashion_pairs(http: httpx.Client, env: dict, epochs: int, pairs: int) -> dic
     for _ in range(pairs):
         load_before = round(os.getloadavg()[0], 2)
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "bench.plain_script", str(epochs), "fashion_mnist"], cwd=ROOT,
-                             env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.plain_script", str(epochs), "fashion_mnist"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         plain_s = time.perf_counter() - t
         script = {k: float(v) for k, v in (f.split("=") for f in out.stdout.strip().splitlines()[-1].split())}
         time.sleep(1.0)  # the worker's next child is forked: an idle worker, as for the script's fresh process
@@ -245,34 +290,47 @@ def fashion_pairs(http: httpx.Client, env: dict, epochs: int, pairs: int) -> dic
         checkpoint = re.search(r"checkpoint: (\d+) bytes in (\d+) ms", logs)
         created, started, ended = (parse_ts(done[k]) for k in ("created_at", "started_at", "finished_at"))
         train_s = done["result"]["train_seconds"]
-        runs.append({
-            "load_avg_1min_before": load_before,
-            "plain_s": round(plain_s, 2), "plain_after_imports_s": script["after_imports"],
-            "plain_accuracy": script["accuracy"], "plain_sparsity": script["sparsity"],
-            "service_s": round(service_s, 2), "ratio": round(service_s / plain_s, 3),
-            "service_accuracy": round(done["result"]["test"]["accuracy"], 4),
-            "service_sparsity": done["result"]["sparsity"]["overall"],
-            # where the service's time went (server timestamps, the job's own log)
-            "queue_s": round((started - created).total_seconds(), 3),
-            "running_s": round((ended - started).total_seconds(), 3),
-            "dataset_read_s": float(read.group(1)) if read else None,
-            "train_s": train_s,
-            "after_training_s": round((ended - started).total_seconds() - train_s, 3),
-            "finished_to_downloaded_s": round(service_s - (finished - t), 3),
-            "checkpoint_first": {"bytes": int(checkpoint.group(1)), "ms": int(checkpoint.group(2))} if checkpoint
-            else None,
-        })
+        runs.append(
+            {
+                "load_avg_1min_before": load_before,
+                "plain_s": round(plain_s, 2),
+                "plain_after_imports_s": script["after_imports"],
+                "plain_accuracy": script["accuracy"],
+                "plain_sparsity": script["sparsity"],
+                "service_s": round(service_s, 2),
+                "ratio": round(service_s / plain_s, 3),
+                "service_accuracy": round(done["result"]["test"]["accuracy"], 4),
+                "service_sparsity": done["result"]["sparsity"]["overall"],
+                # where the service's time went (server timestamps, the job's own log)
+                "queue_s": round((started - created).total_seconds(), 3),
+                "running_s": round((ended - started).total_seconds(), 3),
+                "dataset_read_s": float(read.group(1)) if read else None,
+                "train_s": train_s,
+                "after_training_s": round((ended - started).total_seconds() - train_s, 3),
+                "finished_to_downloaded_s": round(service_s - (finished - t), 3),
+                "checkpoint_first": {"bytes": int(checkpoint.group(1)), "ms": int(checkpoint.group(2))}
+                if checkpoint
+                else None,
+            }
+        )
     ratios = [r["ratio"] for r in runs]
     med = lambda key: round(statistics.median(r[key] for r in runs), 3)  # noqa: E731
     return {
-        "recipe": recipe, "epochs": epochs, "pairs": pairs, "runs": runs,
+        "recipe": recipe,
+        "epochs": epochs,
+        "pairs": pairs,
+        "runs": runs,
         "median_ratio_service_over_plain": round(statistics.median(ratios), 3),
         "ratio_min_max": [min(ratios), max(ratios)],
-        "plain_median_s": med("plain_s"), "service_median_s": med("service_s"),
-        "plain_after_imports_median_s": med("plain_after_imports_s"), "worker_train_median_s": med("train_s"),
+        "plain_median_s": med("plain_s"),
+        "service_median_s": med("service_s"),
+        "plain_after_imports_median_s": med("plain_after_imports_s"),
+        "worker_train_median_s": med("train_s"),
         "accuracy_median": {"plain": med("plain_accuracy"), "service": med("service_accuracy")},
-        "sparsity": {"plain": sorted({r["plain_sparsity"] for r in runs}),
-                     "service": sorted({r["service_sparsity"] for r in runs})},
+        "sparsity": {
+            "plain": sorted({r["plain_sparsity"] for r in runs}),
+            "service": sorted({r["service_sparsity"] for r in runs}),
+        },
     }
 
 
@@ -281,12 +339,15 @@ def fashion_table(r: dict) -> None:
     print(f"\n{r['backend']} on {r['machine']}, load average {r['load_avg_at_start']} → {r.get('load_avg_at_end')}")
     print("  pair  script s  service s  ratio  acc script/service  sparsity  queue  read  train  after  download")
     for i, run in enumerate(d["runs"], 1):
-        print(f"  {i:>4}  {run['plain_s']:>8}  {run['service_s']:>9}  {run['ratio']:>5}  "
-              f"{run['plain_accuracy']:.4f}/{run['service_accuracy']:.4f}  {run['service_sparsity']:>8}  "
-              f"{run['queue_s']:>5}  {run['dataset_read_s']}  {run['train_s']:>5}  {run['after_training_s']:>5}  "
-              f"{run['finished_to_downloaded_s']:>8}")
-    print(f"  median ratio {d['median_ratio_service_over_plain']} (min {d['ratio_min_max'][0]}, "
-          f"max {d['ratio_min_max'][1]})")
+        print(
+            f"  {i:>4}  {run['plain_s']:>8}  {run['service_s']:>9}  {run['ratio']:>5}  "
+            f"{run['plain_accuracy']:.4f}/{run['service_accuracy']:.4f}  {run['service_sparsity']:>8}  "
+            f"{run['queue_s']:>5}  {run['dataset_read_s']}  {run['train_s']:>5}  {run['after_training_s']:>5}  "
+            f"{run['finished_to_downloaded_s']:>8}"
+        )
+    print(
+        f"  median ratio {d['median_ratio_service_over_plain']} (min {d['ratio_min_max'][0]}, max {d['ratio_min_max'][1]})"
+    )
 
 
 def table(r: dict) -> None:
@@ -299,8 +360,10 @@ def table(r: dict) -> None:
         (f"digits {d['epochs']} ep: plain script (median)", f"{d['plain_median_s']:.2f} s"),
         (f"digits {d['epochs']} ep: service submit→download", f"{d['service_median_s']:.2f} s"),
         ("ratio service / script (median)", f"{d['median_ratio_service_over_plain']:.3f}"),
-        ("script after imports / worker train", f"{d['plain_after_imports_median_s']:.2f} s / "
-                                                  f"{d['worker_train_median_s']:.2f} s"),
+        (
+            "script after imports / worker train",
+            f"{d['plain_after_imports_median_s']:.2f} s / {d['worker_train_median_s']:.2f} s",
+        ),
     ]
     print(f"\n{r['backend']} on {r['machine']}")
     for name, value in rows:

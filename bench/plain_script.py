@@ -9,6 +9,7 @@
 Both split with the same seeded permutation as the service, so the two train on the same rows.
 Prints one line: test accuracy, kernel sparsity, seconds after the imports, seconds in all.
 """
+
 import os
 import sys
 import tempfile
@@ -46,12 +47,14 @@ if dataset == "fashion_mnist":
     order = np.random.default_rng(42).permutation(len(x))
     x, y = x[order].astype("float32") / 255, y[order]
     x_train, y_train, x_val, y_val = x[:55000], y[:55000], x[55000:], y[55000:]
-    model = keras.Sequential([
-        keras.layers.Flatten(input_shape=[28, 28]),
-        keras.layers.Dense(300, activation="relu"),
-        keras.layers.Dense(100, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.layers.Flatten(input_shape=[28, 28]),
+            keras.layers.Dense(300, activation="relu"),
+            keras.layers.Dense(100, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     batch, final_sparsity, frequency = 32, 0.9, 100
     optimizer = keras.optimizers.SGD(learning_rate=0.01)
     formats = ["h5"]
@@ -63,13 +66,15 @@ else:
     x_train, y_train, x_val, y_val = x[:1293], y[:1293], x[1293:1437], y[1293:1437]
     x_test, y_test = x[1437:], y[1437:]
     l1 = keras.regularizers.L1L2(l1=1e-5)
-    model = keras.Sequential([
-        keras.layers.InputLayer(input_shape=(64,)),
-        keras.layers.Dense(300, kernel_initializer="he_normal", use_bias=False, kernel_regularizer=l1),
-        keras.layers.BatchNormalization(momentum=0.99),
-        keras.layers.Activation("elu"),
-        keras.layers.Dense(10, activation="softmax", kernel_regularizer=l1),
-    ])
+    model = keras.Sequential(
+        [
+            keras.layers.InputLayer(input_shape=(64,)),
+            keras.layers.Dense(300, kernel_initializer="he_normal", use_bias=False, kernel_regularizer=l1),
+            keras.layers.BatchNormalization(momentum=0.99),
+            keras.layers.Activation("elu"),
+            keras.layers.Dense(10, activation="softmax", kernel_regularizer=l1),
+        ]
+    )
     batch, final_sparsity, frequency = 32, 0.8, 20
     optimizer = keras.optimizers.Nadam(learning_rate=0.001, clipnorm=1.0)
     formats = ["h5", "keras"]
@@ -79,8 +84,15 @@ end_step = (steps // frequency) * frequency
 schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, final_sparsity, 0, end_step, frequency=frequency)
 pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
 pruned.compile(optimizer, "sparse_categorical_crossentropy", ["accuracy"])
-pruned.fit(x_train, y_train, batch_size=batch, epochs=epochs, validation_data=(x_val, y_val), verbose=0,
-           callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+pruned.fit(
+    x_train,
+    y_train,
+    batch_size=batch,
+    epochs=epochs,
+    validation_data=(x_val, y_val),
+    verbose=0,
+    callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+)
 final = tfmot.sparsity.keras.strip_pruning(pruned)
 final.compile("sgd", "sparse_categorical_crossentropy", ["accuracy"])
 loss, accuracy = final.evaluate(x_test, y_test, verbose=0)

@@ -9,6 +9,7 @@ On the embedded SQLite and on PostgreSQL. Target: (a) ≥ 50 % of (c)'s requests
 ``--py-spy PATH`` adds a profiled 10 s run of (a) per backend (not part of the measured figures).
 Writes ``bench/results/polling.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,6 +61,7 @@ def breakdown(b: h.Backend, job_id: str, etag: str, repeat: int = 300) -> dict:
         def run():
             with db.session() as session:
                 fn(session)
+
         return run
 
     with db.session() as session:
@@ -74,15 +76,24 @@ def breakdown(b: h.Backend, job_id: str, etag: str, repeat: int = 300) -> dict:
         "jobs.history": timed(in_session(lambda s: jobs.history(s, job_id))),
         "jobs.model_artifacts": timed(in_session(lambda s: jobs.model_artifacts(s, job_id))),
         "job_body + json.dumps": timed(lambda: fjson.dumps(job_body(job, rows, models))),
-        "what if: select Job.version only": timed(in_session(lambda s: s.execute(
-            select(Job.version).where(Job.id == job_id, Job.owner == "default")).scalar_one())),
-        "what if: history without the diagnostics column": timed(in_session(lambda s: s.execute(
-            select(EpochRecord.epoch, EpochRecord.phase, EpochRecord.attempt, EpochRecord.metrics)
-            .where(EpochRecord.job_id == job_id).order_by(EpochRecord.epoch)).all())),
+        "what if: select Job.version only": timed(
+            in_session(lambda s: s.execute(select(Job.version).where(Job.id == job_id, Job.owner == "default")).scalar_one())
+        ),
+        "what if: history without the diagnostics column": timed(
+            in_session(
+                lambda s: s.execute(
+                    select(EpochRecord.epoch, EpochRecord.phase, EpochRecord.attempt, EpochRecord.metrics)
+                    .where(EpochRecord.job_id == job_id)
+                    .order_by(EpochRecord.epoch)
+                ).all()
+            )
+        ),
     }
     with db.session() as session:
-        diag = [len(fjson.dumps(r.diagnostics)) for r in session.execute(
-            select(EpochRecord).where(EpochRecord.job_id == job_id)).scalars()]
+        diag = [
+            len(fjson.dumps(r.diagnostics))
+            for r in session.execute(select(EpochRecord).where(EpochRecord.job_id == job_id)).scalars()
+        ]
     out["diagnostics_bytes_per_epoch_row"] = round(h.median(diag)) if diag else 0
     db.engine.dispose()
     return out
@@ -111,8 +122,9 @@ def run_backend(name: str, seconds: int, py_spy: str | None) -> dict:
             out["a_plain"] = h.wrk(url + path, seconds)
             out["b_if_none_match_304"] = h.wrk(url + path, seconds, script=lua)
             if py_spy:
-                prof = h.profile(api.pid, 10, h.PROFILES / f"polling-{name}.txt", py_spy,
-                                 load=["wrk", "-t2", "-c32", "-d12s", url + path])
+                prof = h.profile(
+                    api.pid, 10, h.PROFILES / f"polling-{name}.txt", py_spy, load=["wrk", "-t2", "-c32", "-d12s", url + path]
+                )
                 out["profile_a"] = prof
         finally:
             worker.stop()
@@ -135,27 +147,47 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--py-spy", help="path of a py-spy binary: profile (a) once more per backend")
     args = parser.parse_args()
-    results = {**h.machine(), "gunicorn": " ".join(h.GUNICORN_FLAGS), "wrk": f"-t2 -c32 -d{args.seconds}s",
-               "target": "(a) plain req/s >= 50 % of (c) bare Flask req/s"}
+    results = {
+        **h.machine(),
+        "gunicorn": " ".join(h.GUNICORN_FLAGS),
+        "wrk": f"-t2 -c32 -d{args.seconds}s",
+        "target": "(a) plain req/s >= 50 % of (c) bare Flask req/s",
+    }
     for name in args.backends.split(","):
         results[name] = run_backend(name, args.seconds, args.py_spy)
     out = h.write("polling", results)
     rows = []
     for name in args.backends.split(","):
         r = results[name]
-        for key, label in (("a_plain", "(a) GET job, 200"), ("b_if_none_match_304", "(b) If-None-Match, 304"),
-                           ("c_bare_flask", "(c) bare Flask /const")):
+        for key, label in (
+            ("a_plain", "(a) GET job, 200"),
+            ("b_if_none_match_304", "(b) If-None-Match, 304"),
+            ("c_bare_flask", "(c) bare Flask /const"),
+        ):
             w = r[key]
-            rows.append([f"{name} {label}", f"{w['requests_per_s']:.0f}", f"{w['p50_ms']:.1f}", f"{w['p99_ms']:.1f}",
-                         w["non_2xx"] + w["socket_errors"]])
+            rows.append(
+                [
+                    f"{name} {label}",
+                    f"{w['requests_per_s']:.0f}",
+                    f"{w['p50_ms']:.1f}",
+                    f"{w['p99_ms']:.1f}",
+                    w["non_2xx"] + w["socket_errors"],
+                ]
+            )
         rows.append([f"{name} (a)/(c) = {r['a_over_c']:.2f}: target >= 0.5 {r['target_a_ge_half_c']}", "", "", "", ""])
-    h.table(f"GET /v1/jobs/{{id}}, 30 history rows ({results['wrk']}, gunicorn {results['gunicorn']}, "
-            f"load avg at start {results['load_avg_at_start']})",
-            ["", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+    h.table(
+        f"GET /v1/jobs/{{id}}, 30 history rows ({results['wrk']}, gunicorn {results['gunicorn']}, "
+        f"load avg at start {results['load_avg_at_start']})",
+        ["", "req/s", "p50 ms", "p99 ms", "errors"],
+        rows,
+    )
     names = args.backends.split(",")
     keys = list(results[names[0]]["breakdown_ms"])
-    h.table("one request, single thread, in process (Flask test client), median ms",
-            ["", *names], [[k, *[results[n]["breakdown_ms"][k] for n in names]] for k in keys])
+    h.table(
+        "one request, single thread, in process (Flask test client), median ms",
+        ["", *names],
+        [[k, *[results[n]["breakdown_ms"][k] for n in names]] for k in keys],
+    )
     for name in args.backends.split(","):
         if results[name].get("profile_a"):
             h.print_profile(f"{name} (a)", results[name]["profile_a"])

@@ -10,6 +10,7 @@ Reports wall time (first POST sent → last job finished), jobs/minute, per-job 
 (``started_at - created_at``) p50/p99, run time (``finished_at - started_at``) p50, and duplicate
 deliveries the workers skipped ("is not queued; nothing to do"). Writes ``bench/results/scale.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,7 @@ def run_round(b: h.Backend, db, url: str, n: int, workers: list[h.Proc]) -> dict
         timed_out = False
         while True:
             with db.session() as session:
-                done = session.scalar(select(func.count()).select_from(Job).where(Job.id.in_(ids),
-                                                                                 Job.status.in_(FINISHED)))
+                done = session.scalar(select(func.count()).select_from(Job).where(Job.id.in_(ids), Job.status.in_(FINISHED)))
             if done == n:
                 break
             if time.monotonic() > deadline:
@@ -75,20 +75,26 @@ def run_round(b: h.Backend, db, url: str, n: int, workers: list[h.Proc]) -> dict
     first_lines = {i: text.count("attempt 1 on") for i, text in logs.items()}
     per_worker = {w.log_path.stem: w.log().count(": 'succeeded'") - trained_before[w.log_path.stem] for w in workers}
     return {
-        "jobs": n, "statuses": statuses, "timed_out": timed_out,
+        "jobs": n,
+        "statuses": statuses,
+        "timed_out": timed_out,
         "all_succeeded": statuses.get("succeeded", 0) == n,
         "attempt_not_1": [j["id"] for j in jobs if j["attempt"] != 1],
         "log_attempt1_lines_not_1": {i: c for i, c in first_lines.items() if c != 1},
         "log_attempt2_lines": sum(text.count("attempt 2") for text in logs.values()),
         "duplicate_deliveries_skipped": skipped,
         "submit_all_s": round(submit_s, 2),
-        "wall_s": round(wall, 2), "client_wall_s": round(client_wall_s, 2),
-        "jobs_per_minute": round(len(finished) / wall * 60, 1), "seconds_per_job": round(wall / len(finished), 3),
-        "queue_wait_p50_s": round(h.pct(waits, 50), 2), "queue_wait_p99_s": round(h.pct(waits, 99), 2),
-        "queue_wait_max_s": round(max(waits), 2), "never_started": n - len(started),
-        "run_p50_s": round(h.pct(runs, 50), 3), "run_p99_s": round(h.pct(runs, 99), 3),
-        "span_first_start_to_last_finish_s": round((max(finished) - min(started)).total_seconds(), 2)
-        if finished else None,
+        "wall_s": round(wall, 2),
+        "client_wall_s": round(client_wall_s, 2),
+        "jobs_per_minute": round(len(finished) / wall * 60, 1),
+        "seconds_per_job": round(wall / len(finished), 3),
+        "queue_wait_p50_s": round(h.pct(waits, 50), 2),
+        "queue_wait_p99_s": round(h.pct(waits, 99), 2),
+        "queue_wait_max_s": round(max(waits), 2),
+        "never_started": n - len(started),
+        "run_p50_s": round(h.pct(runs, 50), 3),
+        "run_p99_s": round(h.pct(runs, 99), 3),
+        "span_first_start_to_last_finish_s": round((max(finished) - min(started)).total_seconds(), 2) if finished else None,
         "succeeded_per_worker": per_worker,
     }
 
@@ -104,9 +110,16 @@ def run_backend(name: str, rounds: list[int], py_spy: str | None = None) -> dict
             profiler = None
             PROFILE.parent.mkdir(parents=True, exist_ok=True)
             if py_spy:  # one worker and its children, from 5 s into the first round, for 30 s
-                profiler = subprocess.Popen(["sh", "-c", f"sleep 5; exec {py_spy} record --subprocesses --nonblocking "
-                                             f"--format raw -r 100 -d 30 -p {workers[0].pid} -o {PROFILE}"],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                profiler = subprocess.Popen(
+                    [
+                        "sh",
+                        "-c",
+                        f"sleep 5; exec {py_spy} record --subprocesses --nonblocking "
+                        f"--format raw -r 100 -d 30 -p {workers[0].pid} -o {PROFILE}",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             out = {f"n{n}": run_round(b, db, url, n, workers) for n in rounds}
             if profiler:
                 profiler.wait()
@@ -119,8 +132,11 @@ def run_backend(name: str, rounds: list[int], py_spy: str | None = None) -> dict
     if len(rounds) > 1:
         small, big = out[f"n{rounds[0]}"], out[f"n{rounds[-1]}"]
         out["per_job_cost_ratio_big_over_small"] = round(big["seconds_per_job"] / small["seconds_per_job"], 3)
-    out["exactly_once"] = all(r["all_succeeded"] and not r["attempt_not_1"] and not r["log_attempt1_lines_not_1"]
-                              for k, r in out.items() if k.startswith("n"))
+    out["exactly_once"] = all(
+        r["all_succeeded"] and not r["attempt_not_1"] and not r["log_attempt1_lines_not_1"]
+        for k, r in out.items()
+        if k.startswith("n")
+    )
     return out
 
 
@@ -133,8 +149,12 @@ def main() -> None:
     args = parser.parse_args()
     rounds = [int(n) for n in args.jobs.split(",")]
     names = ["postgres"] + (["sqlite"] if args.embedded else [])
-    results = {**h.machine(), "recipe": "stack.recipes.small_recipe(), 2 epochs, h5", "workers": "2 × concurrency 1",
-               "gunicorn": " ".join(h.GUNICORN_FLAGS)}
+    results = {
+        **h.machine(),
+        "recipe": "stack.recipes.small_recipe(), 2 epochs, h5",
+        "workers": "2 × concurrency 1",
+        "gunicorn": " ".join(h.GUNICORN_FLAGS),
+    }
     for name in names:
         results[name] = run_backend(name, rounds, args.py_spy if name == "postgres" else None)
     out = h.write(args.out, results)
@@ -142,14 +162,32 @@ def main() -> None:
     for name in names:
         for n in rounds:
             r = results[name][f"n{n}"]
-            rows.append([f"{name} {n} jobs", r["wall_s"], r["jobs_per_minute"], r["seconds_per_job"],
-                         r["queue_wait_p50_s"], r["queue_wait_p99_s"], r["run_p50_s"],
-                         f"{r['statuses'].get('succeeded', 0)}/{n}", r["duplicate_deliveries_skipped"]])
+            rows.append(
+                [
+                    f"{name} {n} jobs",
+                    r["wall_s"],
+                    r["jobs_per_minute"],
+                    r["seconds_per_job"],
+                    r["queue_wait_p50_s"],
+                    r["queue_wait_p99_s"],
+                    r["run_p50_s"],
+                    f"{r['statuses'].get('succeeded', 0)}/{n}",
+                    r["duplicate_deliveries_skipped"],
+                ]
+            )
         extra = results[name].get("per_job_cost_ratio_big_over_small")
-        rows.append([f"{name}: exactly once {'yes' if results[name]['exactly_once'] else 'NO'}"
-                     + (f"; per-job cost {rounds[-1]}/{rounds[0]} = {extra}" if extra else ""), *[""] * 8])
-    h.table(f"{results['workers']} workers, {results['recipe']} (load avg at start {results['load_avg_at_start']})",
-            ["", "wall s", "jobs/min", "s/job", "wait p50", "wait p99", "run p50", "ok", "dup skipped"], rows)
+        rows.append(
+            [
+                f"{name}: exactly once {'yes' if results[name]['exactly_once'] else 'NO'}"
+                + (f"; per-job cost {rounds[-1]}/{rounds[0]} = {extra}" if extra else ""),
+                *[""] * 8,
+            ]
+        )
+    h.table(
+        f"{results['workers']} workers, {results['recipe']} (load avg at start {results['load_avg_at_start']})",
+        ["", "wall s", "jobs/min", "s/job", "wait p50", "wait p99", "run p50", "ok", "dup skipped"],
+        rows,
+    )
     if results["postgres"].get("profile_worker"):
         h.print_profile("postgres worker scale-a and its children", results["postgres"]["profile_worker"])
     print(f"\nwritten to {out.relative_to(h.ROOT)}")

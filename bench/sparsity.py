@@ -3,6 +3,7 @@
 ``python -m bench.sparsity``: trains the contract recipe with and without its pruning (same seed), exports
 h5 and tflite (float, sparse, int8, sparse+int8), and writes ``bench/results/sparsity.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,24 +26,35 @@ def run(recipe_json: dict) -> dict:
     report = export.sparsity_report(outcome.model, outcome.pruned_layers)
     sizes = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, options in {"float": {}, "sparse": {"sparsity": True}, "int8": {"dynamic_range_int8": True},
-                               "sparse_int8": {"sparsity": True, "dynamic_range_int8": True}}.items():
+        for label, options in {
+            "float": {},
+            "sparse": {"sparsity": True},
+            "int8": {"dynamic_range_int8": True},
+            "sparse_int8": {"sparsity": True, "dynamic_range_int8": True},
+        }.items():
             folder = Path(tmp) / label
             folder.mkdir()
             formats = ["h5", "tflite"] if label == "float" else ["tflite"]
             files = export.strip_and_export(outcome.model, ExportSpec(formats=formats, tflite_options=options), folder)
             for fmt, size in export.sizes(files).items():
                 sizes[fmt if fmt == "h5" else f"tflite_{label}"] = size
-    return {"test_accuracy": round(outcome.test["accuracy"], 4), "sparsity": report["sparsity"]["overall"],
-            "params": report["params"], "sizes": sizes}
+    return {
+        "test_accuracy": round(outcome.test["accuracy"], 4),
+        "sparsity": report["sparsity"]["overall"],
+        "params": report["params"],
+        "sizes": sizes,
+    }
 
 
 def main() -> None:
     contract = json.loads((ROOT / "examples" / "recipes" / "contract-digits.json").read_text())
     dense = json.loads(json.dumps(contract))
     dense.pop("pruning")
-    results = {"recipe": "examples/recipes/contract-digits.json (30 epochs, seed 42)",
-               "dense": run(dense), "pruned": run(contract)}
+    results = {
+        "recipe": "examples/recipes/contract-digits.json (30 epochs, seed 42)",
+        "dense": run(dense),
+        "pruned": run(contract),
+    }
     out = ROOT / "bench" / "results" / "sparsity.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'':28}{'dense':>12}{'pruned':>12}")

@@ -14,6 +14,7 @@ diagnostics, the heartbeat thread). Samples/s come from the wall time between ep
 (tracing and the first epoch's warm-up left out) and, separately, from the whole call (build + fit +
 evaluate). Each per-epoch duty is timed where it runs. Writes ``bench/results/throughput-fashion.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,6 @@ from worker import builder, data, pruning, training
 from worker.tf_env import keras, tf
 
 EPOCHS, REPEATS = 20, 3
-
-
 
 
 def recipe_for(pruned: bool, **training_options) -> Recipe:
@@ -62,24 +61,36 @@ def bare_fit(recipe: Recipe, splits) -> float:
         model, _ = pruning.apply(model, recipe, end, recipe.pruned_layer_names())
         callbacks = pruning.callbacks()
     model.compile(builder.build_optimizer(recipe), recipe.training.loss, list(recipe.training.metrics))
-    model.fit(splits.x_train, splits.y_train, batch_size=recipe.training.batch_size, epochs=EPOCHS,
-              validation_data=(splits.x_val, splits.y_val), callbacks=callbacks, verbose=0)
+    model.fit(
+        splits.x_train,
+        splits.y_train,
+        batch_size=recipe.training.batch_size,
+        epochs=EPOCHS,
+        validation_data=(splits.x_val, splits.y_val),
+        callbacks=callbacks,
+        verbose=0,
+    )
     model.evaluate(splits.x_test, splits.y_test, verbose=0)
     return time.perf_counter() - started
 
 
 def digits_main() -> None:
-    results = {"machine": f"{platform.machine()}, {tf.config.list_physical_devices()}", "epochs": EPOCHS,
-               "repeats": REPEATS}
+    results = {"machine": f"{platform.machine()}, {tf.config.list_physical_devices()}", "epochs": EPOCHS, "repeats": REPEATS}
     base = recipe_for(False)
     splits = data.split(data.load(None, base.dataset), base.dataset, base.seed)
     samples = len(splits.x_train) * EPOCHS
-    for label, recipe in {"dense": base, "pruned": recipe_for(True),
-                          "pruned_xla": recipe_for(True, jit_compile=True)}.items():
+    for label, recipe in {
+        "dense": base,
+        "pruned": recipe_for(True),
+        "pruned_xla": recipe_for(True, jit_compile=True),
+    }.items():
         worker = statistics.median(worker_loop(recipe, splits) for _ in range(REPEATS))
         bare = statistics.median(bare_fit(recipe, splits) for _ in range(REPEATS))
-        results[label] = {"worker_samples_per_s": round(samples / worker), "bare_fit_samples_per_s": round(samples / bare),
-                          "ratio_worker_over_bare": round(bare / worker, 3)}
+        results[label] = {
+            "worker_samples_per_s": round(samples / worker),
+            "bare_fit_samples_per_s": round(samples / bare),
+            "ratio_worker_over_bare": round(bare / worker, 3),
+        }
     out = ROOT / "bench" / "results" / "throughput.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
@@ -111,8 +122,15 @@ def fashion_bare(recipe: Recipe, splits, end_step: int | None) -> dict:
         callbacks = pruning.callbacks()
     ends = _EpochEnds()
     model.compile(builder.build_optimizer(recipe), recipe.training.loss, list(recipe.training.metrics))
-    model.fit(splits.x_train, splits.y_train, batch_size=recipe.training.batch_size, epochs=recipe.training.epochs,
-              validation_data=(splits.x_val, splits.y_val), callbacks=[*callbacks, ends], verbose=0)
+    model.fit(
+        splits.x_train,
+        splits.y_train,
+        batch_size=recipe.training.batch_size,
+        epochs=recipe.training.epochs,
+        validation_data=(splits.x_val, splits.y_val),
+        callbacks=[*callbacks, ends],
+        verbose=0,
+    )
     model.evaluate(splits.x_test, splits.y_test, verbose=0)
     return _rates(len(splits.x_train), ends.ends, time.perf_counter() - started)
 
@@ -186,17 +204,19 @@ def fashion_worker(recipe: Recipe, splits, end_step: int | None, db=None, settin
             jobs.finish(session, job_id, attempt, JobStatus.SUCCEEDED, result={})
         ckpt_s = sum(s for s, _ in checkpoints)
         writes_s = [max(0.0, w) for w in writes]
-        out.update({
-            # the epoch row (+ log lines) and, when due, the checkpoint: one transaction per epoch
-            "epoch_write_ms": round(statistics.median(writes_s) * 1000, 1),
-            "history_write_ms": round((sum(writes_s) - ckpt_s) / len(writes_s) * 1000, 1),
-            "checkpoints": f"{len(checkpoints)} of {len(writes_s)}",
-            "checkpoint_ms": round(statistics.median(s for s, _ in checkpoints) * 1000, 1) if checkpoints else 0,
-            "checkpoint_ms_per_epoch": round(ckpt_s / len(writes_s) * 1000, 1),
-            "checkpoint_bytes": checkpoints[0][1] if checkpoints else 0,
-            "heartbeat_ms": round(statistics.median(beats) * 1000, 2),
-            "heartbeats_per_epoch": round(out["epoch_s"] / settings.heartbeat_interval_s, 2),
-        })
+        out.update(
+            {
+                # the epoch row (+ log lines) and, when due, the checkpoint: one transaction per epoch
+                "epoch_write_ms": round(statistics.median(writes_s) * 1000, 1),
+                "history_write_ms": round((sum(writes_s) - ckpt_s) / len(writes_s) * 1000, 1),
+                "checkpoints": f"{len(checkpoints)} of {len(writes_s)}",
+                "checkpoint_ms": round(statistics.median(s for s, _ in checkpoints) * 1000, 1) if checkpoints else 0,
+                "checkpoint_ms_per_epoch": round(ckpt_s / len(writes_s) * 1000, 1),
+                "checkpoint_bytes": checkpoints[0][1] if checkpoints else 0,
+                "heartbeat_ms": round(statistics.median(beats) * 1000, 2),
+                "heartbeats_per_epoch": round(out["epoch_s"] / settings.heartbeat_interval_s, 2),
+            }
+        )
     return out
 
 
@@ -231,30 +251,48 @@ def fashion_main(args) -> None:
                 runs["worker_silent"].append(fashion_worker(recipe, splits, end))
                 runs["worker_job"].append(fashion_worker(recipe, splits, end, db, replace(settings)))
                 print(label, {k: v[-1] for k, v in runs.items()}, flush=True)
-            ratios = {k: [round(w["samples_per_s"] / b["samples_per_s"], 3) for w, b in zip(runs[k], runs["bare_fit"])]
-                      for k in ("worker_silent", "worker_job")}
-            whole = {k: [round(b["whole_s"] / w["whole_s"], 3) for w, b in zip(runs[k], runs["bare_fit"])]
-                     for k in ("worker_silent", "worker_job")}
+            ratios = {
+                k: [round(w["samples_per_s"] / b["samples_per_s"], 3) for w, b in zip(runs[k], runs["bare_fit"])]
+                for k in ("worker_silent", "worker_job")
+            }
+            whole = {
+                k: [round(b["whole_s"] / w["whole_s"], 3) for w, b in zip(runs[k], runs["bare_fit"])]
+                for k in ("worker_silent", "worker_job")
+            }
             job = runs["worker_job"]
             epoch_s = statistics.median(r["epoch_s"] for r in job)
             duties = {}
-            for duty, key in (("history write", "history_write_ms"), ("checkpoint", "checkpoint_ms_per_epoch"),
-                              ("diagnostics", "diagnostics_ms")):
+            for duty, key in (
+                ("history write", "history_write_ms"),
+                ("checkpoint", "checkpoint_ms_per_epoch"),
+                ("diagnostics", "diagnostics_ms"),
+            ):
                 ms = statistics.median(r[key] for r in job)
                 duties[duty] = {"ms_per_epoch": round(ms, 1), "share_of_epoch": round(ms / 1000 / epoch_s, 4)}
             beat = statistics.median(r["heartbeat_ms"] * r["heartbeats_per_epoch"] for r in job)
-            duties["heartbeat"] = {"ms_per_epoch": round(beat, 1), "share_of_epoch": round(beat / 1000 / epoch_s, 4),
-                                   "ms_per_beat": statistics.median(r["heartbeat_ms"] for r in job),
-                                   "interval_s": settings.heartbeat_interval_s}
+            duties["heartbeat"] = {
+                "ms_per_epoch": round(beat, 1),
+                "share_of_epoch": round(beat / 1000 / epoch_s, 4),
+                "ms_per_beat": statistics.median(r["heartbeat_ms"] for r in job),
+                "interval_s": settings.heartbeat_interval_s,
+            }
             results["models"][label] = {
-                "recipe": recipe.name, "train_samples": len(splits.x_train), "epochs": recipe.training.epochs,
-                "batch_size": recipe.training.batch_size, "runs": runs,
-                "ratio_steady": {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "all": v}
-                                 for k, v in ratios.items()},
-                "ratio_whole_call": {k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
-                                     for k, v in whole.items()},
-                "checkpoint": {"bytes": job[0]["checkpoint_bytes"], "ms": statistics.median(r["checkpoint_ms"] for r in job),
-                               "written": [r["checkpoints"] for r in job]},
+                "recipe": recipe.name,
+                "train_samples": len(splits.x_train),
+                "epochs": recipe.training.epochs,
+                "batch_size": recipe.training.batch_size,
+                "runs": runs,
+                "ratio_steady": {
+                    k: {"median": statistics.median(v), "min": min(v), "max": max(v), "all": v} for k, v in ratios.items()
+                },
+                "ratio_whole_call": {
+                    k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in whole.items()
+                },
+                "checkpoint": {
+                    "bytes": job[0]["checkpoint_bytes"],
+                    "ms": statistics.median(r["checkpoint_ms"] for r in job),
+                    "written": [r["checkpoints"] for r in job],
+                },
                 "duties": duties,
             }
         db.engine.dispose()

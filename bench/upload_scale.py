@@ -14,6 +14,7 @@ from /proc; the child shares ~700 MB of imported libraries with its parent, whic
 memory does not). Also the upload's time and the API worker's RSS rise while it parses and stores the file.
 Writes ``bench/results/upload-scale.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,11 @@ def npz(path: Path) -> dict:
     arrays = data.load(None, DatasetSpec(name="fashion_mnist"))
     x, y = arrays.x, arrays.y.astype(np.uint8)
     np.savez(path, x=x, y=y, x_test=arrays.x_test, y_test=arrays.y_test.astype(np.uint8))
-    return {"bytes": path.stat().st_size, "x": [str(x.dtype), list(x.shape)],
-            "x_test": [str(arrays.x_test.dtype), list(arrays.x_test.shape)]}
+    return {
+        "bytes": path.stat().st_size,
+        "x": [str(x.dtype), list(x.shape)],
+        "x_test": [str(arrays.x_test.dtype), list(arrays.x_test.shape)],
+    }
 
 
 def child_of(worker_log: str, job_id: str) -> int | None:
@@ -59,15 +63,25 @@ def train(http: httpx.Client, worker, recipe: dict) -> dict:
         seconds = time.perf_counter() - started
     pid = child_of(worker.log(), job_id)
     if done["status"] != "succeeded":  # a finding, not a crash of the bench: say how it ended
-        return {"dataset": recipe["dataset"], "job_id": job_id, "status": done["status"], "error": done["error"],
-                "seconds": round(seconds, 1), "test_accuracy": None, "sparsity": None,
-                "child_peak_rss_mb": round(sampler.peak_kb.get(pid, 0) / 1024, 1),
-                "child_peak_private_mb": round(sampler.peak_uss_kb.get(pid, 0) / 1024, 1)}
+        return {
+            "dataset": recipe["dataset"],
+            "job_id": job_id,
+            "status": done["status"],
+            "error": done["error"],
+            "seconds": round(seconds, 1),
+            "test_accuracy": None,
+            "sparsity": None,
+            "child_peak_rss_mb": round(sampler.peak_kb.get(pid, 0) / 1024, 1),
+            "child_peak_private_mb": round(sampler.peak_uss_kb.get(pid, 0) / 1024, 1),
+        }
     logs = http.get(f"/v1/jobs/{job_id}/logs").text
     read = re.search(r"read fashion_mnist .* in ([\d.]+) s", logs)
     history = done["history"]
     return {
-        "dataset": recipe["dataset"], "job_id": job_id, "status": "succeeded", "seconds": round(seconds, 1),
+        "dataset": recipe["dataset"],
+        "job_id": job_id,
+        "status": "succeeded",
+        "seconds": round(seconds, 1),
         "train_seconds": done["result"]["train_seconds"],
         "test_accuracy": round(done["result"]["test"]["accuracy"], 4),
         "test_loss": round(done["result"]["test"]["loss"], 4),
@@ -91,9 +105,11 @@ def main() -> None:
         path = Path(tmp) / "fashion_mnist_uint8.npz"
         results["file"] = npz(path)
         settings = be.settings()
-        results["limits"] = {"max_upload_bytes": settings.max_upload_bytes,
-                             "max_dataset_bytes": settings.max_dataset_bytes,
-                             "file_share_of_upload_limit": round(path.stat().st_size / settings.max_upload_bytes, 3)}
+        results["limits"] = {
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_dataset_bytes": settings.max_dataset_bytes,
+            "file_share_of_upload_limit": round(path.stat().st_size / settings.max_upload_bytes, 3),
+        }
         api, url = start_api(be)
         worker = start_worker(be, "upload")
         try:
@@ -101,24 +117,33 @@ def main() -> None:
                 with RssSampler(api.children) as api_rss:
                     started = time.perf_counter()
                     with path.open("rb") as fh:
-                        answer = http.post("/v1/datasets", files={"file": (path.name, fh)},
-                                           data={"name": "fashion-mnist-uint8"})
+                        answer = http.post(
+                            "/v1/datasets", files={"file": (path.name, fh)}, data={"name": "fashion-mnist-uint8"}
+                        )
                     upload_s = time.perf_counter() - started
                 assert answer.status_code == 201, answer.text
                 dataset = answer.json()
                 stored = http.get("/v1/usage").json()
                 results["upload"] = {
-                    "seconds": round(upload_s, 2), "mb_per_s": round(path.stat().st_size / 1e6 / upload_s, 1),
-                    "described": {k: dataset.get(k) for k in ("n_samples", "n_test_samples", "feature_shape",
-                                                              "n_classes", "storage_dtype")},
-                    "api_worker_rss_mb": {"first": max(api_rss.first_kb.values()) / 1024,
-                                          "peak": max(api_rss.peak_kb.values()) / 1024},
+                    "seconds": round(upload_s, 2),
+                    "mb_per_s": round(path.stat().st_size / 1e6 / upload_s, 1),
+                    "described": {
+                        k: dataset.get(k)
+                        for k in ("n_samples", "n_test_samples", "feature_shape", "n_classes", "storage_dtype")
+                    },
+                    "api_worker_rss_mb": {
+                        "first": max(api_rss.first_kb.values()) / 1024,
+                        "peak": max(api_rss.peak_kb.values()) / 1024,
+                    },
                     "usage": stored,
                 }
                 runs = {}
-                for label, name, standardize in (("upload", dataset["id"], False), ("built-in", "fashion_mnist", False),
-                                                 ("upload, standardize", dataset["id"], True),
-                                                 ("built-in, standardize", "fashion_mnist", True)):
+                for label, name, standardize in (
+                    ("upload", dataset["id"], False),
+                    ("built-in", "fashion_mnist", False),
+                    ("upload, standardize", dataset["id"], True),
+                    ("built-in, standardize", "fashion_mnist", True),
+                ):
                     recipe = json.loads(json.dumps(FASHION_MLP))
                     recipe["training"]["epochs"] = args.epochs
                     recipe["dataset"]["name"] = name
@@ -131,14 +156,20 @@ def main() -> None:
             worker.stop()
             api.stop()
     info = BUILTIN["fashion_mnist"]
-    results["arrays_mb"] = {"uint8_all": round((info.n_samples + info.n_test_samples) * 784 / 2**20, 1),
-                            "float32_used": round((info.n_samples + info.n_test_samples) * 784 * 4 / 2**20, 1)}
+    results["arrays_mb"] = {
+        "uint8_all": round((info.n_samples + info.n_test_samples) * 784 / 2**20, 1),
+        "float32_used": round((info.n_samples + info.n_test_samples) * 784 * 4 / 2**20, 1),
+    }
     out = write("upload-scale", results)
-    table(f"Fashion-MNIST as a {results['file']['bytes'] / 1e6:.1f} MB uint8 .npz upload vs the built-in "
-          f"({args.backend}, {args.epochs} epochs)",
-          ["job", "test acc", "sparsity", "child peak RSS MB", "child peak private MB", "s"],
-          [[k, r["test_accuracy"], r["sparsity"], r["child_peak_rss_mb"], r["child_peak_private_mb"], r["seconds"]]
-           for k, r in results["runs"].items()])
+    table(
+        f"Fashion-MNIST as a {results['file']['bytes'] / 1e6:.1f} MB uint8 .npz upload vs the built-in "
+        f"({args.backend}, {args.epochs} epochs)",
+        ["job", "test acc", "sparsity", "child peak RSS MB", "child peak private MB", "s"],
+        [
+            [k, r["test_accuracy"], r["sparsity"], r["child_peak_rss_mb"], r["child_peak_private_mb"], r["seconds"]]
+            for k, r in results["runs"].items()
+        ],
+    )
     print(f"upload: {results['upload']}")
     print(f"written to {out.relative_to(ROOT)}")
 

@@ -4,6 +4,7 @@ the limits, the owner's queue and storage quotas, and the Idempotency-Key replay
 Everything here runs in the API before anything is queued, without TensorFlow; a refusal is a
 ``RecipeError`` naming the recipe's field, so the client gets a 422 that says what to change.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -41,10 +42,15 @@ def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> J
         raise RecipeError(["dataset"], "no training samples are left after the test and validation splits")
     memory = footprint.estimate(recipe, info, job_plan, params, tp)
     footprint.admit(memory, settings.max_training_bytes)
-    return job_plan.model_copy(update={
-        "estimated_training_bytes": memory.total_bytes, "transfer": tp.choice() if tp else None,
-        "pruned_layers": _pruned_layers(recipe, tp), "params": params, "n_classes": info.n_classes,
-    })
+    return job_plan.model_copy(
+        update={
+            "estimated_training_bytes": memory.total_bytes,
+            "transfer": tp.choice() if tp else None,
+            "pruned_layers": _pruned_layers(recipe, tp),
+            "params": params,
+            "n_classes": info.n_classes,
+        }
+    )
 
 
 def _check_pruned_layers(recipe: Recipe, tp: TransferPlan | None) -> None:
@@ -81,8 +87,10 @@ def _check_output(recipe: Recipe, info: DatasetInfo, output: tuple[int, ...]) ->
     """An autoencoder rebuilds its inputs; a supervised model ends in a vector that fits the labels and loss."""
     if recipe.kind == "autoencoder":
         if output != tuple(recipe.model.input_shape):
-            raise RecipeError(["model", "decoder"], f"the decoder outputs {list(output)}; it must rebuild "
-                              f"inputs of shape {recipe.model.input_shape}")
+            raise RecipeError(
+                ["model", "decoder"],
+                f"the decoder outputs {list(output)}; it must rebuild inputs of shape {recipe.model.input_shape}",
+            )
         return
     if len(output) != 1:
         raise RecipeError(["model", "layers", -1], f"the model's output must be a vector, not of shape {list(output)}")
@@ -100,25 +108,38 @@ def _pruned_layers(recipe: Recipe, tp: TransferPlan | None) -> list[str] | None:
 
 
 def create(session: Session, recipe: Recipe, owner: str, settings: Settings) -> Job:
-    queued = session.scalar(select(func.count()).select_from(Job)
-                            .where(Job.owner == owner, Job.status == JobStatus.QUEUED.value)) or 0
+    queued = (
+        session.scalar(select(func.count()).select_from(Job).where(Job.owner == owner, Job.status == JobStatus.QUEUED.value))
+        or 0
+    )
     if queued >= settings.max_queued_per_owner:
-        raise QueueFull(f"{queued} of your jobs are queued (the limit is {settings.max_queued_per_owner}); "
-                        "wait for some to start", retry_after_s=30)
+        raise QueueFull(
+            f"{queued} of your jobs are queued (the limit is {settings.max_queued_per_owner}); wait for some to start",
+            retry_after_s=30,
+        )
     storage.admit_job(session, owner, settings)
     job_plan = check(session, recipe, owner, settings)
     job = Job(
-        id=uuid.uuid4().hex, owner=owner, name=recipe.name, status=JobStatus.QUEUED.value,
-        recipe=recipe.model_dump(mode="json"), progress={"epoch": 0, "epochs": recipe.training.epochs,
-                                                         "phase": "queued", "plan": job_plan.stored()},
+        id=uuid.uuid4().hex,
+        owner=owner,
+        name=recipe.name,
+        status=JobStatus.QUEUED.value,
+        recipe=recipe.model_dump(mode="json"),
+        progress={"epoch": 0, "epochs": recipe.training.epochs, "phase": "queued", "plan": job_plan.stored()},
         dispatched_at=utcnow(),
     )
     session.add(job)
     return job
 
 
-def submit(session: Session, recipe: Recipe, owner: str, settings: Settings,
-           idempotency_key: str | None = None, body_sha256: str = "") -> tuple[Job, bool]:
+def submit(
+    session: Session,
+    recipe: Recipe,
+    owner: str,
+    settings: Settings,
+    idempotency_key: str | None = None,
+    body_sha256: str = "",
+) -> tuple[Job, bool]:
     """Create the job, or with an Idempotency-Key seen before (same body, not expired) return its job.
 
     Returns (job, created)."""
@@ -128,8 +149,7 @@ def submit(session: Session, recipe: Recipe, owner: str, settings: Settings,
         seen = session.get(IdempotencyKey, (owner, idempotency_key))
         if seen is not None:
             if seen.request_sha256 != body_sha256:
-                raise IdempotencyMismatch(
-                    "this Idempotency-Key was used with a different body; use a new key for a new job")
+                raise IdempotencyMismatch("this Idempotency-Key was used with a different body; use a new key for a new job")
             job = session.get(Job, seen.job_id)
             if job is not None:
                 return job, False

@@ -1,4 +1,5 @@
 """Advice on a valid recipe that will likely train badly: warnings shown with the job, never a refusal."""
+
 from __future__ import annotations
 
 from core.layers import KernelLayer, activation_name, initializer_name
@@ -22,8 +23,10 @@ def selu_warnings(recipe: Recipe) -> list[str]:
         out.append(f"SELU needs lecun_normal initialization; not in {', '.join(odd_init)}")
     breaking = [layer.given_name for layer in layers if layer.type in SELU_BREAKERS]
     if breaking:
-        out.append(f"SELU self-normalization is only guaranteed for a sequential stack of dense layers; "
-                   f"{', '.join(breaking)} break it (use alpha_dropout instead of dropout)")
+        out.append(
+            f"SELU self-normalization is only guaranteed for a sequential stack of dense layers; "
+            f"{', '.join(breaking)} break it (use alpha_dropout instead of dropout)"
+        )
     if recipe.regularization and (recipe.regularization.l1 or recipe.regularization.l2):
         out.append("l1/l2 regularization weakens SELU's self-normalization")
     return out

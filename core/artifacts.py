@@ -3,6 +3,7 @@
 A single bytea/BLOB value is read whole into memory and caps at 1 GB, so a file is stored as rows of
 at most ``artifact_chunk_bytes`` with its total size and sha256 on the artifact row.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,15 @@ def store(
 ) -> Artifact:
     """Write ``source`` chunk by chunk in the caller's transaction; the artifact exists once it commits."""
     artifact = Artifact(
-        id=uuid.uuid4().hex, job_id=job_id, dataset_id=dataset_id, kind=kind, format=format,
-        filename=filename, size=0, sha256="", chunk_count=0,
+        id=uuid.uuid4().hex,
+        job_id=job_id,
+        dataset_id=dataset_id,
+        kind=kind,
+        format=format,
+        filename=filename,
+        size=0,
+        sha256="",
+        chunk_count=0,
     )
     session.add(artifact)
     session.flush()
@@ -43,8 +51,7 @@ def store(
     while block := source.read(chunk_bytes):
         digest.update(block)
         size += len(block)
-        session.add(ArtifactChunk(artifact_id=artifact.id, seq=seq, data=block,
-                                  sha256=hashlib.sha256(block).hexdigest()))
+        session.add(ArtifactChunk(artifact_id=artifact.id, seq=seq, data=block, sha256=hashlib.sha256(block).hexdigest()))
         session.flush()
         seq += 1
     artifact.size, artifact.sha256, artifact.chunk_count = size, digest.hexdigest(), seq
@@ -61,13 +68,15 @@ def _fetch(db: Database, artifact_id: str, seq: int) -> tuple[bytes, str | None]
             if isinstance(raw, psycopg.Connection):
                 # bytea in binary form: psycopg's default text (hex) form reads about 3× slower
                 with raw.cursor(binary=True) as cur:
-                    cur.execute("SELECT data, sha256 FROM artifact_chunks WHERE artifact_id = %s AND seq = %s",
-                                (artifact_id, seq))
+                    cur.execute(
+                        "SELECT data, sha256 FROM artifact_chunks WHERE artifact_id = %s AND seq = %s", (artifact_id, seq)
+                    )
                     row = cur.fetchone()
                 return None if row is None else (row[0], row[1])
         found = session.execute(
             select(ArtifactChunk.data, ArtifactChunk.sha256).where(
-                ArtifactChunk.artifact_id == artifact_id, ArtifactChunk.seq == seq)
+                ArtifactChunk.artifact_id == artifact_id, ArtifactChunk.seq == seq
+            )
         ).one_or_none()
         return None if found is None else (found.data, found.sha256)
 
@@ -112,8 +121,9 @@ def read_all(db: Database, artifact: Artifact) -> bytes:
     return b"".join(stream(db, artifact))
 
 
-def delete_for(session: Session, *, job_id: str | None = None, dataset_id: str | None = None,
-               kind: str | None = None) -> None:
+def delete_for(
+    session: Session, *, job_id: str | None = None, dataset_id: str | None = None, kind: str | None = None
+) -> None:
     """Explicit, not only ON DELETE CASCADE: SQLite enforces foreign keys only when told to."""
     column = Artifact.job_id if job_id is not None else Artifact.dataset_id
     where = [column == (job_id if job_id is not None else dataset_id)]

@@ -5,6 +5,7 @@ and the cancel of a queued job all write ``JobError.stored()`` into ``jobs.error
 it as the job's ``error``. The worker raises ``core.errors.JobStopped`` (or ``Diverged``) to end a job
 with one of these causes. Hints name no route: the same text reaches the SDK and the CLI.
 """
+
 from __future__ import annotations
 
 import enum
@@ -28,7 +29,7 @@ HINTS: dict[Cause, str] = {
     Cause.DIVERGED: "lower the learning rate, clip gradients (clipnorm), use he/lecun initialization or batch norm",
     Cause.WORKER_LOST: "the worker's process stopped on every attempt; the job's logs show how far it got",
     Cause.OUT_OF_MEMORY: "use a smaller batch_size or narrower layers (activations grow with both), "
-                         "or ask for a worker with more memory",
+    "or ask for a worker with more memory",
     Cause.TRAINING_ERROR: "the job's logs hold the traceback",
 }
 
@@ -49,4 +50,3 @@ class JobError(BaseModel):
     def stored(self) -> dict[str, Any]:
         """The JSON written to ``jobs.error`` (the fields a cause does not use are left out)."""
         return self.model_dump(mode="json", exclude_none=True)
-

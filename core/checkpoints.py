@@ -1,5 +1,6 @@
 """A running job's checkpoint: one stored artifact per job, replaced after each saved epoch and deleted
 when the job ends (``core.job_state.finish``), so a requeued attempt resumes where the last one stopped."""
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,15 @@ CHECKPOINT = "checkpoint"
 def save(session: Session, job_id: str, data: bytes, chunk_bytes: int) -> None:
     """Replaces the job's previous checkpoint in the caller's transaction (with the epoch it belongs to)."""
     discard(session, job_id)
-    artifacts.store(session, io.BytesIO(data), kind=CHECKPOINT, format="npz", filename=f"{job_id}-checkpoint.npz",
-                    chunk_bytes=chunk_bytes, job_id=job_id)
+    artifacts.store(
+        session,
+        io.BytesIO(data),
+        kind=CHECKPOINT,
+        format="npz",
+        filename=f"{job_id}-checkpoint.npz",
+        chunk_bytes=chunk_bytes,
+        job_id=job_id,
+    )
 
 
 def find(session: Session, job_id: str) -> Artifact | None:

@@ -4,6 +4,7 @@ An upload is parsed and described before any transaction opens (a large file tak
 quota is checked and its row and compressed file are stored in one transaction. The API's view only reads the
 form and shapes the answer.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,14 +35,23 @@ def catalogue(session: Session, owner: str, settings: Settings) -> list[dict[str
     return items
 
 
-def store_upload(db: Database, owner: str, settings: Settings, stream: IO[bytes], filename: str,
-                 name: str | None = None, label_column: str | None = None) -> DatasetInfo:
+def store_upload(
+    db: Database,
+    owner: str,
+    settings: Settings,
+    stream: IO[bytes],
+    filename: str,
+    name: str | None = None,
+    label_column: str | None = None,
+) -> DatasetInfo:
     """Parse ``stream`` as data only (``.npz`` or ``.csv``, by ``filename``'s extension), every array's size
     checked from its header before it is read; store it compressed in its compact dtypes under a new id
     (the returned info's ``name``)."""
     if len(filename) > MAX_NAME or "\x00" in filename:
-        raise DatasetError(f"the file name must be at most {MAX_NAME} characters, without NUL",
-                           errors=[{"loc": ["file"], "msg": "file name too long or has a NUL character"}])
+        raise DatasetError(
+            f"the file name must be at most {MAX_NAME} characters, without NUL",
+            errors=[{"loc": ["file"], "msg": "file name too long or has a NUL character"}],
+        )
     fmt = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
     stream.seek(0, io.SEEK_END)
     if stream.tell() > settings.max_upload_bytes:
@@ -56,6 +66,13 @@ def store_upload(db: Database, owner: str, settings: Settings, stream: IO[bytes]
         storage.admit_upload(session, owner, settings, buffer.getbuffer().nbytes)
         session.add(Dataset(id=dataset_id, owner=owner, name=name or filename, format=fmt, info=info.as_dict()))
         session.flush()
-        artifacts.store(session, buffer, kind="dataset", format="npz", filename=f"{dataset_id}.npz",
-                        chunk_bytes=settings.artifact_chunk_bytes, dataset_id=dataset_id)
+        artifacts.store(
+            session,
+            buffer,
+            kind="dataset",
+            format="npz",
+            filename=f"{dataset_id}.npz",
+            chunk_bytes=settings.artifact_chunk_bytes,
+            dataset_id=dataset_id,
+        )
     return info

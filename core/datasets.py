@@ -6,6 +6,7 @@ nor reads 30 MB of IDX files to list them; tests check them against the real loa
 built-in whose files are not installed is listed as unavailable, and a recipe naming it is a 422 that
 says how to install it.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,33 +41,68 @@ class DatasetInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DatasetInfo":
-        return cls(**{**data, "feature_shape": tuple(data["feature_shape"]),
-                      "class_counts": tuple(data.get("class_counts", ())),
-                      "class_names": tuple(data.get("class_names", ()))})
+        return cls(
+            **{
+                **data,
+                "feature_shape": tuple(data["feature_shape"]),
+                "class_counts": tuple(data.get("class_counts", ())),
+                "class_names": tuple(data.get("class_names", ())),
+            }
+        )
 
 
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                         "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 #: The four files of Debian's dataset-fashion-mnist, by the part of the official split they hold.
-FASHION_MNIST_FILES = {"x": "train-images-idx3-ubyte.gz", "y": "train-labels-idx1-ubyte.gz",
-                       "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz"}
+FASHION_MNIST_FILES = {
+    "x": "train-images-idx3-ubyte.gz",
+    "y": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
 
 BUILTIN = {
     info.name: info
     for info in [
-        DatasetInfo("digits", 1797, (64,), 10, "8×8 images of handwritten digits, pixels 0–16 (scikit-learn); "
-                    "reshape to [8, 8, 1] for a CNN", class_counts=(178, 182, 177, 183, 181, 182, 181, 179, 174, 180)),
+        DatasetInfo(
+            "digits",
+            1797,
+            (64,),
+            10,
+            "8×8 images of handwritten digits, pixels 0–16 (scikit-learn); reshape to [8, 8, 1] for a CNN",
+            class_counts=(178, 182, 177, 183, 181, 182, 181, 179, 174, 180),
+        ),
         DatasetInfo("iris", 150, (4,), 3, "Iris flowers, 4 measurements (scikit-learn)", class_counts=(50, 50, 50)),
         DatasetInfo("wine", 178, (13,), 3, "Wine chemistry, 13 features (scikit-learn)", class_counts=(59, 71, 48)),
-        DatasetInfo("breast_cancer", 569, (30,), 2, "Breast cancer diagnostics, 30 features (scikit-learn)",
-                    class_counts=(212, 357)),
-        DatasetInfo("fashion_mnist", 60000, (28, 28), 10,
-                    "Zalando's Fashion-MNIST: 28×28 grey images of clothing, the official split (the 10,000 t10k "
-                    "images are the test set, test_fraction is ignored; validation_fraction comes out of the "
-                    "60,000); pixels stored as uint8 0–255, trained on as float32 / 255. Use a flatten layer "
-                    "after input_shape [28, 28], or dataset.reshape [784] or [28, 28, 1] for a CNN",
-                    n_test_samples=10000, class_counts=(6000,) * 10, class_names=FASHION_MNIST_CLASSES,
-                    storage_dtype="uint8", input_divisor=255.0, package="dataset-fashion-mnist"),
+        DatasetInfo(
+            "breast_cancer", 569, (30,), 2, "Breast cancer diagnostics, 30 features (scikit-learn)", class_counts=(212, 357)
+        ),
+        DatasetInfo(
+            "fashion_mnist",
+            60000,
+            (28, 28),
+            10,
+            "Zalando's Fashion-MNIST: 28×28 grey images of clothing, the official split (the 10,000 t10k "
+            "images are the test set, test_fraction is ignored; validation_fraction comes out of the "
+            "60,000); pixels stored as uint8 0–255, trained on as float32 / 255. Use a flatten layer "
+            "after input_shape [28, 28], or dataset.reshape [784] or [28, 28, 1] for a CNN",
+            n_test_samples=10000,
+            class_counts=(6000,) * 10,
+            class_names=FASHION_MNIST_CLASSES,
+            storage_dtype="uint8",
+            input_divisor=255.0,
+            package="dataset-fashion-mnist",
+        ),
     ]
 }
 
@@ -101,9 +137,12 @@ def lookup(session: Session, name: str, owner: str, settings: Settings) -> Datas
         info = BUILTIN[name]
         missing = missing_files(name, settings)
         if missing:
-            raise RecipeError(["dataset", "name"], f"dataset {name!r} is not installed on this server "
-                              f"({len(missing)} of its files are missing under {os.path.dirname(missing[0])}); "
-                              f"install it with `{install_hint(info)}` (Debian's package)")
+            raise RecipeError(
+                ["dataset", "name"],
+                f"dataset {name!r} is not installed on this server "
+                f"({len(missing)} of its files are missing under {os.path.dirname(missing[0])}); "
+                f"install it with `{install_hint(info)}` (Debian's package)",
+            )
         return info
     row = session.execute(select(Dataset).where(Dataset.id == name, Dataset.owner == owner)).scalar_one_or_none()
     if row is None:
@@ -128,4 +167,3 @@ def check_labels(info: DatasetInfo, loss: str, output_units: int) -> None:
             ["model", "layers", -1, "units"],
             f"mse on class labels regresses onto the label: the output layer needs 1 unit, not {output_units}",
         )
-

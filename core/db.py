@@ -1,4 +1,5 @@
 """Engine and sessions. One engine per process; forked Celery children get their own."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

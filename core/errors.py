@@ -28,6 +28,7 @@ Modelled on httpx's ``_exceptions.py``::
     └── JobStopped                (worker) a job ended early for a typed cause
         └── Diverged
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -177,6 +178,5 @@ class Diverged(JobStopped):
     """The loss became NaN or infinite at ``epoch``/``batch``: training cannot recover from it."""
 
     def __init__(self, epoch: int, batch: int, loss: float):
-        super().__init__(Cause.DIVERGED, f"the loss became {loss} in epoch {epoch}, batch {batch}",
-                         epoch=epoch, batch=batch)
+        super().__init__(Cause.DIVERGED, f"the loss became {loss} in epoch {epoch}, batch {batch}", epoch=epoch, batch=batch)
         self.epoch, self.batch = epoch, batch

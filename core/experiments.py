@@ -4,6 +4,7 @@ Each variant × seed is an ordinary job (queued, trained, cancellable like any);
 from their results when asked. Variants are overrides by dotted path (``training.optimizer.type``), applied to
 the base and validated like any recipe, so a bad variant is a 422 naming it.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,8 +29,9 @@ from core.settings import Settings
 
 class Variant(Strict):
     name: str = Field(min_length=1, max_length=100)
-    overrides: dict[str, Any] = Field(default_factory=dict, max_length=200,
-                                      description='e.g. {"training.optimizer.type": "nadam"}')
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, max_length=200, description='e.g. {"training.optimizer.type": "nadam"}'
+    )
 
 
 class _PartialRecipe:
@@ -48,7 +50,8 @@ class ExperimentSpec(Strict):
     description: str | None = Field(None, max_length=4000)
     base: Annotated[dict[str, Any], _PartialRecipe()] = Field(
         description="A recipe (its fields as in POST /v1/jobs), before each variant's overrides; every variant "
-                    "starts from it.")
+        "starts from it."
+    )
     variants: list[Variant] = Field(min_length=1, max_length=20)
     repeats: int = Field(1, ge=1, le=10, description="Seeds per variant: base seed, +1, +2, …")
     target_accuracy: float | None = Field(None, gt=0, le=1, description="For 'epochs to reach' in the table.")
@@ -76,8 +79,9 @@ def _copied(child: object, dotted: str, where: str) -> dict[str, Any] | list[Any
         return dict(child)
     if isinstance(child, list):
         return list(child)
-    raise OverrideError(f"{dotted!r}: {where} is {type(child).__name__} "
-                        f"{str(child)[:40]!r}, not an object or a list to go into")
+    raise OverrideError(
+        f"{dotted!r}: {where} is {type(child).__name__} {str(child)[:40]!r}, not an object or a list to go into"
+    )
 
 
 def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +92,7 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         *path, last = dotted.split(".")
         node: dict[str, Any] | list[Any] = recipe
         for depth, part in enumerate(path):
-            where, into = ".".join(path[:depth]), ".".join(path[:depth + 1])
+            where, into = ".".join(path[:depth]), ".".join(path[: depth + 1])
             if isinstance(node, dict):
                 child = node[part] = _copied(node.get(part, {}), dotted, into)
             else:
@@ -118,15 +122,17 @@ def variant_recipe(spec: ExperimentSpec, index: int, repeat: int) -> Recipe:
         raise RecipeError(["variants", index, "overrides"], f"variant {variant.name!r}: {exc}") from None
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        raise RecipeError(["variants", index], f"variant {variant.name!r}: "
-                          f"{'.'.join(map(str, first['loc'])) or 'recipe'}: {first['msg']}") from None
+        raise RecipeError(
+            ["variants", index], f"variant {variant.name!r}: {'.'.join(map(str, first['loc'])) or 'recipe'}: {first['msg']}"
+        ) from None
     except RecursionError:
         raise RecipeError(["variants", index], f"variant {variant.name!r}: the recipe is nested too deeply") from None
 
 
 def create(session: Session, spec: ExperimentSpec, owner: str, settings: Settings) -> tuple[Experiment, list[Job]]:
-    recipes = [(index, variant_recipe(spec, index, repeat))
-               for index in range(len(spec.variants)) for repeat in range(spec.repeats)]
+    recipes = [
+        (index, variant_recipe(spec, index, repeat)) for index in range(len(spec.variants)) for repeat in range(spec.repeats)
+    ]
     try:
         stored = spec.model_dump(mode="json")
     except (ValueError, RecursionError):  # pydantic's serializer refuses very deep values the variants dropped
@@ -149,23 +155,29 @@ def get(session: Session, experiment_id: str, owner: str) -> tuple[Experiment, l
     experiment = session.get(Experiment, experiment_id)
     if experiment is None or experiment.owner != owner:
         raise NotFound(f"no experiment {experiment_id!r}")
-    children = list(session.execute(select(Job).where(Job.experiment_id == experiment_id)
-                                    .order_by(Job.created_at, Job.id)).scalars())
+    children = list(
+        session.execute(select(Job).where(Job.experiment_id == experiment_id).order_by(Job.created_at, Job.id)).scalars()
+    )
     return experiment, children
 
 
 def _mean_spread(values: list[float]) -> MeanSpread | None:
     if not values:
         return None
-    return MeanSpread(mean=round(statistics.fmean(values), 4),
-                      spread=round(statistics.pstdev(values), 4) if len(values) > 1 else 0.0, n=len(values))
+    return MeanSpread(
+        mean=round(statistics.fmean(values), 4),
+        spread=round(statistics.pstdev(values), 4) if len(values) > 1 else 0.0,
+        n=len(values),
+    )
 
 
 def comparison(session: Session, experiment: Experiment, children: list[Job]) -> list[ComparisonRow]:
     """One row per variant, from its succeeded jobs' stored results and histories."""
     target = experiment.spec.get("target_accuracy")
-    return [_row(session, variant, [job for job in children if job.variant == variant["name"]], target)
-            for variant in experiment.spec["variants"]]
+    return [
+        _row(session, variant, [job for job in children if job.variant == variant["name"]], target)
+        for variant in experiment.spec["variants"]
+    ]
 
 
 def _row(session: Session, variant: dict[str, Any], mine: list[Job], target: float | None) -> ComparisonRow:
@@ -179,14 +191,18 @@ def _row(session: Session, variant: dict[str, Any], mine: list[Job], target: flo
             reach.append(hits[0])
     sizes = [next(iter(result.sizes.values())).gzip_bytes for result in results if result.sizes]
     return ComparisonRow(
-        variant=variant["name"], overrides=variant["overrides"], jobs={job.id: job.status for job in mine},
+        variant=variant["name"],
+        overrides=variant["overrides"],
+        jobs={job.id: job.status for job in mine},
         test_accuracy=_mean_spread([r.test["accuracy"] for r in results if "accuracy" in r.test]),
-        best_val_accuracy=_mean_spread([max((h.get("val_accuracy") or 0) for h in history)
-                                        for history in histories if history]),
+        best_val_accuracy=_mean_spread(
+            [max((h.get("val_accuracy") or 0) for h in history) for history in histories if history]
+        ),
         epochs_to_target=_mean_spread([float(e) for e in reach]) if target else None,
         reached_target=f"{len(reach)}/{len(done)}" if target else None,
-        wall_seconds=_mean_spread([(job.finished_at - job.started_at).total_seconds() for job in done
-                                   if job.finished_at and job.started_at]),  # a succeeded job has both
+        wall_seconds=_mean_spread(
+            [(job.finished_at - job.started_at).total_seconds() for job in done if job.finished_at and job.started_at]
+        ),  # a succeeded job has both
         sparsity=_mean_spread([r.sparsity.overall for r in results]),
         gzip_bytes=_mean_spread([float(s) for s in sizes]),
     )
@@ -221,16 +237,20 @@ def finished_curves(session: Session, experiment_id: str) -> dict[str, list[list
 
 
 def plot_artifact(session: Session, experiment_id: str) -> Artifact | None:
-    return session.execute(select(Artifact).where(Artifact.kind == PLOT_KIND,
-                                                  Artifact.filename == f"{experiment_id}.png")).scalars().first()
+    return (
+        session.execute(select(Artifact).where(Artifact.kind == PLOT_KIND, Artifact.filename == f"{experiment_id}.png"))
+        .scalars()
+        .first()
+    )
 
 
 def store_plot(session: Session, experiment_id: str, png: bytes, chunk_bytes: int) -> None:
     import io
 
     session.execute(delete(Artifact).where(Artifact.kind == PLOT_KIND, Artifact.filename == f"{experiment_id}.png"))
-    artifacts.store(session, io.BytesIO(png), kind=PLOT_KIND, format="png", filename=f"{experiment_id}.png",
-                    chunk_bytes=chunk_bytes)
+    artifacts.store(
+        session, io.BytesIO(png), kind=PLOT_KIND, format="png", filename=f"{experiment_id}.png", chunk_bytes=chunk_bytes
+    )
 
 
 def remove(session: Session, experiment_id: str, owner: str) -> None:

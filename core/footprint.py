@@ -8,6 +8,7 @@ copies, and the runtime's own cost of a first fit. It is measured against Tensor
 ``bench/footprint.py`` (within 2× either way; the table is in README). It excludes the worker's baseline
 with TensorFlow imported, which the child shares with the Celery parent.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,7 @@ class Footprint:
 
     @property
     def total_bytes(self) -> int:
-        return (self.weights_bytes + self.pruning_bytes + self.activation_bytes + self.dataset_bytes
-                + self.runtime_bytes)
+        return self.weights_bytes + self.pruning_bytes + self.activation_bytes + self.dataset_bytes + self.runtime_bytes
 
     @property
     def largest(self) -> LayerCost:
@@ -93,8 +93,9 @@ def _layer_costs(recipe: Recipe, tp: TransferPlan | None, rows: int) -> tuple[li
     else:
         layers, start = recipe.all_layers(), tuple(recipe.model.input_shape)
         if recipe.dataset.standardize:
-            costs.append(LayerCost(("dataset", "standardize"), "standardize", "normalization",
-                                   math.prod(start) * rows * FLOAT_BYTES))
+            costs.append(
+                LayerCost(("dataset", "standardize"), "standardize", "normalization", math.prod(start) * rows * FLOAT_BYTES)
+            )
     n_encoder = len(recipe.model.layers)
     for index, (layer, (in_shape, out_shape)) in enumerate(zip(layers, layer_shapes(layers, start))):
         loc: tuple[str | int, ...]
@@ -143,7 +144,11 @@ def admit(footprint: Footprint, limit: int) -> None:
     if footprint.total_bytes <= limit:
         return
     top = footprint.largest
-    raise RecipeError(list(top.loc), (
-        f"training would need about {gib(footprint.total_bytes)} of memory (estimate); the limit is {gib(limit)}. "
-        f"The largest layer is {top.name!r} ({top.type}): {gib(top.activation_bytes)} of activations at "
-        f"{footprint.rows} rows per batch. Lower training.batch_size or that layer's size"))
+    raise RecipeError(
+        list(top.loc),
+        (
+            f"training would need about {gib(footprint.total_bytes)} of memory (estimate); the limit is {gib(limit)}. "
+            f"The largest layer is {top.name!r} ({top.type}): {gib(top.activation_bytes)} of activations at "
+            f"{footprint.rows} rows per batch. Lower training.batch_size or that layer's size"
+        ),
+    )

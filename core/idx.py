@@ -5,6 +5,7 @@ uint32, then the values in C order, big-endian. The header is checked before any
 allocated (the dimensions say how many bytes follow; a header that lies about them is an error,
 not a 4 GB allocation), and the body must hold exactly that many bytes.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -20,8 +21,14 @@ import numpy as np
 from core.errors import DatasetError
 
 #: IDX type code → numpy dtype (big-endian, as the format stores them).
-DTYPES: dict[int, np.dtype[Any]] = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
-                                    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+DTYPES: dict[int, np.dtype[Any]] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 MAX_DIMENSIONS = 4
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -62,8 +69,9 @@ def read(path: str | Path, max_bytes: int) -> np.ndarray:
             dtype, dims = parse_header(stream, path)
             size = math.prod(dims) * dtype.itemsize
             if size > max_bytes:
-                raise IDXError(f"{path.name}: the header declares {list(dims)} values ({size:,} bytes); "
-                               f"the limit is {max_bytes:,}")
+                raise IDXError(
+                    f"{path.name}: the header declares {list(dims)} values ({size:,} bytes); the limit is {max_bytes:,}"
+                )
             body = _read_exactly(stream, size, path, "data")
             if stream.read(1):
                 raise IDXError(f"{path.name}: bytes after the {list(dims)} values its header declares")

@@ -5,6 +5,7 @@ Every change of status is a guarded ``UPDATE … WHERE status = :expected`` (and
 attempt it claimed), so a duplicate delivery, a stale worker or a cancel racing completion each
 end in exactly one state. Nothing else in the code base writes ``Job.status``.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -33,16 +34,22 @@ def cancel(session: Session, job_id: str, owner: str) -> Job:
     """Queued: cancelled now. Running: flagged; the worker stops at the next batch and ends it cancelled."""
     job = jobs.get(session, job_id, owner)
     now = utcnow()
-    done = rows_matched(session,
-        update(Job).where(Job.id == job_id, Job.status == Q)
-        .values(status=JobStatus.CANCELLED.value, finished_at=now, version=Job.version + 1,
-                progress=with_phase(job.progress, "cancelled"),
-                error=JobError.of(Cause.CANCELLED, "cancelled before it started").stored())
+    done = rows_matched(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == Q)
+        .values(
+            status=JobStatus.CANCELLED.value,
+            finished_at=now,
+            version=Job.version + 1,
+            progress=with_phase(job.progress, "cancelled"),
+            error=JobError.of(Cause.CANCELLED, "cancelled before it started").stored(),
+        ),
     )
     if not done:
-        done = rows_matched(session,
-            update(Job).where(Job.id == job_id, Job.status == R)
-            .values(cancel_requested=True, version=Job.version + 1)
+        done = rows_matched(
+            session,
+            update(Job).where(Job.id == job_id, Job.status == R).values(cancel_requested=True, version=Job.version + 1),
         )
     if not done:
         raise Conflict(f"job {job_id} is already {session.scalar(select(Job.status).where(Job.id == job_id))}")
@@ -56,10 +63,19 @@ def cancel(session: Session, job_id: str, owner: str) -> Job:
 def claim(session: Session, job_id: str, worker: str) -> int | None:
     """queued → running in one conditional UPDATE; returns the attempt number, or None if not ours to run."""
     now = utcnow()
-    taken = rows_matched(session,
-        update(Job).where(Job.id == job_id, Job.status == Q)
-        .values(status=R, attempt=Job.attempt + 1, started_at=now, heartbeat_at=now, worker=worker,
-                version=Job.version + 1, cancel_requested=False)
+    taken = rows_matched(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == Q)
+        .values(
+            status=R,
+            attempt=Job.attempt + 1,
+            started_at=now,
+            heartbeat_at=now,
+            worker=worker,
+            version=Job.version + 1,
+            cancel_requested=False,
+        ),
     )
     if not taken:
         return None
@@ -79,26 +95,35 @@ def heartbeat(session: Session, job_id: str, attempt: int) -> tuple[bool, bool]:
 
 def update_running(session: Session, job_id: str, attempt: int, **values: Any) -> bool:
     values.setdefault("heartbeat_at", utcnow())
-    return bool(
-        rows_matched(session, update(Job).where(*_mine(job_id, attempt)).values(version=Job.version + 1, **values))
-    )
+    return bool(rows_matched(session, update(Job).where(*_mine(job_id, attempt)).values(version=Job.version + 1, **values)))
 
 
-def record_epoch(session: Session, job_id: str, attempt: int, epoch: int, phase: str, metrics: dict[str, Any],
-                 progress: dict[str, Any], diagnostics: list[dict[str, Any]] | None = None) -> bool:
+def record_epoch(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    epoch: int,
+    phase: str,
+    metrics: dict[str, Any],
+    progress: dict[str, Any],
+    diagnostics: list[dict[str, Any]] | None = None,
+) -> bool:
     if not update_running(session, job_id, attempt, progress=progress):
         return False
-    session.merge(EpochRecord(job_id=job_id, epoch=epoch, attempt=attempt, phase=phase, metrics=metrics,
-                              diagnostics=diagnostics))
+    session.merge(
+        EpochRecord(job_id=job_id, epoch=epoch, attempt=attempt, phase=phase, metrics=metrics, diagnostics=diagnostics)
+    )
     return True
 
 
 def finish(session: Session, job_id: str, attempt: int, status: JobStatus, **values: Any) -> bool:
     """running → final, only by the attempt that holds the job; its checkpoint goes with it."""
     done = bool(
-        rows_matched(session,
-            update(Job).where(*_mine(job_id, attempt))
-            .values(status=status.value, finished_at=utcnow(), version=Job.version + 1, **values)
+        rows_matched(
+            session,
+            update(Job)
+            .where(*_mine(job_id, attempt))
+            .values(status=status.value, finished_at=utcnow(), version=Job.version + 1, **values),
         )
     )
     if done:
@@ -114,8 +139,14 @@ def fail_running_on(session: Session, worker: str, error: JobError) -> str | Non
         return None
     job_id, attempt = row
     progress = session.scalar(select(Job.progress).where(Job.id == job_id))
-    if not finish(session, job_id, attempt, JobStatus.FAILED, error=error.stored(),
-                  progress=with_phase(progress, JobStatus.FAILED.value)):
+    if not finish(
+        session,
+        job_id,
+        attempt,
+        JobStatus.FAILED,
+        error=error.stored(),
+        progress=with_phase(progress, JobStatus.FAILED.value),
+    ):
         return None
     jobs.append_logs(session, job_id, [(utcnow(), "ERROR", f"job failed: {error.type.value}: {error.message}")])
     return job_id
@@ -126,10 +157,14 @@ def fail_running_on(session: Session, worker: str, error: JobError) -> str | Non
 
 def redispatch_queued(session: Session, job_id: str, dispatched_before: datetime, now: datetime) -> bool:
     """A queued job nobody took: stamped as sent again, unless a worker claimed it meanwhile."""
-    return bool(rows_matched(session,
-        update(Job).where(Job.id == job_id, Job.status == Q, Job.dispatched_at < dispatched_before)
-        .values(dispatched_at=now)
-    ))
+    return bool(
+        rows_matched(
+            session,
+            update(Job)
+            .where(Job.id == job_id, Job.status == Q, Job.dispatched_at < dispatched_before)
+            .values(dispatched_at=now),
+        )
+    )
 
 
 def _silent(job_id: str, attempt: int, beat_before: datetime) -> tuple[ColumnElement[bool], ...]:
@@ -138,19 +173,26 @@ def _silent(job_id: str, attempt: int, beat_before: datetime) -> tuple[ColumnEle
 
 def requeue_silent(session: Session, job_id: str, attempt: int, beat_before: datetime, now: datetime) -> bool:
     """running → queued: the attempt's worker stopped heartbeating (and has not beaten since)."""
-    return bool(rows_matched(session,
-        update(Job).where(*_silent(job_id, attempt, beat_before))
-        .values(status=Q, dispatched_at=now, version=Job.version + 1)
-    ))
+    return bool(
+        rows_matched(
+            session,
+            update(Job)
+            .where(*_silent(job_id, attempt, beat_before))
+            .values(status=Q, dispatched_at=now, version=Job.version + 1),
+        )
+    )
 
 
-def fail_silent(session: Session, job_id: str, attempt: int, beat_before: datetime, now: datetime,
-                error: JobError) -> bool:
+def fail_silent(session: Session, job_id: str, attempt: int, beat_before: datetime, now: datetime, error: JobError) -> bool:
     """running → failed: the last attempt's worker stopped heartbeating; its checkpoint goes with it."""
-    done = bool(rows_matched(session,
-        update(Job).where(*_silent(job_id, attempt, beat_before))
-        .values(status=JobStatus.FAILED.value, finished_at=now, version=Job.version + 1, error=error.stored())
-    ))
+    done = bool(
+        rows_matched(
+            session,
+            update(Job)
+            .where(*_silent(job_id, attempt, beat_before))
+            .values(status=JobStatus.FAILED.value, finished_at=now, version=Job.version + 1, error=error.stored()),
+        )
+    )
     if done:
         checkpoints.discard(session, job_id)
     return done

@@ -3,6 +3,7 @@ their logs, and removing a finished one.
 
 Admission (``core.admission``) creates jobs; every change of status is ``core.job_state``'s.
 """
+
 from __future__ import annotations
 
 import base64
@@ -46,7 +47,8 @@ def version(session: Session, job_id: str, owner: str) -> int:
 def history(session: Session, job_id: str) -> list[dict[str, Any]]:
     rows = session.execute(  # not the diagnostics column: it has an endpoint of its own
         select(EpochRecord.epoch, EpochRecord.phase, EpochRecord.attempt, EpochRecord.metrics)
-        .where(EpochRecord.job_id == job_id).order_by(EpochRecord.epoch)
+        .where(EpochRecord.job_id == job_id)
+        .order_by(EpochRecord.epoch)
     ).all()
     return [{"epoch": epoch, "phase": phase, "attempt": attempt, **metrics} for epoch, phase, attempt, metrics in rows]
 
@@ -98,7 +100,8 @@ def page(session: Session, owner: str, status: str | None, limit: int, cursor: s
 def diagnostics(session: Session, job_id: str) -> list[dict[str, Any]]:
     rows = session.execute(
         select(EpochRecord.epoch, EpochRecord.phase, EpochRecord.diagnostics)
-        .where(EpochRecord.job_id == job_id).order_by(EpochRecord.epoch)
+        .where(EpochRecord.job_id == job_id)
+        .order_by(EpochRecord.epoch)
     ).all()
     return [{"epoch": epoch, "phase": phase, "layers": layers or []} for epoch, phase, layers in rows]
 

@@ -4,6 +4,7 @@ Each class is one recipe ``type``; the worker's builder turns it into the Keras 
 same name. ``output_shape`` raises ``ValueError`` for an input it cannot take, which the API
 reports at that layer's index.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Shape = tuple[int, ...]
-ActivationName = Literal[
-    "sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu", "swish", "softmax", "linear"
-]
+ActivationName = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu", "swish", "softmax", "linear"]
 InitializerName = Literal[
     "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal", "zeros"
 ]
@@ -36,9 +35,13 @@ def nul_errors(data: object, limit: int = 10) -> list[InitErrorDetails]:
                 while link is not None:
                     link, key = link
                     loc.append(key)
-                errors.append(InitErrorDetails(type=PydanticCustomError(
-                    "nul_character", "text must not contain a NUL (\\u0000) character"),
-                    loc=tuple(reversed(loc)), input=node))
+                errors.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("nul_character", "text must not contain a NUL (\\u0000) character"),
+                        loc=tuple(reversed(loc)),
+                        input=node,
+                    )
+                )
         elif isinstance(node, dict):
             for key, value in reversed(list(node.items())):
                 stack.append(((link, key), key if isinstance(key, str) and "\x00" in key else value))
@@ -115,9 +118,7 @@ class RandomNormal(Strict):
     stddev: float = Field(0.05, gt=0, le=100)
 
 
-Initializer = Union[
-    InitializerName, Annotated[Union[VarianceScaling, RandomNormal], Field(discriminator="type")]
-]
+Initializer = Union[InitializerName, Annotated[Union[VarianceScaling, RandomNormal], Field(discriminator="type")]]
 
 
 def initializer_name(init: Initializer) -> str:
@@ -132,8 +133,7 @@ class Regularization(Strict):
 
     l1: float = Field(0.0, ge=0, le=1)
     l2: float = Field(0.0, ge=0, le=1)
-    l1_l2: Annotated[tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]],
-                     FromList] | None = None
+    l1_l2: Annotated[tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]], FromList] | None = None
 
     @model_validator(mode="after")
     def _unpack(self) -> Self:
@@ -152,9 +152,7 @@ class MaxNorm(Strict):
 
 
 class LayerBase(Strict):
-    name: str | None = Field(
-        None, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$", description="Defaults to '<type>_<index>'."
-    )
+    name: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$", description="Defaults to '<type>_<index>'.")
 
     @property
     def given_name(self) -> str:
@@ -226,8 +224,10 @@ def _spatial(size: int, window: int, stride: int, padding: str) -> int:
 
 def _needs_image(layer: str, input_shape: Shape) -> None:
     if len(input_shape) != 3:
-        raise ValueError(f"{layer} needs (height, width, channels) input, not {list(input_shape)}; "
-                         "reshape the data (dataset.reshape or a reshape layer) first")
+        raise ValueError(
+            f"{layer} needs (height, width, channels) input, not {list(input_shape)}; "
+            "reshape the data (dataset.reshape or a reshape layer) first"
+        )
 
 
 class Conv2DLayer(KernelLayer):
@@ -290,8 +290,7 @@ class ReshapeLayer(LayerBase):
 
     def output_shape(self, input_shape: Shape) -> Shape:
         if math.prod(self.target_shape) != math.prod(input_shape):
-            raise ValueError(f"cannot reshape {list(input_shape)} ({math.prod(input_shape)} values) "
-                             f"to {self.target_shape}")
+            raise ValueError(f"cannot reshape {list(input_shape)} ({math.prod(input_shape)} values) to {self.target_shape}")
         return tuple(self.target_shape)
 
     def activation_size(self, input_shape: Shape) -> int:
@@ -410,8 +409,19 @@ class AlphaDropoutLayer(LayerBase):
 
 Layer = Annotated[
     Union[
-        DenseLayer, Conv2DLayer, MaxPooling2DLayer, GlobalAveragePooling2DLayer, FlattenLayer, ReshapeLayer,
-        BatchNormalizationLayer, ActivationLayer, LeakyReLULayer, PReLULayer, RReLULayer, ELULayer, DropoutLayer,
+        DenseLayer,
+        Conv2DLayer,
+        MaxPooling2DLayer,
+        GlobalAveragePooling2DLayer,
+        FlattenLayer,
+        ReshapeLayer,
+        BatchNormalizationLayer,
+        ActivationLayer,
+        LeakyReLULayer,
+        PReLULayer,
+        RReLULayer,
+        ELULayer,
+        DropoutLayer,
         AlphaDropoutLayer,
     ],
     Field(discriminator="type"),

@@ -1,4 +1,5 @@
 """``python -m core.migrate``: bring the database named by DATABASE_URL to the latest schema."""
+
 from __future__ import annotations
 
 from alembic import command

@@ -2,6 +2,7 @@
 
 The database is the source of truth: the queue only ever carries a job id.
 """
+
 from __future__ import annotations
 
 import enum
@@ -120,9 +121,7 @@ class Artifact(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True, index=True)
-    dataset_id: Mapped[str | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="CASCADE"), nullable=True, index=True
-    )
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), nullable=True, index=True)
     kind: Mapped[str] = mapped_column(String(16))
     format: Mapped[str] = mapped_column(String(16))
     filename: Mapped[str] = mapped_column(String(255))

@@ -4,6 +4,7 @@ pruning end step, the layers to prune and the transfer choice.
 Written into ``Job.progress["plan"]`` with ``JobPlan.stored()`` and read with ``JobPlan.model_validate``;
 the stored keys are the ones the HTTP representation has always shown under ``progress.plan``.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,8 @@ class JobPlan(BaseModel):
     total_steps: int = Field(description="steps_per_epoch × epochs.")
     warnings: list[str] = Field(default_factory=list, description="Advice about the recipe (e.g. SELU's conditions).")
     pruning_end_step: int | None = Field(
-        None, description="The step the pruning schedule reaches its target (`end_step: auto` resolved).")
+        None, description="The step the pruning schedule reaches its target (`end_step: auto` resolved)."
+    )
     estimated_training_bytes: int | None = Field(None, description="Admission's estimate of the training memory.")
     transfer: TransferChoice | None = Field(None, description="Transfer jobs only: the reused layers.")
     pruned_layers: list[str] | None = Field(None, description="Pruning jobs only: names of the layers pruned.")
@@ -66,6 +68,12 @@ def plan_for(recipe: Recipe, info: DatasetInfo) -> JobPlan:
             end_step = resolve_end_step(recipe.pruning.schedule, total)
         except ValueError as exc:
             raise RecipeError(["pruning", "schedule", "end_step"], str(exc)) from None
-    return JobPlan(train_samples=counts.train, validation_samples=counts.validation, test_samples=counts.test,
-                   steps_per_epoch=steps, total_steps=total, warnings=selu_warnings(recipe),
-                   pruning_end_step=end_step)
+    return JobPlan(
+        train_samples=counts.train,
+        validation_samples=counts.validation,
+        test_samples=counts.test,
+        steps_per_epoch=steps,
+        total_steps=total,
+        warnings=selu_warnings(recipe),
+        pruning_end_step=end_step,
+    )

@@ -2,6 +2,7 @@
 
 Only a job id ever travels on the queue; everything else is read from the database.
 """
+
 from __future__ import annotations
 
 import logging

@@ -6,6 +6,7 @@ arithmetic lives here too (``output_shape``/``param_count``), because the API mu
 oversized model without importing TensorFlow. Step arithmetic is in ``core.steps``, split arithmetic in
 ``core.splits``, SELU advice in ``core.advice`` and the default decoder in ``core.decoder``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Set
@@ -44,7 +45,8 @@ class ModelSpec(Strict):
     input_shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(min_length=1, max_length=4)
     layers: list[Layer] = Field(min_length=1, max_length=200)
     decoder: list[Layer] | None = Field(
-        None, max_length=200, description="Autoencoders only: the decoder; default mirrors the dense encoder.")
+        None, max_length=200, description="Autoencoders only: the decoder; default mirrors the dense encoder."
+    )
 
     @model_validator(mode="after")
     def _names(self) -> "ModelSpec":
@@ -157,9 +159,7 @@ class ReduceOnPlateau(Strict):
     min_lr: float = Field(0.0, ge=0)
 
 
-LearningRateSchedule = Annotated[
-    Union[ExponentialDecay, PiecewiseConstant, ReduceOnPlateau], Field(discriminator="type")
-]
+LearningRateSchedule = Annotated[Union[ExponentialDecay, PiecewiseConstant, ReduceOnPlateau], Field(discriminator="type")]
 
 
 Metric = Literal["accuracy"]
@@ -183,7 +183,8 @@ class TrainingSpec(Strict):
     max_runtime_s: int | None = Field(None, ge=1, description="The job fails with 'timeout' past this.")
     diagnostics: bool = Field(True, description="Per-epoch gradient and saturation figures on a probe batch.")
     distribution: Literal["none", "mirrored"] = Field(
-        "none", description="mirrored: data-parallel over the worker's GPUs (or its logical CPUs when it has none).")
+        "none", description="mirrored: data-parallel over the worker's GPUs (or its logical CPUs when it has none)."
+    )
     jit_compile: bool = Field(False, description="XLA-compile the training step.")
     mixed_precision: bool = Field(False, description="float16 compute, float32 weights; applied on a GPU only.")
 
@@ -193,15 +194,22 @@ class DatasetSpec(Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="Of what is left after the test split.")
     classes: list[Annotated[int, Field(ge=0, le=100_000)]] | None = Field(
-        None, min_length=1, description="Keep only these original labels (relabelled 0..k-1 in this order "
-        "unless relabel says otherwise).")
+        None,
+        min_length=1,
+        description="Keep only these original labels (relabelled 0..k-1 in this order unless relabel says otherwise).",
+    )
     relabel: dict[str, Annotated[int, Field(ge=0, le=100_000)]] | None = Field(
-        None, description='Original label (as a string) → new label, e.g. {"6": 1, "8": 0}.')
+        None, description='Original label (as a string) → new label, e.g. {"6": 1, "8": 0}.'
+    )
     limit: int | None = Field(None, ge=1, description="Train on the first N training samples only.")
     reshape: list[Annotated[int, Field(ge=1, le=100_000)]] | None = Field(
-        None, min_length=1, max_length=3, description="Sample shape to train on, e.g. [8, 8, 1] for digits.")
-    standardize: bool = Field(False, description="Z-score inputs with the training split's mean and std "
-                              "(a Normalization layer inside the model, so exports take raw inputs).")
+        None, min_length=1, max_length=3, description="Sample shape to train on, e.g. [8, 8, 1] for digits."
+    )
+    standardize: bool = Field(
+        False,
+        description="Z-score inputs with the training split's mean and std "
+        "(a Normalization layer inside the model, so exports take raw inputs).",
+    )
 
     @model_validator(mode="after")
     def _relabel_keys(self) -> Self:
@@ -250,22 +258,22 @@ class PruningSpec(Strict):
     baseline: zero the smallest weights after training, no fine-tuning (``post_training_threshold``)."""
 
     schedule: PruningSchedule | None = None
-    layers: list[str] | None = Field(
-        None, description="Names of the layers to prune; default every layer TF-MOT can prune."
-    )
-    block_size: Annotated[tuple[Annotated[int, Field(ge=1, le=64)], Annotated[int, Field(ge=1, le=64)]],
-                          FromList] = (1, 1)
+    layers: list[str] | None = Field(None, description="Names of the layers to prune; default every layer TF-MOT can prune.")
+    block_size: Annotated[tuple[Annotated[int, Field(ge=1, le=64)], Annotated[int, Field(ge=1, le=64)]], FromList] = (1, 1)
     block_pooling_type: Literal["AVG", "MAX"] = "AVG"
     sparsity_m_by_n: Annotated[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=2)]], FromList] | None = Field(
-        None, description="e.g. [2, 4]: at most 2 non-zero weights in every 4 (TF-MOT structured pruning)")
+        None, description="e.g. [2, 4]: at most 2 non-zero weights in every 4 (TF-MOT structured pruning)"
+    )
     post_training_threshold: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _one_method(self) -> Self:
         methods = [self.schedule is not None or self.sparsity_m_by_n is not None, self.post_training_threshold is not None]
         if sum(methods) != 1:
-            raise ValueError("give a schedule (and/or sparsity_m_by_n) for pruning during training, or "
-                             "post_training_threshold for the naive baseline — exactly one of the two")
+            raise ValueError(
+                "give a schedule (and/or sparsity_m_by_n) for pruning during training, or "
+                "post_training_threshold for the naive baseline — exactly one of the two"
+            )
         if self.sparsity_m_by_n and self.sparsity_m_by_n[0] >= self.sparsity_m_by_n[1]:
             raise ValueError("sparsity_m_by_n is [m, n] with m < n")
         if self.sparsity_m_by_n and self.block_size != (1, 1):
@@ -301,7 +309,8 @@ class TransferSpec(Strict):
     freeze_epochs: int = Field(4, ge=0, le=100_000)
     unfreeze: Literal["all"] | Annotated[int, Field(ge=0, le=200)] = "all"
     fine_tune_learning_rate: float | None = Field(
-        None, gt=0, le=10, description="Default: the optimizer's learning_rate / 10.")
+        None, gt=0, le=10, description="Default: the optimizer's learning_rate / 10."
+    )
 
 
 class Recipe(Strict):
@@ -310,7 +319,8 @@ class Recipe(Strict):
     name: str = Field("job", min_length=1, max_length=200)
     description: str | None = Field(None, max_length=4000, description="Free text: what this recipe shows.")
     kind: Literal["supervised", "autoencoder"] = Field(
-        "supervised", description="autoencoder: trains on the inputs alone; model.layers is the encoder.")
+        "supervised", description="autoencoder: trains on the inputs alone; model.layers is the encoder."
+    )
     dataset: DatasetSpec
     seed: int = Field(42, ge=0, le=2**31 - 1)
     model: ModelSpec
@@ -327,10 +337,18 @@ class Recipe(Strict):
         if isinstance(data, dict) and data.get("transfer") and isinstance(data.get("model"), dict):
             layers = data["model"].get("layers")
             if isinstance(layers, list):
-                data = {**data, "model": {**data["model"], "layers": [
-                    {**layer, "name": f"head_{layer.get('type')}_{i}"}
-                    if isinstance(layer, dict) and layer.get("name") is None else layer
-                    for i, layer in enumerate(layers)]}}
+                data = {
+                    **data,
+                    "model": {
+                        **data["model"],
+                        "layers": [
+                            {**layer, "name": f"head_{layer.get('type')}_{i}"}
+                            if isinstance(layer, dict) and layer.get("name") is None
+                            else layer
+                            for i, layer in enumerate(layers)
+                        ],
+                    },
+                }
         return data
 
     @model_validator(mode="after")
@@ -354,8 +372,11 @@ class Recipe(Strict):
         """The decoder (``core.decoder``): [] for a supervised model, None when it cannot be mirrored."""
         if self.kind != "autoencoder":
             return []
-        return self.model.decoder if self.model.decoder is not None else mirrored_decoder(self.model.layers,
-                                                                                          self.model.input_shape)
+        return (
+            self.model.decoder
+            if self.model.decoder is not None
+            else mirrored_decoder(self.model.layers, self.model.input_shape)
+        )
 
     def all_layers(self) -> list[Layer]:
         """Every recipe layer in build order (an autoencoder's decoder after its encoder)."""

@@ -4,6 +4,7 @@ fail. The transitions themselves are ``core.job_state``'s guarded updates.
 The broker's own redelivery is a bonus; this is the guarantee (the embedded SQLAlchemy transport has no
 redelivery at all).
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -38,10 +39,22 @@ def reconcile(session: Session, settings: Settings, now: datetime | None = None)
         if attempt < settings.max_attempts:
             if job_state.requeue_silent(session, job_id, attempt, stale_beat, now):
                 out["redispatch"].append(job_id)
-                jobs.append_logs(session, job_id, [(now, "WARNING", f"attempt {attempt}: the worker stopped "
-                                                    f"heartbeating; the job is queued again")])
-        elif job_state.fail_silent(session, job_id, attempt, stale_beat, now, JobError.of(
-                Cause.WORKER_LOST, f"the worker stopped heartbeating on each of {attempt} attempts (its process "
-                "was killed or the job may need more memory than the worker has)")):
+                jobs.append_logs(
+                    session,
+                    job_id,
+                    [(now, "WARNING", f"attempt {attempt}: the worker stopped heartbeating; the job is queued again")],
+                )
+        elif job_state.fail_silent(
+            session,
+            job_id,
+            attempt,
+            stale_beat,
+            now,
+            JobError.of(
+                Cause.WORKER_LOST,
+                f"the worker stopped heartbeating on each of {attempt} attempts (its process "
+                "was killed or the job may need more memory than the worker has)",
+            ),
+        ):
             out["failed"].append(job_id)
     return out

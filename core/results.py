@@ -4,6 +4,7 @@ The worker builds a ``JobResult`` and stores ``JobResult.stored()`` in ``Job.res
 experiment comparison) use ``JobResult.model_validate``. The keys are those the HTTP representation has
 always shown under ``result``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal, get_args
@@ -47,7 +48,8 @@ class TransferResult(TransferChoice):
     checksums: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description="sha256 of each reused layer's weights per phase (base, frozen, fine_tune): shows what phase 1 "
-                    "kept and phase 2 moved.")
+        "kept and phase 2 moved.",
+    )
 
 
 class JobResult(BaseModel):
@@ -60,7 +62,8 @@ class JobResult(BaseModel):
     epochs_run: int = Field(description="Epochs trained (fewer than asked after early stopping).")
     train_seconds: float | None = Field(None, description="Wall time of training and the test evaluation.")
     test_before_threshold: dict[str, float] | None = Field(
-        None, description="post_training_threshold jobs only: the test metrics before the weights were zeroed.")
+        None, description="post_training_threshold jobs only: the test metrics before the weights were zeroed."
+    )
     transfer: TransferResult | None = Field(None, description="Transfer jobs only: what was reused.")
 
     def stored(self) -> dict[str, Any]:
@@ -83,7 +86,8 @@ class ComparisonRow(BaseModel):
     test_accuracy: MeanSpread | None = None
     best_val_accuracy: MeanSpread | None = None
     epochs_to_target: MeanSpread | None = Field(
-        None, description="First epoch whose val_accuracy reached target_accuracy (jobs that reached it).")
+        None, description="First epoch whose val_accuracy reached target_accuracy (jobs that reached it)."
+    )
     reached_target: str | None = Field(None, description='"k/n": jobs that reached target_accuracy.')
     wall_seconds: MeanSpread | None = Field(None, description="From start to finish of each job.")
     sparsity: MeanSpread | None = None

@@ -4,6 +4,7 @@ Both sides go through this module, so the sizes the API validates are the sizes 
 (the seed's "pretraining on an auxiliary task" needs exactly this: model A on some classes, model B on
 a relabelled few).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,10 @@ def describe(info: DatasetInfo, spec: DatasetSpec) -> DatasetInfo:
     if mapping is not None:
         unknown = sorted(c for c in mapping if c >= info.n_classes)
         if unknown:
-            raise RecipeError(["dataset", "classes" if spec.classes else "relabel"],
-                              f"dataset {info.name!r} has labels 0..{info.n_classes - 1}; no {unknown}")
+            raise RecipeError(
+                ["dataset", "classes" if spec.classes else "relabel"],
+                f"dataset {info.name!r} has labels 0..{info.n_classes - 1}; no {unknown}",
+            )
         if counts:
             n_samples = sum(counts[c] for c in mapping)
         elif mapping.keys() != set(range(info.n_classes)):
@@ -45,8 +48,10 @@ def describe(info: DatasetInfo, spec: DatasetSpec) -> DatasetInfo:
     shape = info.feature_shape
     if spec.reshape is not None:
         if math.prod(spec.reshape) != math.prod(shape):
-            raise RecipeError(["dataset", "reshape"], f"samples have {math.prod(shape)} values {list(shape)}; "
-                              f"{spec.reshape} holds {math.prod(spec.reshape)}")
+            raise RecipeError(
+                ["dataset", "reshape"],
+                f"samples have {math.prod(shape)} values {list(shape)}; {spec.reshape} holds {math.prod(spec.reshape)}",
+            )
         shape = tuple(spec.reshape)
     return replace(info, n_samples=n_samples, n_classes=n_classes, feature_shape=shape, class_counts=counts)
 

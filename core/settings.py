@@ -4,6 +4,7 @@ The defaults are the embedded mode: a SQLite file and Celery's SQLAlchemy broker
 transport under ``var/``, so ``make run`` needs no server. Nothing else reads ``os.environ``
 (except ``TF_USE_LEGACY_KERAS``, which must be set before TensorFlow is imported).
 """
+
 from __future__ import annotations
 
 import os
@@ -87,8 +88,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.single_user and self.api_tokens.strip():
-            raise ConfigError("TRAINER_SINGLE_USER is set but so is TRAINER_API_TOKENS: single-user mode would "
-                              "ignore those tokens and let anyone in; unset one of them")
+            raise ConfigError(
+                "TRAINER_SINGLE_USER is set but so is TRAINER_API_TOKENS: single-user mode would "
+                "ignore those tokens and let anyone in; unset one of them"
+            )
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,5 +1,6 @@
 """Split arithmetic: how many samples train, validate and test — the one computation the API plans with
 and the worker slices by, so the steps admission checked are the steps the worker runs."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """Training-step arithmetic: steps per epoch and the step a pruning schedule reaches its target — computed
 by the API at admission (``core.plan``) so a schedule that never reaches its sparsity is a 422, not a job."""
+
 from __future__ import annotations
 
 import math

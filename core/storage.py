@@ -7,6 +7,7 @@ always exact and never a counter to keep in step. A job's model and checkpoints 
 is submitted, so the quota refuses new jobs once an owner is at or over it, and lets a running job
 finish: the figure can go over the limit by what jobs already admitted store.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,25 +40,34 @@ class StorageUsage(BaseModel):
         return max(0, self.limit_bytes - self.used_bytes)
 
     def describe(self) -> str:
-        return (f"you store {self.used_bytes:,} bytes of your {self.limit_bytes:,}-byte quota (datasets "
-                f"{self.datasets_bytes:,}, models {self.models_bytes:,}, checkpoints {self.checkpoints_bytes:,})")
+        return (
+            f"you store {self.used_bytes:,} bytes of your {self.limit_bytes:,}-byte quota (datasets "
+            f"{self.datasets_bytes:,}, models {self.models_bytes:,}, checkpoints {self.checkpoints_bytes:,})"
+        )
 
 
 def usage(session: Session, owner: str, settings: Settings) -> StorageUsage:
     """One query: artifacts reach their owner through their job or their dataset (an experiment's
     comparison plot, a few KB, belongs to neither and is not counted)."""
-    group = case((Artifact.kind == "dataset", "datasets"), (Artifact.kind == "checkpoint", "checkpoints"),
-                 else_="models")
+    group = case((Artifact.kind == "dataset", "datasets"), (Artifact.kind == "checkpoint", "checkpoints"), else_="models")
     rows = session.execute(
         select(group, func.coalesce(func.sum(Artifact.size), 0))
-        .where(or_(Artifact.job_id.in_(select(Job.id).where(Job.owner == owner)),
-                   Artifact.dataset_id.in_(select(Dataset.id).where(Dataset.owner == owner))))
+        .where(
+            or_(
+                Artifact.job_id.in_(select(Job.id).where(Job.owner == owner)),
+                Artifact.dataset_id.in_(select(Dataset.id).where(Dataset.owner == owner)),
+            )
+        )
         .group_by(group)
     ).all()
     sizes = {name: int(total) for name, total in rows}
-    return StorageUsage(limit_bytes=settings.max_stored_bytes_per_owner, used_bytes=sum(sizes.values()),
-                        datasets_bytes=sizes.get("datasets", 0), models_bytes=sizes.get("models", 0),
-                        checkpoints_bytes=sizes.get("checkpoints", 0))
+    return StorageUsage(
+        limit_bytes=settings.max_stored_bytes_per_owner,
+        used_bytes=sum(sizes.values()),
+        datasets_bytes=sizes.get("datasets", 0),
+        models_bytes=sizes.get("models", 0),
+        checkpoints_bytes=sizes.get("checkpoints", 0),
+    )
 
 
 def admit_upload(session: Session, owner: str, settings: Settings, needed: int) -> None:
@@ -65,8 +75,9 @@ def admit_upload(session: Session, owner: str, settings: Settings, needed: int) 
     committed yet are not seen, so parallel uploads can overshoot by at most one upload each."""
     current = usage(session, owner, settings)
     if current.used_bytes + needed > current.limit_bytes:
-        raise StorageQuotaExceeded(f"storing this dataset needs {needed:,} bytes and {current.free_bytes:,} are "
-                                   f"free: {current.describe()}")
+        raise StorageQuotaExceeded(
+            f"storing this dataset needs {needed:,} bytes and {current.free_bytes:,} are free: {current.describe()}"
+        )
 
 
 def admit_job(session: Session, owner: str, settings: Settings) -> None:
@@ -74,8 +85,9 @@ def admit_job(session: Session, owner: str, settings: Settings) -> None:
     so it is refused once the owner is at or over the quota, and admitted below it."""
     current = usage(session, owner, settings)
     if current.used_bytes >= current.limit_bytes:
-        raise StorageQuotaExceeded(f"a new job needs room for its model and checkpoints and none is free: "
-                                   f"{current.describe()}")
+        raise StorageQuotaExceeded(
+            f"a new job needs room for its model and checkpoints and none is free: {current.describe()}"
+        )
 
 
 def _active_recipes(session: Session, owner: str) -> list[tuple[str, dict[str, Any]]]:
@@ -85,13 +97,19 @@ def _active_recipes(session: Session, owner: str) -> list[tuple[str, dict[str, A
 
 
 def jobs_using_dataset(session: Session, dataset_id: str, owner: str) -> list[str]:
-    return [job_id for job_id, recipe in _active_recipes(session, owner)
-            if (recipe.get("dataset") or {}).get("name") == dataset_id]
+    return [
+        job_id
+        for job_id, recipe in _active_recipes(session, owner)
+        if (recipe.get("dataset") or {}).get("name") == dataset_id
+    ]
 
 
 def jobs_transferring_from(session: Session, base_job_id: str, owner: str) -> list[str]:
-    return [job_id for job_id, recipe in _active_recipes(session, owner)
-            if (recipe.get("transfer") or {}).get("base_job_id") == base_job_id]
+    return [
+        job_id
+        for job_id, recipe in _active_recipes(session, owner)
+        if (recipe.get("transfer") or {}).get("base_job_id") == base_job_id
+    ]
 
 
 def _named(job_ids: list[str]) -> str:
@@ -103,8 +121,10 @@ def refuse_removing_a_base(session: Session, job_id: str, owner: str) -> None:
     """A queued transfer job loads its base's stored model when it starts; deleting the base would fail it."""
     users = jobs_transferring_from(session, job_id, owner)
     if users:
-        raise Conflict(f"job {job_id} is the transfer base of {len(users)} queued or running job(s) "
-                       f"({_named(users)}): cancel them or wait for them to end first")
+        raise Conflict(
+            f"job {job_id} is the transfer base of {len(users)} queued or running job(s) "
+            f"({_named(users)}): cancel them or wait for them to end first"
+        )
 
 
 def delete_dataset(session: Session, dataset_id: str, owner: str) -> None:
@@ -116,7 +136,9 @@ def delete_dataset(session: Session, dataset_id: str, owner: str) -> None:
         raise NotFound(f"no dataset {dataset_id!r}")
     users = jobs_using_dataset(session, dataset_id, owner)
     if users:
-        raise Conflict(f"dataset {dataset_id} is used by {len(users)} queued or running job(s) ({_named(users)}): "
-                       "cancel them or wait for them to end first")
+        raise Conflict(
+            f"dataset {dataset_id} is used by {len(users)} queued or running job(s) ({_named(users)}): "
+            "cancel them or wait for them to end first"
+        )
     artifacts.delete_for(session, dataset_id=dataset_id)
     session.execute(delete(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner))

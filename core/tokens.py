@@ -9,6 +9,7 @@ kept. Comparison is by digest, so a token's length or prefix leaks nothing; a to
 its digest, which names it in ``list`` and ``revoke`` without revealing it. Revocation and expiry are read
 from the row on every request: nothing caches a token beyond the request that presents it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -124,17 +125,31 @@ def list_tokens(session: Session, settings: Settings) -> list[TokenInfo]:
     """Environment tokens first (they cannot be revoked here), then the database's, oldest first."""
     out = [TokenInfo(id=sha[:ID_LENGTH], owner=owner, source="env") for sha, owner in env_tokens(settings).items()]
     for row in session.scalars(select(ApiToken).order_by(ApiToken.created_at)):
-        out.append(TokenInfo(id=row.token_sha256[:ID_LENGTH], owner=row.owner, source="db", label=row.label,
-                             created_at=row.created_at, expires_at=row.expires_at, revoked_at=row.revoked_at,
-                             last_used_at=row.last_used_at))
+        out.append(
+            TokenInfo(
+                id=row.token_sha256[:ID_LENGTH],
+                owner=row.owner,
+                source="db",
+                label=row.label,
+                created_at=row.created_at,
+                expires_at=row.expires_at,
+                revoked_at=row.revoked_at,
+                last_used_at=row.last_used_at,
+            )
+        )
     return out
 
 
 def live_in_database(session: Session) -> int:
     """Tokens in the database that would be accepted now."""
     now = utcnow()
-    return len(session.scalars(select(ApiToken.token_sha256).where(
-        ApiToken.revoked_at.is_(None), or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now))).all())
+    return len(
+        session.scalars(
+            select(ApiToken.token_sha256).where(
+                ApiToken.revoked_at.is_(None), or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now)
+            )
+        ).all()
+    )
 
 
 def revoke(session: Session, settings: Settings, ref: str) -> TokenInfo:
@@ -157,9 +172,16 @@ def revoke(session: Session, settings: Settings, ref: str) -> TokenInfo:
         row = rows[0]
     if row.revoked_at is None:
         row.revoked_at = utcnow()
-    return TokenInfo(id=row.token_sha256[:ID_LENGTH], owner=row.owner, source="db", label=row.label,
-                     created_at=row.created_at, expires_at=row.expires_at, revoked_at=row.revoked_at,
-                     last_used_at=row.last_used_at)
+    return TokenInfo(
+        id=row.token_sha256[:ID_LENGTH],
+        owner=row.owner,
+        source="db",
+        label=row.label,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
+    )
 
 
 def parse_expiry(expires: str | None, expires_in_days: float | None) -> datetime | None:
@@ -188,8 +210,20 @@ def _iso(when: datetime | None) -> str:
 def _print_table(infos: list[TokenInfo]) -> None:
     now = utcnow()
     rows = [("ID", "OWNER", "SOURCE", "STATE", "CREATED", "EXPIRES", "REVOKED", "LAST USED", "LABEL")]
-    rows += [(i.id, i.owner, i.source, i.state(now), _iso(i.created_at), _iso(i.expires_at), _iso(i.revoked_at),
-              _iso(i.last_used_at), i.label) for i in infos]
+    rows += [
+        (
+            i.id,
+            i.owner,
+            i.source,
+            i.state(now),
+            _iso(i.created_at),
+            _iso(i.expires_at),
+            _iso(i.revoked_at),
+            _iso(i.last_used_at),
+            i.label,
+        )
+        for i in infos
+    ]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
@@ -224,8 +258,11 @@ def main(argv: list[str] | None = None) -> None:
                 expires_at = parse_expiry(args.expires, args.expires_in)
                 token = create(session, args.owner, args.label, expires_at)
                 print(token)
-                print(f"token {digest(token)[:ID_LENGTH]} for {args.owner}, expires {_iso(expires_at)}; "
-                      "it is shown only this once", file=sys.stderr)
+                print(
+                    f"token {digest(token)[:ID_LENGTH]} for {args.owner}, expires {_iso(expires_at)}; "
+                    "it is shown only this once",
+                    file=sys.stderr,
+                )
             elif args.command == "list":
                 infos = list_tokens(session, settings)
                 if args.quiet:

@@ -5,6 +5,7 @@ can refuse a bad reuse — unknown or unfinished base, ``reuse`` larger than the
 fit the base's output — before anything is queued; the worker then slices the stored model by the same
 count.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,9 @@ def keras_plan(recipe: Recipe) -> list[KerasLayer]:
         plan.append(KerasLayer("standardize", -1, shape, 0, False))
     layers = recipe.all_layers()
     for index, (layer, (in_shape, out_shape)) in enumerate(zip(layers, layer_shapes(layers, shape))):
-        plan.append(KerasLayer(layer.given_name, index, out_shape, layer.param_count(in_shape),
-                               layer.type in PRUNABLE_TYPES))
+        plan.append(
+            KerasLayer(layer.given_name, index, out_shape, layer.param_count(in_shape), layer.type in PRUNABLE_TYPES)
+        )
         if isinstance(layer, KernelLayer) and activation_name(layer.activation) == "leaky_relu":
             plan.append(KerasLayer(f"{layer.given_name}_leaky_relu", index, out_shape, 0, False))
     return plan
@@ -56,8 +58,12 @@ class TransferPlan:
 
     def choice(self) -> TransferChoice:
         """What the job plan keeps of it for the worker: layer names, not shapes."""
-        return TransferChoice(base_job_id=self.base_job_id, reused_layers=[layer.name for layer in self.reused],
-                              unfreeze_layers=self.unfreeze, fine_tune_learning_rate=self.fine_tune_learning_rate)
+        return TransferChoice(
+            base_job_id=self.base_job_id,
+            reused_layers=[layer.name for layer in self.reused],
+            unfreeze_layers=self.unfreeze,
+            fine_tune_learning_rate=self.fine_tune_learning_rate,
+        )
 
 
 def resolve(session: Session, recipe: Recipe, owner: str) -> TransferPlan:
@@ -67,22 +73,32 @@ def resolve(session: Session, recipe: Recipe, owner: str) -> TransferPlan:
         raise ValueError("resolve() is for a recipe with a transfer")
     base = _base_recipe(session, spec.base_job_id, owner)
     if recipe.dataset.standardize:
-        raise RecipeError(["dataset", "standardize"], "a transfer job reuses its base's input preprocessing; "
-                          "standardize is set by the base's recipe")
+        raise RecipeError(
+            ["dataset", "standardize"],
+            "a transfer job reuses its base's input preprocessing; standardize is set by the base's recipe",
+        )
     reused = [layer for layer in keras_plan(base) if layer.recipe_index < _kept(base, spec)]
     if tuple(recipe.model.input_shape) != tuple(base.model.input_shape):
-        raise RecipeError(["model", "input_shape"],
-                          f"the base takes inputs of shape {base.model.input_shape}, not {recipe.model.input_shape}")
+        raise RecipeError(
+            ["model", "input_shape"],
+            f"the base takes inputs of shape {base.model.input_shape}, not {recipe.model.input_shape}",
+        )
     clash = {layer.name for layer in reused} & {layer.name for layer in recipe.model.layers}
     if clash:
         raise RecipeError(["model", "layers"], f"head layer names {sorted(clash)} are taken by reused layers")
-    tp = TransferPlan(spec.base_job_id, tuple(base.model.input_shape), reused, _thawed(reused, spec),
-                      spec.fine_tune_learning_rate or recipe.training.optimizer.learning_rate / 10)
+    tp = TransferPlan(
+        spec.base_job_id,
+        tuple(base.model.input_shape),
+        reused,
+        _thawed(reused, spec),
+        spec.fine_tune_learning_rate or recipe.training.optimizer.learning_rate / 10,
+    )
     try:
         recipe.model.shapes(tp.output_shape)
     except ShapeError as exc:
-        raise RecipeError(["model", "layers", exc.index], f"the reused layers output {list(tp.output_shape)}: "
-                          f"{exc.msg}") from None
+        raise RecipeError(
+            ["model", "layers", exc.index], f"the reused layers output {list(tp.output_shape)}: {exc.msg}"
+        ) from None
     return tp
 
 
@@ -123,7 +139,8 @@ def _thawed(reused: list[KerasLayer], spec: TransferSpec) -> list[str]:
         thawed = recipe_layers
     else:
         if spec.unfreeze > len(recipe_layers):
-            raise RecipeError(["transfer", "unfreeze"],
-                              f"only {len(recipe_layers)} layers are reused; cannot unfreeze {spec.unfreeze}")
-        thawed = recipe_layers[len(recipe_layers) - spec.unfreeze:]
+            raise RecipeError(
+                ["transfer", "unfreeze"], f"only {len(recipe_layers)} layers are reused; cannot unfreeze {spec.unfreeze}"
+            )
+        thawed = recipe_layers[len(recipe_layers) - spec.unfreeze :]
     return [layer.name for layer in reused if layer.recipe_index in thawed]

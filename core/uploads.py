@@ -6,6 +6,7 @@ functions, so what was accepted is exactly what trains. Every size is priced bef
 ``.npz``'s arrays from their zip entries and ``.npy`` headers (numpy allocates from the header, so a
 few-MB file could otherwise ask for many GB), a CSV by the values read so far.
 """
+
 from __future__ import annotations
 
 import array
@@ -142,8 +143,10 @@ def _entry_count(stream: IO[bytes]) -> int:
     that could list hundreds of thousands of them."""
     endrec = _END_RECORD(stream)
     if endrec is None:
-        raise DatasetError("not a readable .npz file: no zip end record (a truncated file, or not a zip: np.savez "
-                           "writes one, a single .npy is not an .npz)")
+        raise DatasetError(
+            "not a readable .npz file: no zip end record (a truncated file, or not a zip: np.savez "
+            "writes one, a single .npy is not an .npz)"
+        )
     return int(endrec[_ENTRIES_TOTAL])
 
 
@@ -161,14 +164,18 @@ def _declared(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Member:
             raise DatasetError(f"array {name!r}: .npy format {version} is not plain data")
         header = member.tell()
     if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.kind not in PLAIN_KINDS:
-        raise DatasetError(f"not a plain-data .npz file: array {name!r} is {dtype}; numbers or bools only "
-                           "(no pickled objects, strings or records)")
+        raise DatasetError(
+            f"not a plain-data .npz file: array {name!r} is {dtype}; numbers or bools only "
+            "(no pickled objects, strings or records)"
+        )
     if any(d < 0 for d in shape):
         raise DatasetError(f"array {name!r} declares the shape {list(shape)}")
     nbytes = math.prod(shape) * dtype.itemsize
     if header + nbytes != info.file_size:
-        raise DatasetError(f"array {name!r} declares {list(shape)} {dtype} ({_mb(nbytes)}) but its zip entry "
-                           f"holds {info.file_size - header:,} bytes of data")
+        raise DatasetError(
+            f"array {name!r} declares {list(shape)} {dtype} ({_mb(nbytes)}) but its zip entry "
+            f"holds {info.file_size - header:,} bytes of data"
+        )
     return Member(name, tuple(shape), dtype, nbytes)
 
 
@@ -189,13 +196,27 @@ def inspect_npz(stream: IO[bytes], max_bytes: int | None) -> dict[str, Member]:
             raise DatasetError("the .npz has two members of the same name")
         stated = sum(i.file_size for i in infos)
         if max_bytes is not None and stated > max_bytes:
-            raise DatasetTooLarge(f"the .npz members declare {_mb(stated)} decompressed; the limit is "
-                                  f"{_mb(max_bytes)} (TRAINER_MAX_DATASET_BYTES)")
+            raise DatasetTooLarge(
+                f"the .npz members declare {_mb(stated)} decompressed; the limit is "
+                f"{_mb(max_bytes)} (TRAINER_MAX_DATASET_BYTES)"
+            )
         members = {m.name: m for m in (_declared(archive, i) for i in infos)}
     except DatasetError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, ValueError,
-            RuntimeError, SyntaxError, TypeError, OverflowError, MemoryError, RecursionError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        EOFError,
+        OSError,
+        ValueError,
+        RuntimeError,
+        SyntaxError,
+        TypeError,
+        OverflowError,
+        MemoryError,
+        RecursionError,
+    ) as exc:
         raise DatasetError(f"not a readable .npz file: {str(exc)[:200]}") from None
     if max_bytes is not None:
         total = sum(m.memory for m in members.values())
@@ -204,7 +225,8 @@ def inspect_npz(stream: IO[bytes], max_bytes: int | None) -> dict[str, Member]:
             raise DatasetTooLarge(
                 f"the arrays declare {_mb(total)} decompressed (with the float32 copy of float features; the "
                 f"largest is {big.name!r}, {list(big.shape)} {big.dtype}); the limit is {_mb(max_bytes)} "
-                f"(TRAINER_MAX_DATASET_BYTES)")
+                f"(TRAINER_MAX_DATASET_BYTES)"
+            )
     return members
 
 
@@ -291,8 +313,15 @@ def parse_csv(data: bytes | IO[bytes], label_column: str, max_bytes: int | None)
     return arrays
 
 
-def _read_rows(reader: Iterator[list[str]], lines: _Lines, header: list[str], label_at: int, max_bytes: int | None,
-               values: array.array[float], labels: array.array[float]) -> None:
+def _read_rows(
+    reader: Iterator[list[str]],
+    lines: _Lines,
+    header: list[str],
+    label_at: int,
+    max_bytes: int | None,
+    values: array.array[float],
+    labels: array.array[float],
+) -> None:
     """Each row's numbers appended to ``values`` (features) and ``labels``, the limit checked per row."""
     for line_no, row in enumerate(reader, start=2):
         lines.commas = 0
@@ -307,8 +336,10 @@ def _read_rows(reader: Iterator[list[str]], lines: _Lines, header: list[str], la
         labels.append(numbers.pop(label_at))
         values.extend(numbers)
         if max_bytes is not None and 4 * len(values) + 8 * len(labels) > max_bytes:
-            raise DatasetTooLarge(f"the .csv's values take over {_mb(max_bytes)} by line {line_no} (features as "
-                                  f"float32); that is the limit (TRAINER_MAX_DATASET_BYTES)")
+            raise DatasetTooLarge(
+                f"the .csv's values take over {_mb(max_bytes)} by line {line_no} (features as "
+                f"float32); that is the limit (TRAINER_MAX_DATASET_BYTES)"
+            )
 
 
 # --------------------------------------------------------------------------- both
@@ -358,11 +389,15 @@ def describe(dataset_id: str, name: str, arrays: Arrays) -> DatasetInfo:
     if arrays.y_test is not None and arrays.y_test.size:
         highest = max(highest, int(arrays.y_test.max()))
     n_classes = highest + 1
-    counts = () if n_classes > MAX_COUNTED_CLASSES else tuple(
-        int(c) for c in np.bincount(arrays.y, minlength=n_classes))
+    counts = () if n_classes > MAX_COUNTED_CLASSES else tuple(int(c) for c in np.bincount(arrays.y, minlength=n_classes))
     return DatasetInfo(
-        name=dataset_id, n_samples=len(arrays.x), feature_shape=tuple(int(d) for d in arrays.x.shape[1:]),
-        n_classes=n_classes, description=name, storage_dtype=str(arrays.x.dtype),
-        n_test_samples=0 if arrays.x_test is None else len(arrays.x_test), source="upload",
+        name=dataset_id,
+        n_samples=len(arrays.x),
+        feature_shape=tuple(int(d) for d in arrays.x.shape[1:]),
+        n_classes=n_classes,
+        description=name,
+        storage_dtype=str(arrays.x.dtype),
+        n_test_samples=0 if arrays.x_test is None else len(arrays.x_test),
+        source="upload",
         class_counts=counts,
     )

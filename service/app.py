@@ -2,6 +2,7 @@
 
 This process never imports TensorFlow (about 4 s and 700 MB); it validates, stores and dispatches.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,11 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = OpenAPI(
         __name__,
-        info=Info(title="Keras training service", version="1.0.0",
-                  description="Submit a training recipe; poll the job; download the sparse model."),
+        info=Info(
+            title="Keras training service",
+            version="1.0.0",
+            description="Submit a training recipe; poll the job; download the sparse model.",
+        ),
         doc_prefix="/docs",
         doc_url="/openapi.json",
         validation_error_status=422,
@@ -87,8 +91,9 @@ def _install_body_checks(app: OpenAPI, settings: Settings) -> None:
     def _check_body():
         if request.method not in ("POST", "PUT", "PATCH") or request.path.startswith("/v1/datasets"):
             return None
-        too_large = PayloadTooLarge(f"the request body is over {settings.max_request_bytes:,} bytes "
-                                    "(TRAINER_MAX_REQUEST_BYTES)")
+        too_large = PayloadTooLarge(
+            f"the request body is over {settings.max_request_bytes:,} bytes (TRAINER_MAX_REQUEST_BYTES)"
+        )
         # werkzeug stops reading a stream at the maximum and returns what it has, so one byte more is allowed in
         # and then tells an over-limit body from one exactly at the limit
         request.max_content_length = settings.max_request_bytes + 1

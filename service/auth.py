@@ -9,6 +9,7 @@ Single-user mode asks for no token, so anything that can reach the port acts as 
 requests whose ``Host`` is one of ``TRAINER_ALLOWED_HOSTS``, so a web page whose domain was rebound to
 127.0.0.1 (DNS rebinding) cannot drive it from the user's browser.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,9 +27,11 @@ from service.extensions import services
 log = logging.getLogger(__name__)
 SINGLE_USER_OWNER = "default"
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/docs", "/openapi.json", "/jobs/")  # pages fetch data with the token
-HOW_TO_CREATE = ("create one with `python -m core.tokens create OWNER` (in the compose stack: "
-                 "`docker compose exec api python -m core.tokens create OWNER`) or set TRAINER_API_TOKENS=token:owner "
-                 "(in .env for compose)")
+HOW_TO_CREATE = (
+    "create one with `python -m core.tokens create OWNER` (in the compose stack: "
+    "`docker compose exec api python -m core.tokens create OWNER`) or set TRAINER_API_TOKENS=token:owner "
+    "(in .env for compose)"
+)
 
 
 def current_owner() -> str:
@@ -58,8 +61,10 @@ def install(app: Flask) -> None:
     def _authenticate():
         if settings.single_user:
             if "*" not in hosts and host_name(request.host) not in hosts:
-                raise MalformedRequest(f"this single-user server answers only to the hosts in "
-                                       f"TRAINER_ALLOWED_HOSTS ({settings.allowed_hosts}), not {request.host!r}")
+                raise MalformedRequest(
+                    f"this single-user server answers only to the hosts in "
+                    f"TRAINER_ALLOWED_HOSTS ({settings.allowed_hosts}), not {request.host!r}"
+                )
             g.owner = SINGLE_USER_OWNER
             return None
         if request.path.startswith(PUBLIC_PREFIXES) or request.path == "/":
@@ -84,11 +89,16 @@ def _check_at_start(settings: Settings, db: Database) -> None:
         in_db = None
     if settings.single_user:
         if in_db:
-            raise ConfigError(f"TRAINER_SINGLE_USER is set but the database holds {in_db} live API token(s): "
-                              "single-user mode would let anyone in without one. Unset TRAINER_SINGLE_USER, or "
-                              "revoke them (python -m core.tokens list / revoke ID)")
-        log.warning("single-user mode: no API token is asked for and every request acts as owner %r; only "
-                    "Host %s is answered (unset TRAINER_SINGLE_USER and set TRAINER_API_TOKENS to require tokens)",
-                    SINGLE_USER_OWNER, settings.allowed_hosts)
+            raise ConfigError(
+                f"TRAINER_SINGLE_USER is set but the database holds {in_db} live API token(s): "
+                "single-user mode would let anyone in without one. Unset TRAINER_SINGLE_USER, or "
+                "revoke them (python -m core.tokens list / revoke ID)"
+            )
+        log.warning(
+            "single-user mode: no API token is asked for and every request acts as owner %r; only "
+            "Host %s is answered (unset TRAINER_SINGLE_USER and set TRAINER_API_TOKENS to require tokens)",
+            SINGLE_USER_OWNER,
+            settings.allowed_hosts,
+        )
     elif not tokens.env_tokens(settings) and in_db == 0:
         log.error("no API token is configured: every /v1 request is refused with 401 until you %s", HOW_TO_CREATE)

@@ -1,4 +1,5 @@
 """/v1/datasets: the built-ins and a user's uploads (.npz or .csv), stored in the database (``core.dataset_store``)."""
+
 from __future__ import annotations
 
 from flask import Response
@@ -12,8 +13,14 @@ from service.extensions import services
 from service.problems import COMMON_RESPONSES
 from service.representation import Dataset, DatasetList, dataset_body, dataset_list_body, documented
 
-api = APIBlueprint("datasets", __name__, url_prefix="/v1/datasets", abp_tags=[Tag(name="datasets")],
-                   abp_security=[{"bearer": []}], abp_responses=COMMON_RESPONSES)
+api = APIBlueprint(
+    "datasets",
+    __name__,
+    url_prefix="/v1/datasets",
+    abp_tags=[Tag(name="datasets")],
+    abp_security=[{"bearer": []}],
+    abp_responses=COMMON_RESPONSES,
+)
 
 
 class UploadForm(NulFree):
@@ -21,8 +28,7 @@ class UploadForm(NulFree):
 
     file: FileStorage = Field(description=".npz with x, y (optional x_test, y_test) or .csv with a header row")
     name: str | None = Field(None, max_length=dataset_store.MAX_NAME)
-    label_column: str | None = Field(
-        None, max_length=200, description="For .csv: the column holding the label.")
+    label_column: str | None = Field(None, max_length=200, description="For .csv: the column holding the label.")
 
 
 @api.get("", responses={200: documented("Built-in and uploaded datasets", DatasetList)})
@@ -40,8 +46,9 @@ def upload_dataset(form: UploadForm):
     stored compressed in its compact dtypes; returns its id."""
     svc = services()
     # werkzeug spooled the file to a temporary file past 500 kB: it is parsed from there
-    info = dataset_store.store_upload(svc.db, current_owner(), svc.settings, form.file.stream,
-                                      form.file.filename or "", form.name, form.label_column)
+    info = dataset_store.store_upload(
+        svc.db, current_owner(), svc.settings, form.file.stream, form.file.filename or "", form.name, form.label_column
+    )
     return dataset_body({"id": info.name, **info.as_dict()}), 201, {"Location": f"/v1/datasets/{info.name}"}
 
 

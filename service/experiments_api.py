@@ -1,4 +1,5 @@
 """/v1/experiments: a base recipe, variants and seeds as child jobs, and the comparison table."""
+
 from __future__ import annotations
 
 from flask import Response
@@ -13,8 +14,14 @@ from service.extensions import services
 from service.problems import COMMON_RESPONSES
 from service.representation import Cancelled, Experiment, documented, experiment_body, png
 
-api = APIBlueprint("experiments", __name__, url_prefix="/v1/experiments", abp_tags=[Tag(name="experiments")],
-                   abp_security=[{"bearer": []}], abp_responses=COMMON_RESPONSES)
+api = APIBlueprint(
+    "experiments",
+    __name__,
+    url_prefix="/v1/experiments",
+    abp_tags=[Tag(name="experiments")],
+    abp_security=[{"bearer": []}],
+    abp_responses=COMMON_RESPONSES,
+)
 
 
 class ExperimentPath(BaseModel):
@@ -66,9 +73,12 @@ def delete_experiment(path: ExperimentPath):
     return Response(status=204)
 
 
-@api.get("/<experiment_id>/plots/compare.png",
-         responses={200: documented("Validation accuracy per variant", media="image/png",
-                                      schema={"type": "string", "format": "binary"})})
+@api.get(
+    "/<experiment_id>/plots/compare.png",
+    responses={
+        200: documented("Validation accuracy per variant", media="image/png", schema={"type": "string", "format": "binary"})
+    },
+)
 def compare_plot(path: ExperimentPath):
     """Drawn by the worker that finishes the experiment's last job."""
     svc = services()

@@ -3,6 +3,7 @@
 They live apart from ``service/app.py`` (flaskr's ``db.py`` pattern) so the blueprints can import them at the top
 while the factory imports the blueprints: no import cycle, no imports inside functions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Liveness and readiness."""
+
 from __future__ import annotations
 
 from flask_openapi3 import APIBlueprint, Tag
@@ -10,8 +11,12 @@ from service.representation import Health, Readiness, documented
 
 # 400: single-user mode's Host check runs before every route, these too. 422 never happens here; documented so
 # flask-openapi3 does not add its own 422 model, which this API never sends.
-api = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")],
-                   abp_responses={k: v for k, v in COMMON_RESPONSES.items() if k in (400, 404, 405, 422, 500)})
+api = APIBlueprint(
+    "health",
+    __name__,
+    abp_tags=[Tag(name="health")],
+    abp_responses={k: v for k, v in COMMON_RESPONSES.items() if k in (400, 404, 405, 422, 500)},
+)
 
 
 @api.get("/healthz", responses={200: documented("The process is up", Health)})
@@ -20,8 +25,10 @@ def healthz():
     return Health(status="ok").model_dump(mode="json")
 
 
-@api.get("/readyz", responses={200: documented("Ready", Readiness),
-                                 503: documented("Not ready: which dependency is down", Readiness)})
+@api.get(
+    "/readyz",
+    responses={200: documented("Ready", Readiness), 503: documented("Not ready: which dependency is down", Readiness)},
+)
 def readyz():
     """The database and the broker can be reached; 503 otherwise."""
     svc = services()

@@ -1,4 +1,5 @@
 """/v1/jobs: submit, read, list, cancel, delete, download. Each view parses, calls core, shapes."""
+
 from __future__ import annotations
 
 import base64
@@ -34,8 +35,14 @@ from service.representation import (
     png,
 )
 
-api = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", abp_tags=[Tag(name="jobs")], abp_security=[{"bearer": []}],
-                   abp_responses=COMMON_RESPONSES)
+api = APIBlueprint(
+    "jobs",
+    __name__,
+    url_prefix="/v1/jobs",
+    abp_tags=[Tag(name="jobs")],
+    abp_security=[{"bearer": []}],
+    abp_responses=COMMON_RESPONSES,
+)
 
 
 class JobPath(BaseModel):
@@ -73,8 +80,9 @@ def submit(body: Recipe):
     if key is not None and not 1 <= len(key) <= 255:
         raise MalformedRequest("an Idempotency-Key is 1 to 255 characters")
     with svc.db.session() as session:
-        job, created = admission.submit(session, body, current_owner(), svc.settings, key,
-                                        hashlib.sha256(request.get_data()).hexdigest())
+        job, created = admission.submit(
+            session, body, current_owner(), svc.settings, key, hashlib.sha256(request.get_data()).hexdigest()
+        )
     if created:
         dispatch(svc.celery, job.id)  # if the broker is down the job stays queued; the reconciler re-sends it
     response = _job_response(job.id, status=202)
@@ -135,9 +143,13 @@ def delete_job(path: JobPath):
     return Response(status=204)
 
 
-@api.get("/<job_id>/model", responses={
-    200: documented("The model file", media="application/octet-stream", schema={"type": "string", "format": "binary"}),
-    304: NOT_MODIFIED})
+@api.get(
+    "/<job_id>/model",
+    responses={
+        200: documented("The model file", media="application/octet-stream", schema={"type": "string", "format": "binary"}),
+        304: NOT_MODIFIED,
+    },
+)
 def download_model(path: JobPath, query: ModelQuery):
     """The trained model, pruning wrappers stripped, streamed from the database with its sha256."""
     svc = services()
@@ -172,8 +184,10 @@ class PlotPath(JobPath):
     name: PlotName
 
 
-@api.get("/<job_id>/plots/<name>.png",
-         responses={200: documented("The picture", media="image/png", schema={"type": "string", "format": "binary"})})
+@api.get(
+    "/<job_id>/plots/<name>.png",
+    responses={200: documented("The picture", media="image/png", schema={"type": "string", "format": "binary"})},
+)
 def get_plot(path: PlotPath):
     """Drawn by the worker when the job ends: curves, sparsity vs the schedule, per-layer sparsity, weights."""
     svc = services()
@@ -185,8 +199,10 @@ def get_plot(path: PlotPath):
     return png(svc.db, artifact)
 
 
-@api.get("/<job_id>/history", responses={
-    200: documented("One row per finished epoch", History, also={"text/csv": {"type": "string"}})})
+@api.get(
+    "/<job_id>/history",
+    responses={200: documented("One row per finished epoch", History, also={"text/csv": {"type": "string"}})},
+)
 def get_history(path: JobPath, query: HistoryQuery):
     """One row per finished epoch, as JSON or CSV."""
     svc = services()
@@ -194,8 +210,11 @@ def get_history(path: JobPath, query: HistoryQuery):
         jobs.get(session, path.job_id, current_owner())
         rows = jobs.history(session, path.job_id)
     if query.format == "csv":
-        return Response(history_csv(rows), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{path.job_id}-history.csv"'})
+        return Response(
+            history_csv(rows),
+            mimetype="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{path.job_id}-history.csv"'},
+        )
     return history_body(path.job_id, rows)
 
 

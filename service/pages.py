@@ -3,6 +3,7 @@
 The HTML carries no data; its small script reads the JSON API with the user's token (kept in the
 browser's localStorage when the server requires one), so the pages show exactly what the API shows.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, render_template

@@ -3,6 +3,7 @@
 ``core.errors`` says what went wrong; ``PROBLEMS`` says how each class is sent (status, title, headers, and
 the route that helps). Validation errors keep ``loc`` as the client wrote it, walked along the schema.
 """
+
 from __future__ import annotations
 
 import logging
@@ -102,8 +103,11 @@ PROBLEMS: dict[type[TrainerError], Kind] = {
     LimitExceeded: Kind(429, "Too many requests"),
     PayloadTooLarge: Kind(413, "Payload too large"),
     DatasetTooLarge: Kind(413, "Dataset too large"),
-    StorageQuotaExceeded: Kind(413, "Storage quota exceeded", see="delete datasets (DELETE /v1/datasets/{id}) "
-                               "or finished jobs (DELETE /v1/jobs/{id}) to make room"),
+    StorageQuotaExceeded: Kind(
+        413,
+        "Storage quota exceeded",
+        see="delete datasets (DELETE /v1/datasets/{id}) or finished jobs (DELETE /v1/jobs/{id}) to make room",
+    ),
     Unavailable: Kind(503, "Service unavailable"),
     CorruptArtifact: Kind(500, "Corrupted artifact"),
 }
@@ -150,8 +154,10 @@ def _union(schema: Mapping[str, Any], loc: tuple[Any, ...], defs: dict[str, Any]
 
 def _fields(schema: Mapping[str, Any], loc: tuple[Any, ...], defs: dict[str, Any]) -> list | None:
     head, rest = loc[0], loc[1:]
-    fields = {f.get("validation_alias") if isinstance(f.get("validation_alias"), str) else name: f
-              for name, f in schema["fields"].items()}
+    fields = {
+        f.get("validation_alias") if isinstance(f.get("validation_alias"), str) else name: f
+        for name, f in schema["fields"].items()
+    }
     if head not in fields:
         return None if rest else [head]  # an unknown (forbidden) field is named as sent
     found = _client_loc(fields[head]["schema"], rest, defs)
@@ -186,8 +192,17 @@ def _through_wrapper(schema: Mapping[str, Any], loc: tuple[Any, ...], defs: dict
     return None
 
 
-_STEPS = {"tagged-union": _tagged_union, "union": _union, "model-fields": _fields, "typed-dict": _fields,
-          "list": _item, "set": _item, "frozenset": _item, "tuple": _item, "dict": _item}
+_STEPS = {
+    "tagged-union": _tagged_union,
+    "union": _union,
+    "model-fields": _fields,
+    "typed-dict": _fields,
+    "list": _item,
+    "set": _item,
+    "frozenset": _item,
+    "tuple": _item,
+    "dict": _item,
+}
 
 
 def _schemas_of(title: str) -> list[Mapping[str, Any]]:
@@ -268,12 +283,20 @@ def install(app: Flask) -> None:
         # cause. The detail is generic: the driver's message holds SQL, table and column names.
         if isinstance(exc, DataError):
             log.warning("database refused a value: %s", exc)
-            return problem(422, "Invalid request", "a value could not be stored: it is too long for its field "
-                           "or holds a character the database refuses (such as NUL)")
+            return problem(
+                422,
+                "Invalid request",
+                "a value could not be stored: it is too long for its field "
+                "or holds a character the database refuses (such as NUL)",
+            )
         if isinstance(exc, IntegrityError):
             log.warning("database integrity conflict: %s", exc)
-            return problem(409, "Conflict", "the request conflicts with stored data (a duplicate, or something "
-                           "it refers to has gone); read the resource again and retry")
+            return problem(
+                409,
+                "Conflict",
+                "the request conflicts with stored data (a duplicate, or something "
+                "it refers to has gone); read the resource again and retry",
+            )
         log.exception("unhandled error")
         return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
 

@@ -9,6 +9,7 @@ twice the limit across a minute boundary; that is the price of one counter per t
 If Redis cannot be reached the request is let through and counting pauses for a few seconds: a broker
 outage already stops new work from being dispatched and must not also refuse every poll.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,7 +47,9 @@ def check(limiter: Limiter | None, limit: int, session: Session, key: str) -> No
         retry_after = max(1, int((minute + 1) * WINDOW_S - now + 0.999))
         raise RateLimited(
             f"this token made more than {limit} requests this minute (TRAINER_RATE_LIMIT_PER_MINUTE); "
-            f"retry after {retry_after} s", retry_after_s=retry_after)
+            f"retry after {retry_after} s",
+            retry_after_s=retry_after,
+        )
 
 
 def make_limiter(settings: Settings) -> Limiter | None:
@@ -62,8 +65,7 @@ class RedisWindows:
         import redis
 
         self._errors = redis.RedisError
-        self.redis = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
-                                          socket_connect_timeout=REDIS_TIMEOUT_S)
+        self.redis = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
         self._paused_until = 0.0
 
     def count(self, session: Session, key: str, minute: int) -> int:
@@ -87,12 +89,18 @@ class DatabaseWindows:
 
     def __init__(self, is_sqlite: bool):
         self._insert: Callable[[Table], sqlite.Insert | postgresql.Insert] = (
-            sqlite.insert if is_sqlite else postgresql.insert)
+            sqlite.insert if is_sqlite else postgresql.insert
+        )
 
     def count(self, session: Session, key: str, minute: int) -> int:
         table = RateWindow.metadata.tables[RateWindow.__tablename__]
-        stmt = self._insert(table).values(token_sha256=key, minute=minute, count=1).on_conflict_do_update(
-            index_elements=[table.c.token_sha256],
-            set_={"count": case((table.c.minute == minute, table.c.count + 1), else_=1), "minute": minute},
-        ).returning(table.c.count)
+        stmt = (
+            self._insert(table)
+            .values(token_sha256=key, minute=minute, count=1)
+            .on_conflict_do_update(
+                index_elements=[table.c.token_sha256],
+                set_={"count": case((table.c.minute == minute, table.c.count + 1), else_=1), "minute": minute},
+            )
+            .returning(table.c.count)
+        )
         return int(session.execute(stmt).scalar_one())

@@ -5,6 +5,7 @@ A view builds its body with ``SomeModel(...).model_dump(mode="json")`` and docum
 recipe, the plan, the result, the error) are read back through their ``core`` models; fields the stored JSON
 leaves out stay out (``_stored``), as they always have.
 """
+
 from __future__ import annotations
 
 import csv
@@ -46,8 +47,13 @@ REF = "#/components/schemas/{model}"
 SCHEMAS: dict[str, dict] = {}
 
 
-def documented(description: str, model: type[BaseModel] | None = None, media: str = "application/json",
-               schema: dict | None = None, also: dict | None = None) -> dict:
+def documented(
+    description: str,
+    model: type[BaseModel] | None = None,
+    media: str = "application/json",
+    schema: dict | None = None,
+    also: dict | None = None,
+) -> dict:
     """A documented response: ``model``'s serialization schema (registered for the components), or a plain
     ``schema`` (a file, text); ``also`` adds other media types of the same response (``{"text/csv": {...}}``)."""
     if model is not None:
@@ -93,9 +99,12 @@ def build(model: type[M], **fields: Any) -> M:
         return model(**fields)
     except ValidationError as exc:
         raise ResponseDrift(f"{model.__name__} refused its own body: {exc}") from None
+
+
 #: A UTC time as ``datetime.isoformat()`` writes it (``+00:00``, as the API always has; pydantic would write ``Z``).
-Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str),
-                      WithJsonSchema({"type": "string", "format": "date-time"})]
+Timestamp = Annotated[
+    datetime, PlainSerializer(datetime.isoformat, return_type=str), WithJsonSchema({"type": "string", "format": "date-time"})
+]
 #: A metric's value: keras's floats, or an integer where one was recorded.
 Number = float | int | None
 
@@ -163,10 +172,12 @@ class Job(BaseModel):
 
 
 #: A job in the list: the job without its history (derived from ``Job`` so the two cannot drift).
-_SUMMARY_FIELDS: dict[str, Any] = {name: (field.annotation, field) for name, field in Job.model_fields.items()
-                                   if name != "history"}
-JobSummary = create_model("JobSummary", __doc__="A job in the list: every field of the job but its history.",
-                          **_SUMMARY_FIELDS)
+_SUMMARY_FIELDS: dict[str, Any] = {
+    name: (field.annotation, field) for name, field in Job.model_fields.items() if name != "history"
+}
+JobSummary = create_model(
+    "JobSummary", __doc__="A job in the list: every field of the job but its history.", **_SUMMARY_FIELDS
+)
 
 
 class JobList(BaseModel):
@@ -179,13 +190,27 @@ def job_fields(job: rows.Job, models: dict[str, Artifact] | None = None) -> dict
     base = f"/v1/jobs/{job.id}"
     progress = build(Progress, **(job.progress or {}))
     return dict(
-        id=job.id, name=job.name, status=job.status, recipe=job.recipe, created_at=job.created_at,
-        started_at=job.started_at, finished_at=job.finished_at, attempt=job.attempt, progress=progress,
-        result=job.result, error=job.error, warnings=progress.plan.warnings if progress.plan else [],
-        device=job.device, cancel_requested=job.cancel_requested,
+        id=job.id,
+        name=job.name,
+        status=job.status,
+        recipe=job.recipe,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        attempt=job.attempt,
+        progress=progress,
+        result=job.result,
+        error=job.error,
+        warnings=progress.plan.warnings if progress.plan else [],
+        device=job.device,
+        cancel_requested=job.cancel_requested,
         links=JobLinks(
-            self=base, history=f"{base}/history", logs=f"{base}/logs", diagnostics=f"{base}/diagnostics",
-            cancel=f"{base}/cancel", models={fmt: f"{base}/model?format={fmt}" for fmt in (models or {})},
+            self=base,
+            history=f"{base}/history",
+            logs=f"{base}/logs",
+            diagnostics=f"{base}/diagnostics",
+            cancel=f"{base}/cancel",
+            models={fmt: f"{base}/model?format={fmt}" for fmt in (models or {})},
             plots={name: f"{base}/plots/{name}.png" for name in PLOTS} if job.status == JobStatus.SUCCEEDED.value else {},
         ),
     )
@@ -233,8 +258,11 @@ def diagnostics_body(job_id: str, epochs: list[dict]) -> dict:
 
 def png(db, artifact: Artifact) -> Response:
     """A stored picture, streamed (and checked) like any artifact."""
-    return Response(stream_with_context(artifacts.stream(db, artifact)), mimetype="image/png",
-                    headers={"Content-Length": str(artifact.size), "Cache-Control": "max-age=3600"})
+    return Response(
+        stream_with_context(artifacts.stream(db, artifact)),
+        mimetype="image/png",
+        headers={"Content-Length": str(artifact.size), "Cache-Control": "max-age=3600"},
+    )
 
 
 def history_csv(history: list[dict]) -> str:
@@ -253,11 +281,16 @@ def history_csv(history: list[dict]) -> str:
 _INFO_TYPES = typing.get_type_hints(DatasetInfo)
 
 
-class Dataset(create_model(  # type: ignore[misc]
-    "DatasetFields", id=(str, Field(description="What a recipe's `dataset.name` takes.")),
-    **{f.name: (_INFO_TYPES[f.name], ... if f.default is dataclasses.MISSING else f.default)
-       for f in dataclasses.fields(DatasetInfo)},
-)):
+class Dataset(
+    create_model(  # type: ignore[misc]
+        "DatasetFields",
+        id=(str, Field(description="What a recipe's `dataset.name` takes.")),
+        **{
+            f.name: (_INFO_TYPES[f.name], ... if f.default is dataclasses.MISSING else f.default)
+            for f in dataclasses.fields(DatasetInfo)
+        },
+    )
+):
     """A dataset's figures (``core.datasets.DatasetInfo``'s fields, derived from it); a built-in says whether it
     is installed here, an upload what it was called and its format. Fields that do not apply are absent."""
 
@@ -305,8 +338,14 @@ class Experiment(BaseModel):
 def experiment_body(experiment: rows.Experiment, children: list[rows.Job], comparison: list) -> dict:
     base = f"/v1/experiments/{experiment.id}"
     return build(
-        Experiment, id=experiment.id, name=experiment.name, created_at=experiment.created_at, spec=experiment.spec,
-        jobs=len(children), finished=sum(job.status in FINISHED for job in children), comparison=comparison,
+        Experiment,
+        id=experiment.id,
+        name=experiment.name,
+        created_at=experiment.created_at,
+        spec=experiment.spec,
+        jobs=len(children),
+        finished=sum(job.status in FINISHED for job in children),
+        comparison=comparison,
         links=ExperimentLinks(self=base, cancel=f"{base}/cancel", compare_plot=f"{base}/plots/compare.png"),
     ).model_dump(mode="json")
 
@@ -325,4 +364,3 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str] = Field(description='Dependency → "ok" or why it cannot be reached.')
-

@@ -1,4 +1,5 @@
 """/v1/usage: what you store against your quota (datasets, models, checkpoints)."""
+
 from __future__ import annotations
 
 from flask_openapi3 import APIBlueprint, Tag
@@ -9,8 +10,14 @@ from service.extensions import services
 from service.problems import COMMON_RESPONSES
 from service.representation import documented
 
-api = APIBlueprint("usage", __name__, url_prefix="/v1/usage", abp_tags=[Tag(name="usage")],
-                   abp_security=[{"bearer": []}], abp_responses=COMMON_RESPONSES)
+api = APIBlueprint(
+    "usage",
+    __name__,
+    url_prefix="/v1/usage",
+    abp_tags=[Tag(name="usage")],
+    abp_security=[{"bearer": []}],
+    abp_responses=COMMON_RESPONSES,
+)
 
 
 @api.get("", responses={200: documented("What you store, by kind, and your quota", storage.StorageUsage)})

@@ -1,5 +1,6 @@
 """Starting and stopping the service's own processes — the API under gunicorn or werkzeug, a Celery worker —
 each in a process group of its own, so that stopping one ends exactly what was started and nothing else."""
+
 from __future__ import annotations
 
 import os
@@ -39,17 +40,19 @@ def clean_env(**extra) -> dict[str, str]:
 
 def settings_env(settings: Settings, **extra) -> dict[str, str]:
     """The environment that gives a child process the same ``settings`` a fixture built in this process."""
-    return clean_env(**{
-        "DATABASE_URL": settings.database_url,
-        "CELERY_BROKER_URL": settings.broker_url,
-        "TRAINER_HEARTBEAT_INTERVAL_S": settings.heartbeat_interval_s,
-        "TRAINER_HEARTBEAT_TIMEOUT_S": settings.heartbeat_timeout_s,
-        "TRAINER_RECONCILE_INTERVAL_S": settings.reconcile_interval_s,
-        "TRAINER_REDISPATCH_AFTER_S": settings.redispatch_after_s,
-        "TRAINER_MAX_ATTEMPTS": settings.max_attempts,
-        "TRAINER_CHECKPOINT_INTERVAL_S": settings.checkpoint_interval_s,
-        **extra,
-    })
+    return clean_env(
+        **{
+            "DATABASE_URL": settings.database_url,
+            "CELERY_BROKER_URL": settings.broker_url,
+            "TRAINER_HEARTBEAT_INTERVAL_S": settings.heartbeat_interval_s,
+            "TRAINER_HEARTBEAT_TIMEOUT_S": settings.heartbeat_timeout_s,
+            "TRAINER_RECONCILE_INTERVAL_S": settings.reconcile_interval_s,
+            "TRAINER_REDISPATCH_AFTER_S": settings.redispatch_after_s,
+            "TRAINER_MAX_ATTEMPTS": settings.max_attempts,
+            "TRAINER_CHECKPOINT_INTERVAL_S": settings.checkpoint_interval_s,
+            **extra,
+        }
+    )
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -76,8 +79,9 @@ class Proc:
     def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path):
         self.log_path = log_path
         with log_path.open("w") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.pid = self.proc.pid
 
     def log(self) -> str:
@@ -118,13 +122,29 @@ def _wait_until_up(proc: Proc, what: str, is_up, timeout: float, interval: float
         time.sleep(interval)
 
 
-def start_worker(env: dict[str, str], log_path: Path, hostname: str | None = None, loglevel: str = "INFO",
-                 timeout: float = 120) -> Proc:
+def start_worker(
+    env: dict[str, str], log_path: Path, hostname: str | None = None, loglevel: str = "INFO", timeout: float = 120
+) -> Proc:
     """A real ``celery worker`` (prefork, one child at a time), returned once it logs that it is ready."""
     hostname = hostname or f"test-{uuid.uuid4().hex[:6]}"
-    proc = Proc([str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--loglevel", loglevel,
-                 "--concurrency", "1", "--hostname", f"{hostname}@%h", "--without-mingle", "--without-gossip"],
-                env, log_path)
+    proc = Proc(
+        [
+            str(BIN / "celery"),
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--loglevel",
+            loglevel,
+            "--concurrency",
+            "1",
+            "--hostname",
+            f"{hostname}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env,
+        log_path,
+    )
     _wait_until_up(proc, f"worker {hostname}", lambda: " ready." in proc.log(), timeout, 0.1)
     return proc
 
@@ -136,8 +156,9 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def start_gunicorn(env: dict[str, str], log_path: Path, flags: list[str], app: str = API_APP,
-                   timeout: float = 60, poll: float = 0.05) -> tuple[Proc, str]:
+def start_gunicorn(
+    env: dict[str, str], log_path: Path, flags: list[str], app: str = API_APP, timeout: float = 60, poll: float = 0.05
+) -> tuple[Proc, str]:
     """``app`` under gunicorn on a free loopback port, returned with its URL once /healthz answers and every
     worker process named by ``--workers`` (default 1) has been forked, so nothing measured waits on imports."""
     port = free_port()

@@ -1,4 +1,5 @@
 """The small recipe tests and benchmarks submit when the recipe itself is not the point."""
+
 from __future__ import annotations
 
 import copy
@@ -8,14 +9,25 @@ SMALL = {
     "name": "iris-small",
     "dataset": {"name": "iris", "test_fraction": 0.2, "validation_fraction": 0.1},
     "seed": 7,
-    "model": {"input_shape": [4], "layers": [
-        {"type": "dense", "units": 16, "activation": "relu", "kernel_initializer": "he_normal"},
-        {"type": "dense", "units": 3, "activation": "softmax"},
-    ]},
+    "model": {
+        "input_shape": [4],
+        "layers": [
+            {"type": "dense", "units": 16, "activation": "relu", "kernel_initializer": "he_normal"},
+            {"type": "dense", "units": 3, "activation": "softmax"},
+        ],
+    },
     "training": {"optimizer": {"type": "adam", "learning_rate": 0.01}, "epochs": 5, "batch_size": 16},
     "regularization": {"l1": 1e-5},
-    "pruning": {"schedule": {"type": "polynomial_decay", "initial_sparsity": 0.0, "final_sparsity": 0.5,
-                             "begin_step": 0, "end_step": "auto", "frequency": 2}},
+    "pruning": {
+        "schedule": {
+            "type": "polynomial_decay",
+            "initial_sparsity": 0.0,
+            "final_sparsity": 0.5,
+            "begin_step": 0,
+            "end_step": "auto",
+            "frequency": 2,
+        }
+    },
     "export": {"formats": ["h5"]},
 }
 

@@ -5,6 +5,7 @@ with ``create_app``, the live servers' — with the request still current, so th
 matched URL rule. A body that does not fit the schema documented for its path, method, status and media type
 is recorded here, and ``conftest``'s autouse fixture fails the test that received it.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,9 @@ def _check(app: Flask, response: Response, **_) -> None:
     body = json.loads(response.get_data())
     found = violations(app.api_doc, path, request.method, response.status_code, response.mimetype, body)
     if found:
-        VIOLATIONS.append(f"{request.method} {request.path} → {response.status_code} {response.mimetype}: "
-                          f"{'; '.join(found[:5])}")
+        VIOLATIONS.append(
+            f"{request.method} {request.path} → {response.status_code} {response.mimetype}: {'; '.join(found[:5])}"
+        )
 
 
 def install() -> None:

@@ -4,6 +4,7 @@ Redis), a real API server on a loopback port, and real Celery worker processes.
 ``backend`` is parametrized: every test that asks for it runs once on the embedded default
 (SQLite + SQLAlchemy broker) and once on PostgreSQL + Redis.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,11 +63,13 @@ def backend(request, tmp_path_factory) -> Settings:
     """Settings for a migrated database and a broker: the embedded pair, or PostgreSQL + Redis."""
     if request.param == "sqlite":
         var = tmp_path_factory.mktemp("var")
-        settings = load_settings(database_url=f"sqlite:///{var / 'trainer.sqlite'}",
-                                 broker_url=f"sqla+sqlite:///{var / 'broker.sqlite'}", **FAST)
+        settings = load_settings(
+            database_url=f"sqlite:///{var / 'trainer.sqlite'}", broker_url=f"sqla+sqlite:///{var / 'broker.sqlite'}", **FAST
+        )
     else:
-        settings = load_settings(database_url=request.getfixturevalue("postgres_url"),
-                                 broker_url=request.getfixturevalue("redis_url"), **FAST)
+        settings = load_settings(
+            database_url=request.getfixturevalue("postgres_url"), broker_url=request.getfixturevalue("redis_url"), **FAST
+        )
     upgrade(settings)
     return settings
 
@@ -75,8 +78,11 @@ def backend(request, tmp_path_factory) -> Settings:
 def isolated_backend(request, tmp_path) -> Settings:
     """A database and broker of this test's own, for tests that start and kill their own workers."""
     if request.param == "sqlite":
-        settings = load_settings(database_url=f"sqlite:///{tmp_path / 'trainer.sqlite'}",
-                                 broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}", **FAST)
+        settings = load_settings(
+            database_url=f"sqlite:///{tmp_path / 'trainer.sqlite'}",
+            broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
+            **FAST,
+        )
         upgrade(settings)
         yield settings
         return
@@ -150,5 +156,3 @@ def worker(backend, tmp_path_factory):
     proc = start_worker(backend, tmp_path_factory.mktemp("worker") / "worker.log")
     yield proc
     proc.stop()
-
-

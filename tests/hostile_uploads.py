@@ -4,6 +4,7 @@ memory stays flat; the bad-input catalogue, the gunicorn RSS test and ``bench/me
 
 Archives are written byte by byte (``Entry``) so a central directory can say what the data is not.
 """
+
 from __future__ import annotations
 
 import io
@@ -48,12 +49,50 @@ def zip_archive(entries: list[Entry]) -> bytes:
         usize = 0xFFFFFFFF if big else e.file_size
         csize = 0xFFFFFFFF if big else len(e.data)
         extra = struct.pack("<HHQQ", 1, 16, e.file_size, len(e.data)) if big else b""
-        out.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", 45 if big else 20, e.flags, e.method, 0, 0x21, e.crc,
-                              csize, usize, len(name), len(extra)) + name + extra + e.data)
+        out.write(
+            struct.pack(
+                "<4s5H3L2H",
+                b"PK\x03\x04",
+                45 if big else 20,
+                e.flags,
+                e.method,
+                0,
+                0x21,
+                e.crc,
+                csize,
+                usize,
+                len(name),
+                len(extra),
+            )
+            + name
+            + extra
+            + e.data
+        )
         cextra = struct.pack("<HHQ", 1, 8, e.file_size) if big else b""
-        central.append(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 45 if big else 20, 45 if big else 20, e.flags,
-                                   e.method, 0, 0x21, e.crc, len(e.data), usize, len(name), len(cextra), 0, 0, 0, 0,
-                                   offset) + name + cextra)
+        central.append(
+            struct.pack(
+                "<4s6H3L5H2L",
+                b"PK\x01\x02",
+                45 if big else 20,
+                45 if big else 20,
+                e.flags,
+                e.method,
+                0,
+                0x21,
+                e.crc,
+                len(e.data),
+                usize,
+                len(name),
+                len(cextra),
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + name
+            + cextra
+        )
     start = out.tell()
     directory = b"".join(central)
     out.write(directory)
@@ -137,17 +176,36 @@ def _truncated_stream() -> Entry:
 def npz_cases() -> list[Hostile]:
     big = npy_header((1_000_000, 1_000))  # 8 GB of float64
     return [
-        Hostile("npz declaring 8 GB (zip64 entry)", zip_archive([
-            Entry("x.npy", deflate(big + bytes(4096)), len(big) + 8 * 10**9, 0), Y]), "gb.npz"),
-        Hostile("npz header declaring 80 GB in a small entry", zip_archive([
-            honest("x.npy", npy_header((100_000, 100_000)) + bytes(64)), Y]), "hdr.npz"),
-        Hostile("zip bomb: 1 GiB of zeros in about 1 MB", zip_archive([
-            zero_bomb(npy_header((1 << 20, 1024), "|u1"), GB), Y]), "bomb.npz"),
-        Hostile("two members of 400 MiB each", zip_archive([
-            zero_bomb(npy_header((400, 1 << 20), "|u1"), 400 << 20), renamed(zero_bomb(npy_header(
-                (400 << 20,), "|u1"), 400 << 20), "y.npy")]), "two.npz"),
-        Hostile("float16 x of 200 MiB whose float32 copy takes 400 MiB more", zip_archive([
-            zero_bomb(npy_header((100, 1 << 20), "<f2"), 200 << 20), Y]), "f16.npz"),
+        Hostile(
+            "npz declaring 8 GB (zip64 entry)",
+            zip_archive([Entry("x.npy", deflate(big + bytes(4096)), len(big) + 8 * 10**9, 0), Y]),
+            "gb.npz",
+        ),
+        Hostile(
+            "npz header declaring 80 GB in a small entry",
+            zip_archive([honest("x.npy", npy_header((100_000, 100_000)) + bytes(64)), Y]),
+            "hdr.npz",
+        ),
+        Hostile(
+            "zip bomb: 1 GiB of zeros in about 1 MB",
+            zip_archive([zero_bomb(npy_header((1 << 20, 1024), "|u1"), GB), Y]),
+            "bomb.npz",
+        ),
+        Hostile(
+            "two members of 400 MiB each",
+            zip_archive(
+                [
+                    zero_bomb(npy_header((400, 1 << 20), "|u1"), 400 << 20),
+                    renamed(zero_bomb(npy_header((400 << 20,), "|u1"), 400 << 20), "y.npy"),
+                ]
+            ),
+            "two.npz",
+        ),
+        Hostile(
+            "float16 x of 200 MiB whose float32 copy takes 400 MiB more",
+            zip_archive([zero_bomb(npy_header((100, 1 << 20), "<f2"), 200 << 20), Y]),
+            "f16.npz",
+        ),
         Hostile("member inflating past its declared size", zip_archive([_lying_small(), Y]), "lie.npz"),
         Hostile("member declaring more than its stream holds", zip_archive([_truncated_stream(), Y]), "short.npz"),
         Hostile(".npy named .npz", npy(np.zeros((4, 2))), "x.npz"),
@@ -155,20 +213,21 @@ def npz_cases() -> list[Hostile]:
         Hostile("10,000 members", zip_archive([honest(f"a{i}.npy", b"") for i in range(10_000)]), "many.npz"),
         Hostile("a member that is not .npy", zip_archive([X, Y, honest("evil.pkl", b"cos\nsystem\n")]), "pkl.npz"),
         Hostile("duplicate member names", zip_archive([X, Y, X]), "dup.npz"),
-        Hostile("object dtype declared", zip_archive([honest("x.npy", npy_header((4, 2), "|O") + bytes(64)), Y]),
-                "obj.npz"),
-        Hostile("structured dtype", npz_of(x=np.zeros((4, 2), dtype=[("a", "<f4"), ("b", "<i4")]), y=np.arange(4)),
-                "rec.npz"),
+        Hostile("object dtype declared", zip_archive([honest("x.npy", npy_header((4, 2), "|O") + bytes(64)), Y]), "obj.npz"),
+        Hostile(
+            "structured dtype", npz_of(x=np.zeros((4, 2), dtype=[("a", "<f4"), ("b", "<i4")]), y=np.arange(4)), "rec.npz"
+        ),
         Hostile("complex features", npz_of(x=np.zeros((4, 2), dtype=np.complex128), y=np.arange(4)), "c.npz"),
         Hostile("datetime features", npz_of(x=np.zeros((4, 2), dtype="datetime64[s]"), y=np.arange(4)), "dt.npz"),
-        Hostile(".npy format 3.0", zip_archive([honest("x.npy", npy_header((4, 2), version=(3, 0)) + bytes(64)), Y]),
-                "v3.npz"),
+        Hostile(
+            ".npy format 3.0", zip_archive([honest("x.npy", npy_header((4, 2), version=(3, 0)) + bytes(64)), Y]), "v3.npz"
+        ),
         Hostile("negative dimension", zip_archive([honest("x.npy", npy_header((-4, 2)) + bytes(64)), Y]), "neg.npz"),
         Hostile("encrypted member", zip_archive([Entry(X.name, X.data, X.file_size, X.crc, flags=1), Y]), "enc.npz"),
-        Hostile("unknown compression method", zip_archive([Entry(X.name, X.data, X.file_size, X.crc, method=99), Y]),
-                "m99.npz"),
-        Hostile("uint64 labels >= 2**63", npz_of(x=np.zeros((4, 2)), y=np.array([0, 1, 2, 2**63], np.uint64)),
-                "u64.npz"),
+        Hostile(
+            "unknown compression method", zip_archive([Entry(X.name, X.data, X.file_size, X.crc, method=99), Y]), "m99.npz"
+        ),
+        Hostile("uint64 labels >= 2**63", npz_of(x=np.zeros((4, 2)), y=np.array([0, 1, 2, 2**63], np.uint64)), "u64.npz"),
         Hostile("label 100,000,000", npz_of(x=np.zeros((2, 2)), y=np.array([0, 100_000_000])), "big.npz"),
         Hostile("label 65,536", npz_of(x=np.zeros((2, 2)), y=np.array([0, 65_536])), "65536.npz"),
         Hostile("float label 1e300", npz_of(x=np.zeros((2, 2)), y=np.array([0, 1e300])), "f300.npz"),

@@ -1,6 +1,7 @@
 """What the tests share beyond fixtures: training hooks that record, a recipe that runs until cancelled, a
 worker for given Settings, and waiting on a condition. Processes, databases, the small recipe and waiting on a
 job come from ``stack`` (bench/ uses the same)."""
+
 from __future__ import annotations
 
 import time

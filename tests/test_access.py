@@ -1,4 +1,5 @@
 """Strangers: tokens, owners, limits and idempotent submission."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -62,15 +63,23 @@ def test_another_owner_gets_404_for_jobs_and_datasets(secured):
     client = app.test_client()
     job = client.post("/v1/jobs", json=small_recipe(), headers=headers["alice"]).get_json()
     try:
-        for path in (f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/history", f"/v1/jobs/{job['id']}/logs",
-                     f"/v1/jobs/{job['id']}/model"):
+        for path in (
+            f"/v1/jobs/{job['id']}",
+            f"/v1/jobs/{job['id']}/history",
+            f"/v1/jobs/{job['id']}/logs",
+            f"/v1/jobs/{job['id']}/model",
+        ):
             assert client.get(path, headers=headers["bob"]).status_code == 404
         assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers["bob"]).status_code == 404
         assert job["id"] not in [j["id"] for j in client.get("/v1/jobs", headers=headers["bob"]).get_json()["items"]]
         buffer = io.BytesIO()
         np.savez(buffer, x=np.zeros((10, 4)), y=np.arange(10) % 3)
-        data = client.post("/v1/datasets", data={"file": (io.BytesIO(buffer.getvalue()), "a.npz")},
-                           headers=headers["alice"], content_type="multipart/form-data").get_json()
+        data = client.post(
+            "/v1/datasets",
+            data={"file": (io.BytesIO(buffer.getvalue()), "a.npz")},
+            headers=headers["alice"],
+            content_type="multipart/form-data",
+        ).get_json()
         assert data["id"] not in [d["id"] for d in client.get("/v1/datasets", headers=headers["bob"]).get_json()["items"]]
         theirs = small_recipe(**{"dataset.name": data["id"]})
         response = client.post("/v1/jobs", json=theirs, headers=headers["bob"])
@@ -89,8 +98,9 @@ def test_idempotency_key_returns_the_same_job_and_refuses_another_body(secured):
     assert first.get_json()["id"] == again.get_json()["id"]
     other = client.post("/v1/jobs", json=small_recipe(name="something else"), headers=key)
     assert other.status_code == 422 and "different body" in other.get_json()["detail"]
-    bob_same_key = client.post("/v1/jobs", json=small_recipe(name="idem"),
-                               headers={"Idempotency-Key": "retry-123", **headers["bob"]})
+    bob_same_key = client.post(
+        "/v1/jobs", json=small_recipe(name="idem"), headers={"Idempotency-Key": "retry-123", **headers["bob"]}
+    )
     assert bob_same_key.get_json()["id"] != first.get_json()["id"]  # keys are per owner
     for response in (first, bob_same_key):
         client.post(f"/v1/jobs/{response.get_json()['id']}/cancel", headers=headers["alice"])
@@ -111,12 +121,15 @@ def test_queued_jobs_per_owner_are_limited_with_429(secured):
             client.post(f"/v1/jobs/{job_id}/cancel", headers=headers["bob"])
 
 
-@pytest.mark.parametrize("overrides, loc", [
-    ({"training.epochs": 100_000}, ["training", "epochs"]),
-    ({"training.max_runtime_s": 10**9}, ["training", "max_runtime_s"]),
-    ({"model.layers": [{"type": "dense", "units": 10**6}]}, ["model", "layers", 0, "units"]),
-    ({"model.layers": [{"type": "dense", "units": 3}] * 201}, ["model", "layers"]),
-])
+@pytest.mark.parametrize(
+    "overrides, loc",
+    [
+        ({"training.epochs": 100_000}, ["training", "epochs"]),
+        ({"training.max_runtime_s": 10**9}, ["training", "max_runtime_s"]),
+        ({"model.layers": [{"type": "dense", "units": 10**6}]}, ["model", "layers", 0, "units"]),
+        ({"model.layers": [{"type": "dense", "units": 3}] * 201}, ["model", "layers"]),
+    ],
+)
 def test_limits_are_clear_4xx(client, overrides, loc):
     response = client.post("/v1/jobs", json=small_recipe(**overrides))
     assert response.status_code == 422
@@ -138,8 +151,9 @@ def test_upload_over_the_limit_is_413(backend):
     import io
 
     app = create_app(replace(backend, max_upload_bytes=1000))
-    response = app.test_client().post("/v1/datasets", data={"file": (io.BytesIO(b"x" * 5000), "big.csv")},
-                                      content_type="multipart/form-data")
+    response = app.test_client().post(
+        "/v1/datasets", data={"file": (io.BytesIO(b"x" * 5000), "big.csv")}, content_type="multipart/form-data"
+    )
     assert response.status_code == 413 and response.mimetype == "application/problem+json"
 
 

@@ -1,4 +1,5 @@
 """What a client gets when it asks for something wrong: problem+json with the field named, and nothing stored."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,18 +29,22 @@ def assert_problem(response, status: int) -> dict:
     [
         ({"model.layers": [{"type": "dense", "units": 0}]}, ["model", "layers", 0, "units"]),
         ({"model.layers": [{"type": "convolution"}]}, ["model", "layers", 0]),
-        ({"model.layers": [{"type": "dense", "units": 3, "activation": "sigmoidd"}]},
-         ["model", "layers", 0, "activation"]),
+        ({"model.layers": [{"type": "dense", "units": 3, "activation": "sigmoidd"}]}, ["model", "layers", 0, "activation"]),
         ({"training.optimizer": {"type": "adam", "learning_rate": -1}}, ["training", "optimizer", "learning_rate"]),
         ({"training.optimizer": {"type": "lbfgs"}}, ["training", "optimizer"]),
         # every union's tag or member label is stripped alike, however the union is nested
-        ({"training.learning_rate_schedule": {"type": "exponential_decay", "decay_steps": 0}},
-         ["training", "learning_rate_schedule", "decay_steps"]),
-        ({"model.layers": [{"type": "dense", "units": 3, "kernel_initializer": {"type": "random_normal",
-                                                                                "stddev": 0}}]},
-         ["model", "layers", 0, "kernel_initializer", "stddev"]),
-        ({"model.layers": [{"type": "dense", "units": 3, "activation": {"type": "leaky_relu", "alpha": 1.5}}]},
-         ["model", "layers", 0, "activation", "alpha"]),
+        (
+            {"training.learning_rate_schedule": {"type": "exponential_decay", "decay_steps": 0}},
+            ["training", "learning_rate_schedule", "decay_steps"],
+        ),
+        (
+            {"model.layers": [{"type": "dense", "units": 3, "kernel_initializer": {"type": "random_normal", "stddev": 0}}]},
+            ["model", "layers", 0, "kernel_initializer", "stddev"],
+        ),
+        (
+            {"model.layers": [{"type": "dense", "units": 3, "activation": {"type": "leaky_relu", "alpha": 1.5}}]},
+            ["model", "layers", 0, "activation", "alpha"],
+        ),
         ({"model.layers": [{"type": "activation", "activation": "sigmoidd"}]}, ["model", "layers", 0, "activation"]),
         ({"training.epochs": 0}, ["training", "epochs"]),
         ({"regularization": {"l1": -0.1}}, ["regularization", "l1"]),
@@ -74,14 +79,34 @@ def test_invalid_recipe_is_422_naming_the_field(client, db, overrides, loc):
     assert job_count(db) == before
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"training.optimizer": {"type": "adam", "learning_rate": 1}}, ("training", "optimizer", "learning_rate")),
-    ({"dataset.test_fraction": 0}, None), ({"pruning.schedule.power": 2}, ("pruning", "schedule", "power")),
-    ({"model.layers": [{"type": "dense", "units": 3, "activation": "softmax", "kernel_constraint": {
-        "type": "max_norm", "max_value": 3}}]}, ("model", "layers", 0, "kernel_constraint", "max_value")),
-    ({"model.layers": [{"type": "dense", "units": 16}, {"type": "dense", "units": 3, "activation": "softmax"}],
-      "regularization": {"l1_l2": [0, 1]}}, None),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"training.optimizer": {"type": "adam", "learning_rate": 1}}, ("training", "optimizer", "learning_rate")),
+        ({"dataset.test_fraction": 0}, None),
+        ({"pruning.schedule.power": 2}, ("pruning", "schedule", "power")),
+        (
+            {
+                "model.layers": [
+                    {
+                        "type": "dense",
+                        "units": 3,
+                        "activation": "softmax",
+                        "kernel_constraint": {"type": "max_norm", "max_value": 3},
+                    }
+                ]
+            },
+            ("model", "layers", 0, "kernel_constraint", "max_value"),
+        ),
+        (
+            {
+                "model.layers": [{"type": "dense", "units": 16}, {"type": "dense", "units": 3, "activation": "softmax"}],
+                "regularization": {"l1_l2": [0, 1]},
+            },
+            None,
+        ),
+    ],
+)
 def test_an_integer_may_stand_where_a_float_belongs(client, overrides, field):
     response = client.post("/v1/jobs", json=small_recipe(**overrides))
     if field is None:  # range checks still apply: 0 is not a valid test_fraction
@@ -107,14 +132,25 @@ def test_every_bad_field_is_named_at_once(client):
     [
         ({"dataset.name": "mnist"}, ["dataset", "name"], "unknown dataset"),
         ({"model.input_shape": [5]}, ["model", "input_shape"], "shape [4]"),
-        ({"model.layers": [{"type": "dense", "units": 4, "activation": "softmax"}]},
-         ["model", "layers", -1, "units"], "3 classes"),
+        (
+            {"model.layers": [{"type": "dense", "units": 4, "activation": "softmax"}]},
+            ["model", "layers", -1, "units"],
+            "3 classes",
+        ),
         ({"pruning.schedule.frequency": 1000}, ["pruning", "schedule", "end_step"], "first mask update"),
         ({"pruning.schedule.end_step": 10_000}, ["pruning", "schedule", "end_step"], "past the run"),
         ({"pruning.schedule.end_step": 7}, ["pruning", "schedule", "end_step"], "never a mask update"),
-        ({"model.layers": [{"type": "dense", "units": 4096}, {"type": "dense", "units": 4096},
-                           {"type": "dense", "units": 3, "activation": "softmax"}]},
-         ["model", "layers"], "parameters"),
+        (
+            {
+                "model.layers": [
+                    {"type": "dense", "units": 4096},
+                    {"type": "dense", "units": 4096},
+                    {"type": "dense", "units": 3, "activation": "softmax"},
+                ]
+            },
+            ["model", "layers"],
+            "parameters",
+        ),
         ({"pruning.layers": ["dense_0", "nope"]}, ["pruning", "layers", 1], "not a layer"),
         ({"training.loss": "binary_crossentropy"}, ["training", "loss"], "2-class"),
     ],
@@ -142,12 +178,15 @@ def test_oversized_body_is_413(client, app):
     assert_problem(client.post("/v1/jobs", data=big, content_type="application/json"), 413)
 
 
-@pytest.mark.parametrize("path", [
-    "/v1/jobs/0123456789abcdef0123456789abcdef",
-    "/v1/jobs/0123456789abcdef0123456789abcdef/model",
-    "/v1/jobs/0123456789abcdef0123456789abcdef/history",
-    "/v1/jobs/0123456789abcdef0123456789abcdef/logs",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/jobs/0123456789abcdef0123456789abcdef",
+        "/v1/jobs/0123456789abcdef0123456789abcdef/model",
+        "/v1/jobs/0123456789abcdef0123456789abcdef/history",
+        "/v1/jobs/0123456789abcdef0123456789abcdef/logs",
+    ],
+)
 def test_unknown_job_is_404(client, path):
     assert_problem(client.get(path), 404)
 
@@ -190,11 +229,21 @@ def test_bad_query_parameters_are_422(client):
     assert_problem(client.get("/v1/jobs", query_string={"cursor": "garbage"}), 422)
 
 
-@pytest.mark.parametrize("query, loc", [
-    ("limit=2.0", ["limit"]), ("limit=1_0", ["limit"]), ("limit=%2010", ["limit"]), ("limit=true", ["limit"]),
-    ("limit=%2B5", ["limit"]), ("limit=", ["limit"]), ("status=queued%00", ["status"]), ("cursor=a%00b", ["cursor"]),
-    ("limit=5&stauts=queued", ["stauts"]), ("limit=99999999999999999999", ["limit"]),
-])
+@pytest.mark.parametrize(
+    "query, loc",
+    [
+        ("limit=2.0", ["limit"]),
+        ("limit=1_0", ["limit"]),
+        ("limit=%2010", ["limit"]),
+        ("limit=true", ["limit"]),
+        ("limit=%2B5", ["limit"]),
+        ("limit=", ["limit"]),
+        ("status=queued%00", ["status"]),
+        ("cursor=a%00b", ["cursor"]),
+        ("limit=5&stauts=queued", ["stauts"]),
+        ("limit=99999999999999999999", ["limit"]),
+    ],
+)
 def test_query_parameters_are_strict_and_name_the_parameter(client, query, loc):
     body = assert_problem(client.get(f"/v1/jobs?{query}"), 422)
     assert loc in [error["loc"] for error in body["errors"]], body["errors"]
@@ -255,8 +304,9 @@ def test_health_and_readiness(client):
 def test_nul_in_an_upload_form_field_is_422_naming_it(client, form, loc):
     import io
 
-    response = client.post("/v1/datasets", data={"file": (io.BytesIO(b"a,y\n1,0\n2,1\n"), "d.csv"), **form},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/v1/datasets", data={"file": (io.BytesIO(b"a,y\n1,0\n2,1\n"), "d.csv"), **form}, content_type="multipart/form-data"
+    )
     body = assert_problem(response, 422)
     assert loc in [error["loc"] for error in body["errors"]], body
 

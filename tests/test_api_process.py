@@ -1,4 +1,5 @@
 """The API process stays light: it never imports TensorFlow."""
+
 from __future__ import annotations
 
 import subprocess

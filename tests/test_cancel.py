@@ -1,4 +1,5 @@
 """Cancelling: a queued job ends at once (see test_api_errors); a running one stops at a batch boundary."""
+
 from __future__ import annotations
 
 import pytest

@@ -3,6 +3,7 @@
 Nothing is mocked: the CLI runs in-process through click's CliRunner (stdout and stderr kept apart) and
 once as a real ``python -m trainer_client.cli`` process that gets a real SIGINT.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,9 @@ WAIT = ("--wait", "--poll", "0.2", "--timeout", "120")  # a broken worker fails 
 DIVERGES = {
     "training.optimizer": {"type": "sgd", "learning_rate": 5.0},
     "model.layers": [{"type": "dense", "units": 64}, {"type": "dense", "units": 64}, {"type": "dense", "units": 1}],
-    "training.loss": "mse", "training.metrics": [], "training.epochs": 30,
+    "training.loss": "mse",
+    "training.metrics": [],
+    "training.epochs": 30,
 }
 
 
@@ -246,9 +249,22 @@ def test_cancel_a_queued_job_and_ctrl_c_a_real_process(trainer, patient_api, htt
     stderr = tmp_path / "trainer.stderr"  # a file, so the test can watch it while the process runs
     with stderr.open("w") as err_file:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trainer_client.cli", "submit", recipe_file(tmp_path, "long.json", **UNTIL_CANCELLED),
-             "--wait", "--poll", "0.2"],
-            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, text=True,
+            [
+                sys.executable,
+                "-m",
+                "trainer_client.cli",
+                "submit",
+                recipe_file(tmp_path, "long.json", **UNTIL_CANCELLED),
+                "--wait",
+                "--poll",
+                "0.2",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err_file,
+            text=True,
         )
     ours: list[str] = []
     try:

@@ -1,6 +1,7 @@
 """The CLI / SDK is a distribution of its own: ``pip install ./client`` into a clean virtual environment brings
 httpx, click and rich but nothing of the server (no Flask, Celery, TensorFlow, psycopg, gunicorn), and the
 ``trainer`` command installed there runs a real job against the live API and a worker."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,23 @@ def client_venv(tmp_path_factory) -> Path:
     # A venv that can already build a wheel (setuptools with bdist_wheel) need not fetch a build backend first;
     # Python 3.11's brings setuptools 65 without wheel, so pip builds in isolation, from its cache after once.
     can_build = subprocess.run([python, "-c", "import setuptools, wheel"], capture_output=True).returncode == 0
-    pip = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                          *(["--no-build-isolation"] if can_build else []), str(ROOT / "client")],
-                         capture_output=True, text=True, timeout=600, env=_env(), cwd=venv)
+    pip = subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            *(["--no-build-isolation"] if can_build else []),
+            str(ROOT / "client"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+        cwd=venv,
+    )
     assert pip.returncode == 0, pip.stdout + pip.stderr
     return venv
 
@@ -43,13 +58,16 @@ def _env() -> dict[str, str]:
 
 
 def _run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True, timeout=300,
-                          env=_env(), cwd=cwd)
+    return subprocess.run(
+        [str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True, timeout=300, env=_env(), cwd=cwd
+    )
 
 
 def test_the_client_installs_alone_without_the_server_or_tensorflow(client_venv, tmp_path):
-    probe = ("import importlib.util, json, trainer_client; print(json.dumps([trainer_client.__file__, "
-             f"[m for m in {SERVER_ONLY + CLIENT_NEEDS!r} if importlib.util.find_spec(m)]]))")
+    probe = (
+        "import importlib.util, json, trainer_client; print(json.dumps([trainer_client.__file__, "
+        f"[m for m in {SERVER_ONLY + CLIENT_NEEDS!r} if importlib.util.find_spec(m)]]))"
+    )
     done = _run(client_venv, "python", "-c", probe, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     where, importable = json.loads(done.stdout)
@@ -67,14 +85,28 @@ def test_the_installed_trainer_command_runs_a_real_job(client_venv, live_api, ht
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps(small_recipe(**{"training.epochs": 2})))
 
-    submitted = _run(client_venv, "trainer", "--url", live_api.url, "--json", "submit", str(recipe),
-                     "--wait", "--poll", "0.2", "--timeout", "120", cwd=tmp_path)
+    submitted = _run(
+        client_venv,
+        "trainer",
+        "--url",
+        live_api.url,
+        "--json",
+        "submit",
+        str(recipe),
+        "--wait",
+        "--poll",
+        "0.2",
+        "--timeout",
+        "120",
+        cwd=tmp_path,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)
     assert job["status"] == "succeeded"
     assert http.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded"
 
-    fetched = _run(client_venv, "trainer", "--url", live_api.url, "download", job["id"], "-o", str(tmp_path / "m.h5"),
-                   cwd=tmp_path)
+    fetched = _run(
+        client_venv, "trainer", "--url", live_api.url, "download", job["id"], "-o", str(tmp_path / "m.h5"), cwd=tmp_path
+    )
     assert fetched.returncode == 0, fetched.stderr
     assert (tmp_path / "m.h5").stat().st_size == job["result"]["sizes"]["h5"]["bytes"]

@@ -3,6 +3,7 @@
 Logical devices must be configured before TensorFlow initialises its devices, so the run happens in a
 fresh process.
 """
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 renamed field would otherwise surface only as a 422 when someone runs them), and they run the budget README
 states: Fashion-MNIST, 20,000 training images, the seed's 5,000 validation images, 10 epochs, 3 seeds (2 for
 L1 before pruning, the dearest: 9 pruned jobs did not fit the CPU budget)."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,15 @@ EXAMPLES = sorted((ROOT / "examples" / "experiments").glob("*.json"))
 
 
 def test_the_seeds_comparisons_are_all_there():
-    assert {path.stem for path in EXAMPLES} == {"initialization", "activations", "batch-norm", "clipping",
-                                                "optimizers", "gradual-vs-naive", "l1-before-pruning"}
+    assert {path.stem for path in EXAMPLES} == {
+        "initialization",
+        "activations",
+        "batch-norm",
+        "clipping",
+        "optimizers",
+        "gradual-vs-naive",
+        "l1-before-pruning",
+    }
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -28,7 +36,7 @@ def test_every_variant_and_seed_is_a_valid_recipe_on_the_stated_budget(path):
     distinct = set()
     for index in range(len(spec.variants)):
         recipes = [variant_recipe(spec, index, repeat) for repeat in range(spec.repeats)]
-        assert [r.seed for r in recipes] == [42, 43, 44][:spec.repeats]
+        assert [r.seed for r in recipes] == [42, 43, 44][: spec.repeats]
         recipe = recipes[0]
         assert recipe.dataset.name == "fashion_mnist" and recipe.dataset.limit == 20_000
         assert round(60_000 * recipe.dataset.validation_fraction) == 5_000

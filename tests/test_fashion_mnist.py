@@ -1,5 +1,6 @@
 """Fashion-MNIST built in: the IDX reader, the installed files, what the API lists, the missing-package 422,
 the input shapes a recipe may ask for, and training through the API on a few hundred images."""
+
 from __future__ import annotations
 
 import gzip
@@ -20,7 +21,8 @@ from tests.support import wait_for
 INSTALLED = Path(load_settings().fashion_mnist_dir)
 needs_package = pytest.mark.skipif(
     not all((INSTALLED / f).is_file() for f in FASHION_MNIST_FILES.values()),
-    reason=f"no Fashion-MNIST under {INSTALLED}: apt-get install dataset-fashion-mnist (make test does it as root)")
+    reason=f"no Fashion-MNIST under {INSTALLED}: apt-get install dataset-fashion-mnist (make test does it as root)",
+)
 
 
 def mlp(**dataset) -> dict:
@@ -29,12 +31,15 @@ def mlp(**dataset) -> dict:
         "name": "fashion-small",
         "dataset": {"name": "fashion_mnist", "validation_fraction": 0.01, "limit": 300, **dataset},
         "seed": 3,
-        "model": {"input_shape": [28, 28], "layers": [
-            {"type": "batch_normalization", "axis": [1, 2]},
-            {"type": "flatten"},
-            {"type": "dense", "units": 32, "activation": "relu", "kernel_initializer": "he_normal"},
-            {"type": "dense", "units": 10, "activation": "softmax"},
-        ]},
+        "model": {
+            "input_shape": [28, 28],
+            "layers": [
+                {"type": "batch_normalization", "axis": [1, 2]},
+                {"type": "flatten"},
+                {"type": "dense", "units": 32, "activation": "relu", "kernel_initializer": "he_normal"},
+                {"type": "dense", "units": 10, "activation": "softmax"},
+            ],
+        },
         "training": {"optimizer": {"type": "adam", "learning_rate": 0.003}, "epochs": 3, "batch_size": 32},
         "export": {"formats": ["h5"]},
     }
@@ -46,8 +51,11 @@ def mlp(**dataset) -> dict:
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "int32", "float32", "float64"])
 @pytest.mark.parametrize("suffix", [".gz", ""])
 def test_idx_round_trips(tmp_path, dtype, suffix):
-    array = (np.arange(2 * 3 * 5) - 7).astype(dtype).reshape(2, 3, 5) if dtype != "uint8" else \
-        np.arange(30, dtype=np.uint8).reshape(2, 3, 5)
+    array = (
+        (np.arange(2 * 3 * 5) - 7).astype(dtype).reshape(2, 3, 5)
+        if dtype != "uint8"
+        else np.arange(30, dtype=np.uint8).reshape(2, 3, 5)
+    )
     path = tmp_path / f"a-idx3{suffix}"
     idx.write(path, array)
     back = idx.read(path, max_bytes=1000)
@@ -65,17 +73,20 @@ def _header(code: int, *dims: int) -> bytes:
     return bytes([0, 0, code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"\x01\x02\x08\x01" + b"\x00" * 8, "not an IDX file"),
-    (_header(0x07, 4) + b"\x00" * 4, "unknown IDX type code 0x07"),
-    (bytes([0, 0, 8, 5]) + b"\x00\x00\x00\x01" * 5 + b"\x00", "5 dimensions"),
-    (_header(0x08, 3, 4)[:6], "truncated header"),
-    (_header(0x08, 3, 4) + b"\x00" * 11, "truncated data (11 of 12 bytes)"),
-    (_header(0x08, 3, 4) + b"\x00" * 13, "bytes after the [3, 4] values"),
-    # a header that lies: 60000 × 28 × 28 float64 declared, 10 bytes given; refused before allocating 376 MB
-    (_header(0x0E, 60000, 28, 28) + b"\x00" * 10, "the header declares [60000, 28, 28] values (376,320,000 bytes)"),
-    (_header(0x0C, 4_000_000_000, 4_000_000_000) + b"\x00", "the limit is 1,000,000"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x01\x02\x08\x01" + b"\x00" * 8, "not an IDX file"),
+        (_header(0x07, 4) + b"\x00" * 4, "unknown IDX type code 0x07"),
+        (bytes([0, 0, 8, 5]) + b"\x00\x00\x00\x01" * 5 + b"\x00", "5 dimensions"),
+        (_header(0x08, 3, 4)[:6], "truncated header"),
+        (_header(0x08, 3, 4) + b"\x00" * 11, "truncated data (11 of 12 bytes)"),
+        (_header(0x08, 3, 4) + b"\x00" * 13, "bytes after the [3, 4] values"),
+        # a header that lies: 60000 × 28 × 28 float64 declared, 10 bytes given; refused before allocating 376 MB
+        (_header(0x0E, 60000, 28, 28) + b"\x00" * 10, "the header declares [60000, 28, 28] values (376,320,000 bytes)"),
+        (_header(0x0C, 4_000_000_000, 4_000_000_000) + b"\x00", "the limit is 1,000,000"),
+    ],
+)
 def test_a_malformed_idx_file_is_a_clean_dataset_error(tmp_path, content, message):
     for gz in (True, False):
         path = _raw(tmp_path / ("bad.gz" if gz else "bad"), content, gz)
@@ -161,8 +172,18 @@ def test_the_list_gives_shape_classes_and_scaling_from_fixed_figures(backend, tm
     assert item["available"] is True
     assert item["feature_shape"] == [28, 28] and item["n_classes"] == 10
     assert (item["n_samples"], item["n_test_samples"]) == (60000, 10000)
-    assert item["class_names"] == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                                   "Sneaker", "Bag", "Ankle boot"]
+    assert item["class_names"] == [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ]
     assert item["storage_dtype"] == "uint8" and item["input_divisor"] == 255
     assert "float32 / 255" in item["description"]
 
@@ -188,30 +209,40 @@ def _check(db, backend, data: dict) -> dict:
 
 
 @needs_package
-@pytest.mark.parametrize("input_shape, reshape, head", [
-    ([28, 28], None, [{"type": "flatten"}]),
-    ([784], [784], []),
-    ([28, 28, 1], [28, 28, 1], [{"type": "conv2d", "filters": 4, "kernel_size": 3},
-                                {"type": "max_pooling2d"}, {"type": "flatten"}]),
-])
+@pytest.mark.parametrize(
+    "input_shape, reshape, head",
+    [
+        ([28, 28], None, [{"type": "flatten"}]),
+        ([784], [784], []),
+        (
+            [28, 28, 1],
+            [28, 28, 1],
+            [{"type": "conv2d", "filters": 4, "kernel_size": 3}, {"type": "max_pooling2d"}, {"type": "flatten"}],
+        ),
+    ],
+)
 def test_the_input_shapes_the_seed_uses_are_accepted(db, backend, input_shape, reshape, head):
     data = mlp(reshape=reshape)
-    data["model"] = {"input_shape": input_shape, "layers": [*head, {"type": "dense", "units": 10,
-                                                                    "activation": "softmax"}]}
+    data["model"] = {"input_shape": input_shape, "layers": [*head, {"type": "dense", "units": 10, "activation": "softmax"}]}
     plan = _check(db, backend, data)
     assert (plan["train_samples"], plan["validation_samples"], plan["test_samples"]) == (300, 600, 10000)
 
 
 @needs_package
-@pytest.mark.parametrize("input_shape, reshape, loc, says", [
-    ([784], None, ["model", "input_shape"], "samples of shape [28, 28], not [784]"),
-    ([28, 28, 1], None, ["model", "input_shape"], "samples of shape [28, 28], not [28, 28, 1]"),
-    ([785], [785], ["dataset", "reshape"], "samples have 784 values [28, 28]; [785] holds 785"),
-])
+@pytest.mark.parametrize(
+    "input_shape, reshape, loc, says",
+    [
+        ([784], None, ["model", "input_shape"], "samples of shape [28, 28], not [784]"),
+        ([28, 28, 1], None, ["model", "input_shape"], "samples of shape [28, 28], not [28, 28, 1]"),
+        ([785], [785], ["dataset", "reshape"], "samples have 784 values [28, 28]; [785] holds 785"),
+    ],
+)
 def test_a_shape_that_does_not_fit_the_images_is_a_422(db, backend, input_shape, reshape, loc, says):
     data = mlp(reshape=reshape)
-    data["model"] = {"input_shape": input_shape, "layers": [{"type": "flatten"},
-                                                            {"type": "dense", "units": 10, "activation": "softmax"}]}
+    data["model"] = {
+        "input_shape": input_shape,
+        "layers": [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}],
+    }
     with pytest.raises(RecipeError) as caught:
         _check(db, backend, data)
     assert caught.value.errors[0]["loc"] == loc and says in caught.value.errors[0]["msg"]
@@ -232,6 +263,7 @@ def test_batch_norm_per_column_or_per_pixel_counts_parameters_as_keras():
 
 
 # --- training through the API and a real worker --------------------------------------------------------------
+
 
 def _train(http, data: dict) -> dict:
     response = http.post("/v1/jobs", json=data)
@@ -268,9 +300,15 @@ def test_fashion_mnist_trains_through_the_api_and_a_transfer_job_reads_it_once(h
 @pytest.mark.worker
 def test_a_cnn_on_28_by_28_by_1_trains_through_the_api(http, worker):
     data = mlp(reshape=[28, 28, 1], limit=200)
-    data["model"] = {"input_shape": [28, 28, 1], "layers": [
-        {"type": "conv2d", "filters": 4, "kernel_size": 3, "activation": "relu"}, {"type": "max_pooling2d"},
-        {"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]}
+    data["model"] = {
+        "input_shape": [28, 28, 1],
+        "layers": [
+            {"type": "conv2d", "filters": 4, "kernel_size": 3, "activation": "relu"},
+            {"type": "max_pooling2d"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 10, "activation": "softmax"},
+        ],
+    }
     data["training"]["epochs"] = 2
     job = _train(http, data)
     assert job["result"]["test"]["accuracy"] > 0.2

@@ -2,6 +2,7 @@
 
 Every server killed here is a throwaway one on a spare port (stack/databases.py), never the shared ones.
 """
+
 from __future__ import annotations
 
 import time
@@ -41,8 +42,9 @@ def serve(settings):
 
 
 def test_redis_down_jobs_are_accepted_queued_and_run_when_it_returns(redis_server, tmp_path):
-    settings = load_settings(database_url=f"sqlite:///{tmp_path / 't.sqlite'}", broker_url=redis_server.url,
-                             **{**FAST, "redispatch_after_s": 2.0})
+    settings = load_settings(
+        database_url=f"sqlite:///{tmp_path / 't.sqlite'}", broker_url=redis_server.url, **{**FAST, "redispatch_after_s": 2.0}
+    )
     upgrade(settings)
     server, http = serve(settings)
     worker = start_worker(settings, tmp_path / "w.log")
@@ -66,8 +68,11 @@ def test_redis_down_jobs_are_accepted_queued_and_run_when_it_returns(redis_serve
 
 def test_a_lost_message_on_the_embedded_broker_is_sent_again(tmp_path):
     """The SQLAlchemy transport has no redelivery: the reconciler is what makes it safe."""
-    settings = load_settings(database_url=f"sqlite:///{tmp_path / 't.sqlite'}",
-                             broker_url=f"sqla+sqlite:///{tmp_path / 'b.sqlite'}", **{**FAST, "redispatch_after_s": 2.0})
+    settings = load_settings(
+        database_url=f"sqlite:///{tmp_path / 't.sqlite'}",
+        broker_url=f"sqla+sqlite:///{tmp_path / 'b.sqlite'}",
+        **{**FAST, "redispatch_after_s": 2.0},
+    )
     upgrade(settings)
     server, http = serve(settings)
     try:
@@ -87,8 +92,7 @@ def test_a_lost_message_on_the_embedded_broker_is_sent_again(tmp_path):
 
 
 def test_database_down_is_a_503_and_the_worker_keeps_its_finished_model(postgres_server, tmp_path):
-    settings = load_settings(database_url=postgres_server.url, broker_url=f"sqla+sqlite:///{tmp_path / 'b.sqlite'}",
-                             **FAST)
+    settings = load_settings(database_url=postgres_server.url, broker_url=f"sqla+sqlite:///{tmp_path / 'b.sqlite'}", **FAST)
     upgrade(settings)
     server, http = serve(settings)
     worker = start_worker(settings, tmp_path / "w.log", TRAINER_DB_RETRY_S=120)
@@ -107,8 +111,9 @@ def test_database_down_is_a_503_and_the_worker_keeps_its_finished_model(postgres
             assert "Traceback" not in down.text and down.headers["Retry-After"]
         assert http.post("/v1/jobs", json=small_recipe()).status_code == 503
         assert http.get("/readyz").status_code == 503
-        wait_until(lambda: "storing the trained model failed" in worker.log() or "not stored yet" in worker.log(),
-                   timeout=120)
+        wait_until(
+            lambda: "storing the trained model failed" in worker.log() or "not stored yet" in worker.log(), timeout=120
+        )
         time.sleep(2)
         postgres_server.start()
         done = wait_for(http, job["id"], {"succeeded", "failed"}, timeout=180)

@@ -2,6 +2,7 @@
 
 The estimate against TensorFlow's measured peak is in ``bench/footprint.py`` (no timing or memory here).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,14 +28,21 @@ MNIST_LIKE = DatasetInfo("ds-mnist", 60_000, (784,), 10, source="upload")
 
 def bomb(batch_size: int = 4096, units: int = 4096) -> dict:
     """The issue's recipe: a wide dense layer on the last axis of a reshaped image, a large batch."""
-    return {"name": "bomb", "dataset": {"name": "ds-mnist"},
-            "model": {"input_shape": [784], "layers": [
+    return {
+        "name": "bomb",
+        "dataset": {"name": "ds-mnist"},
+        "model": {
+            "input_shape": [784],
+            "layers": [
                 {"type": "reshape", "target_shape": [28, 28, 1]},
                 {"type": "conv2d", "filters": 16, "padding": "same", "activation": "relu"},
                 {"type": "dense", "units": units, "activation": "relu"},
                 {"type": "global_average_pooling2d"},
-                {"type": "dense", "units": 10, "activation": "softmax"}]},
-            "training": {"batch_size": batch_size, "epochs": 1}}
+                {"type": "dense", "units": 10, "activation": "softmax"},
+            ],
+        },
+        "training": {"batch_size": batch_size, "epochs": 1},
+    }
 
 
 def estimate(recipe_json: dict, info: DatasetInfo | None = None, tp: TransferPlan | None = None):
@@ -68,8 +76,14 @@ def test_the_bomb_is_refused_naming_the_layer_the_limit_and_batch_size():
         footprint.admit(fp, DEFAULT_LIMIT)
     error = caught.value.errors[0]
     assert error["loc"] == ["model", "layers", 2]
-    for words in ("'dense_2' (dense)", footprint.gib(fp.total_bytes), footprint.gib(DEFAULT_LIMIT),
-                  footprint.gib(fp.largest.activation_bytes), "batch_size", "4096 rows"):
+    for words in (
+        "'dense_2' (dense)",
+        footprint.gib(fp.total_bytes),
+        footprint.gib(DEFAULT_LIMIT),
+        footprint.gib(fp.largest.activation_bytes),
+        "batch_size",
+        "4096 rows",
+    ):
         assert words in error["msg"], error["msg"]
 
 
@@ -81,8 +95,10 @@ def test_a_small_batch_brings_the_same_network_under_the_limit():
 def test_the_same_units_on_a_flat_input_are_cheap():
     """What makes the bomb is the layer applied per pixel, not its width."""
     flat = bomb()
-    flat["model"]["layers"] = [{"type": "dense", "units": 4096, "activation": "relu"},
-                               {"type": "dense", "units": 10, "activation": "softmax"}]
+    flat["model"]["layers"] = [
+        {"type": "dense", "units": 4096, "activation": "relu"},
+        {"type": "dense", "units": 10, "activation": "softmax"},
+    ]
     assert estimate(flat, MNIST_LIKE).activation_bytes < estimate(bomb(), MNIST_LIKE).activation_bytes / 100
 
 
@@ -90,8 +106,7 @@ def test_the_same_units_on_a_flat_input_are_cheap():
 
 
 def test_the_estimate_grows_linearly_with_batch_size():
-    totals = [estimate(with_training(bomb(), batch_size=b, diagnostics=False), MNIST_LIKE) for b in (512, 1024, 2048,
-                                                                                                     4096)]
+    totals = [estimate(with_training(bomb(), batch_size=b, diagnostics=False), MNIST_LIKE) for b in (512, 1024, 2048, 4096)]
     steps = [b.total_bytes - a.total_bytes for a, b in zip(totals, totals[1:])]
     assert steps[1] == 2 * steps[0] and steps[2] == 4 * steps[0] and steps[0] > 0
     assert [t.activation_bytes for t in totals] == [totals[0].activation_bytes * k for k in (1, 2, 4, 8)]
@@ -116,8 +131,10 @@ def test_diagnostics_probe_counts_its_256_rows_when_batches_are_smaller():
 
 def test_the_dataset_is_counted_from_an_uploads_info():
     small, large = (DatasetInfo("ds-x", n, (784,), 10, source="upload") for n in (10_000, 20_000))
-    a, b = estimate(with_training(bomb(batch_size=32), diagnostics=False), small), \
-        estimate(with_training(bomb(batch_size=32), diagnostics=False), large)
+    a, b = (
+        estimate(with_training(bomb(batch_size=32), diagnostics=False), small),
+        estimate(with_training(bomb(batch_size=32), diagnostics=False), large),
+    )
     per_sample = 784 * 4 * footprint.DATASET_COPIES + footprint.LABEL_BYTES
     assert a.dataset_bytes == 10_000 * per_sample and b.dataset_bytes == 20_000 * per_sample
 
@@ -125,12 +142,22 @@ def test_the_dataset_is_counted_from_an_uploads_info():
 # --- what it counts ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("optimizer, slots", [
-    ({"type": "sgd"}, 0), ({"type": "sgd", "momentum": 0.9}, 1), ({"type": "sgd", "momentum": 0.9, "nesterov": True}, 1),
-    ({"type": "adagrad"}, 1), ({"type": "rmsprop"}, 1), ({"type": "rmsprop", "momentum": 0.9}, 2),
-    ({"type": "adam"}, 2), ({"type": "adam", "amsgrad": True}, 3), ({"type": "nadam"}, 2), ({"type": "adamax"}, 2),
-    ({"type": "adamw"}, 2),
-])
+@pytest.mark.parametrize(
+    "optimizer, slots",
+    [
+        ({"type": "sgd"}, 0),
+        ({"type": "sgd", "momentum": 0.9}, 1),
+        ({"type": "sgd", "momentum": 0.9, "nesterov": True}, 1),
+        ({"type": "adagrad"}, 1),
+        ({"type": "rmsprop"}, 1),
+        ({"type": "rmsprop", "momentum": 0.9}, 2),
+        ({"type": "adam"}, 2),
+        ({"type": "adam", "amsgrad": True}, 3),
+        ({"type": "nadam"}, 2),
+        ({"type": "adamax"}, 2),
+        ({"type": "adamw"}, 2),
+    ],
+)
 def test_optimizer_slots_are_counted_per_parameter(optimizer, slots):
     recipe = small_recipe(**{"training.optimizer": optimizer})
     params = Recipe.model_validate(recipe).model.param_count()
@@ -155,19 +182,28 @@ def test_post_training_threshold_needs_no_masks():
     assert estimate(recipe).pruning_bytes == 0
 
 
-@pytest.mark.parametrize("layer, in_shape, per_sample", [
-    ({"type": "dense", "units": 8}, (5, 5, 3), 5 * 5 * 8),  # on the last axis: per pixel
-    ({"type": "dense", "units": 8, "activation": "leaky_relu"}, (4,), 16),  # + a LeakyReLU layer
-    ({"type": "dense", "units": 8, "activation": "gelu"}, (4,), 24),
-    ({"type": "conv2d", "filters": 4, "padding": "same"}, (6, 6, 1), 6 * 6 * 4),
-    ({"type": "max_pooling2d"}, (6, 6, 4), 3 * 3 * 4),
-    ({"type": "global_average_pooling2d"}, (6, 6, 4), 4),
-    ({"type": "flatten"}, (6, 6, 4), 0), ({"type": "reshape", "target_shape": [144]}, (6, 6, 4), 0),
-    ({"type": "batch_normalization"}, (10,), 20), ({"type": "dropout", "rate": 0.5}, (10,), 20),
-    ({"type": "alpha_dropout", "rate": 0.1}, (10,), 20), ({"type": "activation", "activation": "swish"}, (10,), 20),
-    ({"type": "activation", "activation": "relu"}, (10,), 10), ({"type": "prelu"}, (10,), 30),
-    ({"type": "rrelu"}, (10,), 30), ({"type": "elu"}, (10,), 10), ({"type": "leaky_relu"}, (10,), 10),
-])
+@pytest.mark.parametrize(
+    "layer, in_shape, per_sample",
+    [
+        ({"type": "dense", "units": 8}, (5, 5, 3), 5 * 5 * 8),  # on the last axis: per pixel
+        ({"type": "dense", "units": 8, "activation": "leaky_relu"}, (4,), 16),  # + a LeakyReLU layer
+        ({"type": "dense", "units": 8, "activation": "gelu"}, (4,), 24),
+        ({"type": "conv2d", "filters": 4, "padding": "same"}, (6, 6, 1), 6 * 6 * 4),
+        ({"type": "max_pooling2d"}, (6, 6, 4), 3 * 3 * 4),
+        ({"type": "global_average_pooling2d"}, (6, 6, 4), 4),
+        ({"type": "flatten"}, (6, 6, 4), 0),
+        ({"type": "reshape", "target_shape": [144]}, (6, 6, 4), 0),
+        ({"type": "batch_normalization"}, (10,), 20),
+        ({"type": "dropout", "rate": 0.5}, (10,), 20),
+        ({"type": "alpha_dropout", "rate": 0.1}, (10,), 20),
+        ({"type": "activation", "activation": "swish"}, (10,), 20),
+        ({"type": "activation", "activation": "relu"}, (10,), 10),
+        ({"type": "prelu"}, (10,), 30),
+        ({"type": "rrelu"}, (10,), 30),
+        ({"type": "elu"}, (10,), 10),
+        ({"type": "leaky_relu"}, (10,), 10),
+    ],
+)
 def test_every_layer_type_has_an_activation_size(layer, in_shape, per_sample):
     from pydantic import TypeAdapter
 
@@ -181,13 +217,20 @@ def test_the_largest_layer_is_the_widest_kept_output():
     cnn = json.loads((ROOT / "examples" / "recipes" / "cnn-digits-pruned.json").read_text())
     fp = estimate(cnn)
     assert fp.largest.name == "conv2d_0" and fp.largest.activation_bytes == 8 * 8 * 16 * fp.rows * 4
-    assert [c.name for c in fp.layers] == [layer["name"] if "name" in layer else f"{layer['type']}_{i}"
-                                           for i, layer in enumerate(cnn["model"]["layers"])]
+    assert [c.name for c in fp.layers] == [
+        layer["name"] if "name" in layer else f"{layer['type']}_{i}" for i, layer in enumerate(cnn["model"]["layers"])
+    ]
 
 
 def test_an_autoencoders_decoder_is_counted():
-    recipe = small_recipe(kind="autoencoder", pruning=None, model={"input_shape": [4], "layers": [
-        {"type": "dense", "units": 2048, "activation": "relu"}, {"type": "dense", "units": 2}]})
+    recipe = small_recipe(
+        kind="autoencoder",
+        pruning=None,
+        model={
+            "input_shape": [4],
+            "layers": [{"type": "dense", "units": 2048, "activation": "relu"}, {"type": "dense", "units": 2}],
+        },
+    )
     fp = estimate(recipe)
     assert [c.name for c in fp.layers] == ["dense_0", "dense_1", "decoder_dense_0", "decoder_output"]
     assert fp.largest.name in ("dense_0", "decoder_dense_0") and fp.largest.loc[:2] == ("model", "layers")
@@ -197,8 +240,14 @@ def test_a_transfer_jobs_reused_layers_are_counted_and_can_be_named():
     base = Recipe.model_validate(bomb(batch_size=32))
     reused = [layer for layer in keras_plan(base) if layer.recipe_index < 3]
     tp = TransferPlan("0" * 32, (784,), reused, [layer.name for layer in reused], 1e-4)
-    head = {**bomb(), "transfer": {"base_job_id": "0" * 32}, "model": {"input_shape": [784], "layers": [
-        {"type": "global_average_pooling2d"}, {"type": "dense", "units": 10, "activation": "softmax"}]}}
+    head = {
+        **bomb(),
+        "transfer": {"base_job_id": "0" * 32},
+        "model": {
+            "input_shape": [784],
+            "layers": [{"type": "global_average_pooling2d"}, {"type": "dense", "units": 10, "activation": "softmax"}],
+        },
+    }
     fp = estimate(head, MNIST_LIKE, tp)
     assert [c.name for c in fp.layers][:3] == ["reshape_0", "conv2d_1", "dense_2"]
     assert fp.largest.name == "dense_2" and fp.largest.loc == ("transfer", "reuse")
@@ -221,8 +270,9 @@ def test_every_gallery_recipe_is_admitted_under_the_default_limit(path):
 def _upload_784(client) -> str:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=np.zeros((300, 784), dtype=np.float32), y=np.arange(300) % 10)
-    response = client.post("/v1/datasets", data={"file": (io.BytesIO(buffer.getvalue()), "mnist-like.npz")},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/v1/datasets", data={"file": (io.BytesIO(buffer.getvalue()), "mnist-like.npz")}, content_type="multipart/form-data"
+    )
     assert response.status_code == 201, response.get_json()
     return response.get_json()["id"]
 
@@ -257,9 +307,15 @@ def test_each_experiment_child_is_admitted_and_the_bomb_variant_is_named(client)
     dataset = _upload_784(client)
     base = with_training(bomb(batch_size=32), diagnostics=False)
     base["dataset"]["name"] = dataset
-    spec = {"name": "batch", "base": base, "repeats": 1,
-            "variants": [{"name": "small", "overrides": {}},
-                         {"name": "huge", "overrides": {"training.batch_size": 4096, "training.diagnostics": True}}]}
+    spec = {
+        "name": "batch",
+        "base": base,
+        "repeats": 1,
+        "variants": [
+            {"name": "small", "overrides": {}},
+            {"name": "huge", "overrides": {"training.batch_size": 4096, "training.diagnostics": True}},
+        ],
+    }
     response = client.post("/v1/experiments", json=spec)
     assert response.status_code == 422, response.get_json()
     body = response.get_json()
@@ -269,7 +325,8 @@ def test_each_experiment_child_is_admitted_and_the_bomb_variant_is_named(client)
 
 def test_the_estimate_is_the_sum_of_its_parts():
     fp = estimate(bomb(), MNIST_LIKE)
-    assert fp.total_bytes == (fp.weights_bytes + fp.pruning_bytes + fp.activation_bytes + fp.dataset_bytes
-                              + fp.runtime_bytes)
+    assert fp.total_bytes == (
+        fp.weights_bytes + fp.pruning_bytes + fp.activation_bytes + fp.dataset_bytes + fp.runtime_bytes
+    )
     assert fp.activation_bytes > sum(c.activation_bytes for c in fp.layers)  # + inputs and backprop
     assert (footprint.gib(3 * 2**30), footprint.gib(5 * 2**20)) == ("3.00 GiB", "5.0 MiB")

@@ -1,4 +1,5 @@
 """A stored file that no longer matches its sha256 is reported, never served."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,11 @@ def test_a_corrupted_model_is_reported_not_served(http, worker, db):
     assert http.get(f"/v1/jobs/{job['id']}/model").status_code == 200
     with db.session() as session:
         artifact_id = session.query(Artifact.id).filter_by(job_id=job["id"], format="h5").scalar()
-        session.execute(update(ArtifactChunk).where(ArtifactChunk.artifact_id == artifact_id, ArtifactChunk.seq == 0)
-                        .values(data=b"\x00" * 64))
+        session.execute(
+            update(ArtifactChunk)
+            .where(ArtifactChunk.artifact_id == artifact_id, ArtifactChunk.seq == 0)
+            .values(data=b"\x00" * 64)
+        )
     response = http.get(f"/v1/jobs/{job['id']}/model")
     assert response.status_code == 500
     assert response.headers["Content-Type"] == "application/problem+json"

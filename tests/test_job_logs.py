@@ -4,6 +4,7 @@ The runner is run in this process (``worker.runner.run_job``, real database, rea
 so that other loggers can be made to speak at a known moment of the job: in a worker those are the
 database driver's and the worker's own lines, which carry SQL text and host names.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,7 @@ from tests.support import small_recipe
 
 FOREIGN = {  # logger → a line a client must never see in a job's log
     "sqlalchemy.engine.Engine": "SELECT jobs.secret FROM jobs -- on db.internal.example:5432",
-    "psycopg": "connection to server at \"db.internal.example\" (10.0.0.5), port 5432 failed",
+    "psycopg": 'connection to server at "db.internal.example" (10.0.0.5), port 5432 failed',
     "celery.worker": "celery internals",
     "kombu.connection": "kombu internals",
     "worker.runner": "heartbeat failed: (psycopg.OperationalError) db.internal.example",
@@ -72,8 +73,11 @@ def test_a_chatty_job_keeps_max_log_lines_and_says_how_many_it_dropped(client, d
     job_id = run(db, settings, **{"training.epochs": 30})
     lines = client.get(f"/v1/jobs/{job_id}/logs").get_data(as_text=True).splitlines()
     assert len(lines) == 6
-    dropped = re.search(r"WARNING (\d+) more lines were dropped: a job keeps at most 5 "
-                        r"\(TRAINER_MAX_LOG_LINES_PER_JOB\)$", lines[-1])
+    dropped = re.search(
+        r"WARNING (\d+) more lines were dropped: a job keeps at most 5 "
+        r"\(TRAINER_MAX_LOG_LINES_PER_JOB\)$",
+        lines[-1],
+    )
     assert dropped, lines[-1]
     assert int(dropped.group(1)) == speaking.job_lines - 5  # every line the job said is kept or counted
     assert speaking.job_lines > 30

@@ -1,4 +1,5 @@
 """The job pages in a real headless Chromium (Debian's package), as a person would see them."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,15 @@ from tests.support import UNTIL_CANCELLED, small_recipe, wait_for
 
 pytestmark = pytest.mark.worker
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +31,7 @@ def browser():
         chromium.close()
 
 
-def test_a_submitted_job_appears_moves_and_is_cancelled_from_its_page(browser, live_api, http, patient_http,
-                                                                        worker):
+def test_a_submitted_job_appears_moves_and_is_cancelled_from_its_page(browser, live_api, http, patient_http, worker):
     page = browser.new_page()
     page.goto(f"{live_api.url}/")
     job = patient_http.post("/v1/jobs", json=small_recipe(**{**UNTIL_CANCELLED, "name": "seen-in-browser"})).json()
@@ -59,7 +66,8 @@ def test_a_finished_job_shows_its_history_results_downloads_and_plots(browser, l
     page.wait_for_function(
         "[...document.querySelectorAll('img[data-plot]')].length === 4 && "
         "[...document.querySelectorAll('img[data-plot]')].every(i => i.complete && i.naturalWidth > 100)",
-        timeout=30_000)
+        timeout=30_000,
+    )
     assert "sparsity" in page.locator("#result").inner_text()
     assert page.locator('#downloads a[data-format="h5"]').count() == 1
     page.close()

@@ -10,6 +10,7 @@ are (N,) or (N, 1); the test accuracy must beat the majority class on a set that
 The full matrix runs on the embedded backend only (what differs between backends is storage, covered by the
 rest of the suite); PostgreSQL + Redis trains the three kinds of head once each.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,12 +27,17 @@ pytestmark = pytest.mark.worker
 
 PAIR = [0, 2]  # the two classes a binary head is trained on, relabelled 0 and 1
 HEADS = {
-    "sigmoid-1-binary_crossentropy": ({"type": "dense", "units": 1, "activation": "sigmoid"},
-                                      "binary_crossentropy", PAIR),
-    "softmax-2-sparse_categorical_crossentropy": ({"type": "dense", "units": 2, "activation": "softmax"},
-                                                  "sparse_categorical_crossentropy", PAIR),
-    "softmax-3-sparse_categorical_crossentropy": ({"type": "dense", "units": 3, "activation": "softmax"},
-                                                  "sparse_categorical_crossentropy", None),
+    "sigmoid-1-binary_crossentropy": ({"type": "dense", "units": 1, "activation": "sigmoid"}, "binary_crossentropy", PAIR),
+    "softmax-2-sparse_categorical_crossentropy": (
+        {"type": "dense", "units": 2, "activation": "softmax"},
+        "sparse_categorical_crossentropy",
+        PAIR,
+    ),
+    "softmax-3-sparse_categorical_crossentropy": (
+        {"type": "dense", "units": 3, "activation": "softmax"},
+        "sparse_categorical_crossentropy",
+        None,
+    ),
     "linear-1-mse": ({"type": "dense", "units": 1}, "mse", PAIR),
 }
 MODES = ("plain", "transfer", "experiment")
@@ -52,8 +58,11 @@ def upload(http, labels_as_column: bool) -> dict:
     buffer = io.BytesIO()
     np.savez(buffer, x=x, y=y.reshape(-1, 1) if labels_as_column else y)
     shape = "column" if labels_as_column else "vector"
-    response = http.post("/v1/datasets", files={"file": (f"blobs-{shape}.npz", buffer.getvalue())},
-                         data={"name": f"blobs, labels as a {shape}"})
+    response = http.post(
+        "/v1/datasets",
+        files={"file": (f"blobs-{shape}.npz", buffer.getvalue())},
+        data={"name": f"blobs, labels as a {shape}"},
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -65,8 +74,13 @@ def recipe(dataset: str, head: str, diagnostics: bool) -> dict:
         "dataset": {"name": dataset, "classes": classes, "test_fraction": 0.2, "validation_fraction": 0.1},
         "seed": 3,
         "model": {"input_shape": [4], "layers": [{"type": "dense", "units": 8, "activation": "relu"}, layer]},
-        "training": {"optimizer": {"type": "adam", "learning_rate": 0.05}, "loss": loss, "epochs": 3,
-                     "batch_size": 8, "diagnostics": diagnostics},
+        "training": {
+            "optimizer": {"type": "adam", "learning_rate": 0.05},
+            "loss": loss,
+            "epochs": 3,
+            "batch_size": 8,
+            "diagnostics": diagnostics,
+        },
         "export": {"formats": ["h5"]},
     }
 
@@ -74,10 +88,17 @@ def recipe(dataset: str, head: str, diagnostics: bool) -> dict:
 def as_transfer(data: dict, base_job_id: str) -> dict:
     """The same head on the base's hidden layer: two epochs frozen at a higher rate (a fresh head starts far off
     on features scaled for three classes), then one fine-tuned."""
-    return {**data, "model": {"input_shape": [4], "layers": [data["model"]["layers"][-1]]},
-            "training": {**data["training"], "optimizer": {"type": "adam", "learning_rate": 0.1}},
-            "transfer": {"base_job_id": base_job_id, "reuse": "all_but_output", "freeze_epochs": 2,
-                         "fine_tune_learning_rate": 0.01}}
+    return {
+        **data,
+        "model": {"input_shape": [4], "layers": [data["model"]["layers"][-1]]},
+        "training": {**data["training"], "optimizer": {"type": "adam", "learning_rate": 0.1}},
+        "transfer": {
+            "base_job_id": base_job_id,
+            "reuse": "all_but_output",
+            "freeze_epochs": 2,
+            "fine_tune_learning_rate": 0.01,
+        },
+    }
 
 
 def majority_rate(job: dict) -> float:
@@ -97,8 +118,10 @@ def assert_learned(http, job_id: str) -> dict:
     measured = [any("mean_abs_grad" in layer for layer in row["layers"]) for row in epochs]
     assert measured == [job["recipe"]["training"]["diagnostics"]] * len(job["history"]), where
     accuracy, majority = job["result"]["test"]["accuracy"], majority_rate(job)
-    assert accuracy > majority, (f"{where}: test accuracy {accuracy} is not above the majority rate {majority}",
-                                 job["history"])
+    assert accuracy > majority, (
+        f"{where}: test accuracy {accuracy} is not above the majority rate {majority}",
+        job["history"],
+    )
     return job
 
 
@@ -113,8 +136,9 @@ def pairwise() -> list[tuple[str, str, bool, bool]]:
     shape alternating so that every pair of the four factors meets at least once (the full product would be
     48 jobs; what each factor can break — the probe, the transfer build, the overrides, the upload parser —
     shows in a pair)."""
-    return [(head, mode, (i + j) % 2 == 0, (j + i // 2) % 2 == 1)
-            for i, head in enumerate(HEADS) for j, mode in enumerate(MODES)]
+    return [
+        (head, mode, (i + j) % 2 == 0, (j + i // 2) % 2 == 1) for i, head in enumerate(HEADS) for j, mode in enumerate(MODES)
+    ]
 
 
 @pytest.mark.parametrize("loss", ["binary_crossentropy", "mse"])
@@ -155,19 +179,38 @@ def test_every_head_learns_with_diagnostics_on_and_off_plain_transfer_and_experi
 
     plain = {cell: submit(http, recipe(datasets[cell[3]], cell[0], cell[2])) for cell in cells if cell[1] == "plain"}
     base = next(job_id for cell, job_id in plain.items() if cell[0] == "softmax-3-sparse_categorical_crossentropy")
-    children = {recipe("-", head, diagnostics)["name"]: (head, mode, diagnostics, column)
-                for head, mode, diagnostics, column in cells if mode == "experiment"}
-    variants = [{"name": name, "overrides": {key: part for key, part in recipe(
-        datasets[cell[3]], cell[0], cell[2]).items() if key in ("dataset", "model", "training")}}
-        for name, cell in children.items()]
-    response = http.post("/v1/experiments", json={
-        "name": "heads", "base": recipe(datasets[False], "softmax-3-sparse_categorical_crossentropy", True),
-        "variants": variants})
+    children = {
+        recipe("-", head, diagnostics)["name"]: (head, mode, diagnostics, column)
+        for head, mode, diagnostics, column in cells
+        if mode == "experiment"
+    }
+    variants = [
+        {
+            "name": name,
+            "overrides": {
+                key: part
+                for key, part in recipe(datasets[cell[3]], cell[0], cell[2]).items()
+                if key in ("dataset", "model", "training")
+            },
+        }
+        for name, cell in children.items()
+    ]
+    response = http.post(
+        "/v1/experiments",
+        json={
+            "name": "heads",
+            "base": recipe(datasets[False], "softmax-3-sparse_categorical_crossentropy", True),
+            "variants": variants,
+        },
+    )
     assert response.status_code == 202, response.text
     experiment = response.json()
     assert_learned(http, base)
-    transfer = {cell: submit(http, as_transfer(recipe(datasets[cell[3]], cell[0], cell[2]), base))
-                for cell in cells if cell[1] == "transfer"}
+    transfer = {
+        cell: submit(http, as_transfer(recipe(datasets[cell[3]], cell[0], cell[2]), base))
+        for cell in cells
+        if cell[1] == "transfer"
+    }
 
     for cell, job_id in {**plain, **transfer}.items():
         job = assert_learned(http, job_id)
@@ -175,8 +218,9 @@ def test_every_head_learns_with_diagnostics_on_and_off_plain_transfer_and_experi
         if cell[1] == "transfer":
             assert [row["phase"] for row in job["history"]] == ["frozen", "frozen", "fine_tune"]
             assert job["result"]["transfer"]["reused_layers"] == ["dense_0"]
-    table = wait_until(lambda: (e := http.get(f"/v1/experiments/{experiment['id']}").json())["finished"]
-                       == len(children) and e, timeout=180)
+    table = wait_until(
+        lambda: (e := http.get(f"/v1/experiments/{experiment['id']}").json())["finished"] == len(children) and e, timeout=180
+    )
     assert len(table["comparison"]) == len(children)
     for row in table["comparison"]:
         [job_id] = row["jobs"]
@@ -188,8 +232,10 @@ def test_every_head_learns_with_diagnostics_on_and_off_plain_transfer_and_experi
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_each_kind_of_head_learns_on_postgres(http, worker):
     datasets = {column: upload(http, labels_as_column=column)["id"] for column in (False, True)}
-    submitted = [submit(http, recipe(datasets[True], "sigmoid-1-binary_crossentropy", True)),
-                 submit(http, recipe(datasets[False], "softmax-3-sparse_categorical_crossentropy", True)),
-                 submit(http, recipe(datasets[True], "linear-1-mse", True))]
+    submitted = [
+        submit(http, recipe(datasets[True], "sigmoid-1-binary_crossentropy", True)),
+        submit(http, recipe(datasets[False], "softmax-3-sparse_categorical_crossentropy", True)),
+        submit(http, recipe(datasets[True], "linear-1-mse", True)),
+    ]
     for job_id in submitted:
         assert_learned(http, job_id)

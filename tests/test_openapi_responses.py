@@ -3,6 +3,7 @@
 The suite holds every JSON response to the document (``tests/conformance.py``, checked after each test); these
 tests check the document itself and that the check catches a body off its schema.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -29,25 +30,27 @@ def test_every_json_response_is_a_named_schema_not_a_bare_object(client):
     assert bare == []
 
 
-@pytest.mark.parametrize(("path", "method", "status", "schema"), [
-    ("/v1/jobs", "post", "202", "Job"),
-    ("/v1/jobs", "get", "200", "JobList"),
-    ("/v1/jobs/{job_id}", "get", "200", "Job"),
-    ("/v1/jobs/{job_id}/history", "get", "200", "History"),
-    ("/v1/jobs/{job_id}/diagnostics", "get", "200", "Diagnostics"),
-    ("/v1/datasets", "get", "200", "DatasetList"),
-    ("/v1/datasets", "post", "201", "Dataset"),
-    ("/v1/experiments", "post", "202", "Experiment"),
-    ("/v1/experiments/{experiment_id}", "get", "200", "Experiment"),
-    ("/v1/usage", "get", "200", "StorageUsage"),
-    ("/readyz", "get", "503", "Readiness"),
-    ("/v1/jobs/{job_id}", "get", "404", "Problem"),
-])
+@pytest.mark.parametrize(
+    ("path", "method", "status", "schema"),
+    [
+        ("/v1/jobs", "post", "202", "Job"),
+        ("/v1/jobs", "get", "200", "JobList"),
+        ("/v1/jobs/{job_id}", "get", "200", "Job"),
+        ("/v1/jobs/{job_id}/history", "get", "200", "History"),
+        ("/v1/jobs/{job_id}/diagnostics", "get", "200", "Diagnostics"),
+        ("/v1/datasets", "get", "200", "DatasetList"),
+        ("/v1/datasets", "post", "201", "Dataset"),
+        ("/v1/experiments", "post", "202", "Experiment"),
+        ("/v1/experiments/{experiment_id}", "get", "200", "Experiment"),
+        ("/v1/usage", "get", "200", "StorageUsage"),
+        ("/readyz", "get", "503", "Readiness"),
+        ("/v1/jobs/{job_id}", "get", "404", "Problem"),
+    ],
+)
 def test_each_resource_names_its_model(client, path, method, status, schema):
     doc = client.get("/openapi.json").get_json()
     content = doc["paths"][path][method]["responses"][status]["content"]
-    assert [c["schema"]["$ref"] for c in content.values() if "$ref" in c["schema"]] == [
-        f"#/components/schemas/{schema}"]
+    assert [c["schema"]["$ref"] for c in content.values() if "$ref" in c["schema"]] == [f"#/components/schemas/{schema}"]
 
 
 def test_the_job_schema_types_its_stored_parts(client):
@@ -96,8 +99,14 @@ def test_the_check_sees_the_suites_responses(client):
     def not_in_the_document():
         return {}
 
-    off = {"limit_bytes": 10, "used_bytes": "many", "datasets_bytes": 0, "models_bytes": 0, "checkpoints_bytes": 0,
-           "free_bytes": 10}
+    off = {
+        "limit_bytes": 10,
+        "used_bytes": "many",
+        "datasets_bytes": 0,
+        "models_bytes": 0,
+        "checkpoints_bytes": 0,
+        "free_bytes": 10,
+    }
     app.view_functions["usage.get_usage"] = lambda: Response(json.dumps(off), mimetype="application/json")
     assert app.test_client().get("/v1/usage").status_code == 200
     found = conformance.take()

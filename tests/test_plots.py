@@ -1,4 +1,5 @@
 """Pictures of what training did: drawn by the worker, served by the API (which never imports matplotlib)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Every recipe in examples/recipes/ trains through the API (epochs and training samples capped so the suite
 stays fast)."""
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,29 @@ pytestmark = pytest.mark.worker
 
 def test_the_gallery_covers_the_seed():
     names = {path.stem for path in GALLERY}
-    for needed in ("vanishing-gradients-sigmoid-random-normal", "init-he-normal-elu", "activation-selu-done-right",
-                   "activation-leaky-relu", "activation-prelu", "activation-rrelu", "activation-elu",
-                   "batch-norm-before-activation", "batch-norm-after-activation", "clip-by-value", "clip-by-norm",
-                   "optimizer-momentum", "optimizer-nesterov", "optimizer-adagrad", "optimizer-rmsprop",
-                   "optimizer-adam", "optimizer-adamax", "optimizer-nadam", "sparse-l1-gradual-pruning",
-                   "sparse-2-by-4", "sparse-naive-threshold"):
+    for needed in (
+        "vanishing-gradients-sigmoid-random-normal",
+        "init-he-normal-elu",
+        "activation-selu-done-right",
+        "activation-leaky-relu",
+        "activation-prelu",
+        "activation-rrelu",
+        "activation-elu",
+        "batch-norm-before-activation",
+        "batch-norm-after-activation",
+        "clip-by-value",
+        "clip-by-norm",
+        "optimizer-momentum",
+        "optimizer-nesterov",
+        "optimizer-adagrad",
+        "optimizer-rmsprop",
+        "optimizer-adam",
+        "optimizer-adamax",
+        "optimizer-nadam",
+        "sparse-l1-gradual-pruning",
+        "sparse-2-by-4",
+        "sparse-naive-threshold",
+    ):
         assert needed in names
 
 

@@ -1,4 +1,5 @@
 """The chapter-11 recipe language: each technique builds, trains, and shows its effect."""
+
 from __future__ import annotations
 
 import json
@@ -102,7 +103,8 @@ def test_tflite_sparse_int8_is_smaller_and_agrees_on_classes(tmp_path):
     # TF 2.21's XNNPack delegate cannot prepare a sparse int8 FULLY_CONNECTED op: run it on the builtin kernels
     interpreter = tf.lite.Interpreter(
         model_path=str(small),
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     x = splits.x_test.astype(np.float32)
     interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], x.shape)
     interpreter.allocate_tensors()
@@ -143,11 +145,23 @@ def test_piecewise_constant_follows_its_boundaries():
 
 
 def test_dataset_selection_relabels_subsets_and_limits():
-    data = small_recipe(**{"dataset": {"name": "digits", "classes": [6, 8], "relabel": {"6": 1, "8": 0},
-                                       "limit": 50, "test_fraction": 0.2, "validation_fraction": 0.1},
-                           "model.input_shape": [64],
-                           "model.layers": [{"type": "dense", "units": 8, "activation": "relu"},
-                                            {"type": "dense", "units": 2, "activation": "softmax"}]})
+    data = small_recipe(
+        **{
+            "dataset": {
+                "name": "digits",
+                "classes": [6, 8],
+                "relabel": {"6": 1, "8": 0},
+                "limit": 50,
+                "test_fraction": 0.2,
+                "validation_fraction": 0.1,
+            },
+            "model.input_shape": [64],
+            "model.layers": [
+                {"type": "dense", "units": 8, "activation": "relu"},
+                {"type": "dense", "units": 2, "activation": "softmax"},
+            ],
+        }
+    )
     outcome, _, splits, _ = train(data, epochs=1)
     assert len(splits.x_train) == 50
     assert set(np.unique(splits.y_train)) == {0, 1} and set(np.unique(splits.y_test)) <= {0, 1}
@@ -160,16 +174,37 @@ def test_reshape_feeds_a_cnn_image_shaped_digits():
     assert outcome.model.get_layer("conv2d_0").kernel.shape == (3, 3, 1, 16)
 
 
-@pytest.mark.parametrize("overrides, loc, words", [
-    ({"dataset.reshape": [5, 5, 1]}, ["dataset", "reshape"], "holds 25"),
-    ({"model.layers": [{"type": "conv2d", "filters": 4}, {"type": "dense", "units": 3}]},
-     ["model", "layers", 0], "needs (height, width, channels)"),
-    ({"dataset.classes": [0, 7]}, ["dataset", "classes"], "no [7]"),
-    ({"model.layers": [{"type": "dense", "units": 4}, {"type": "reshape", "target_shape": [3]},
-                       {"type": "dense", "units": 3}]}, ["model", "layers", 1], "cannot reshape"),
-    ({"model.layers": [{"type": "dense", "units": 4}, {"type": "prelu"}, {"type": "dense", "units": 3}],
-      "pruning.layers": ["prelu_1"]}, ["pruning", "layers", 0], "TF-MOT cannot prune"),
-])
+@pytest.mark.parametrize(
+    "overrides, loc, words",
+    [
+        ({"dataset.reshape": [5, 5, 1]}, ["dataset", "reshape"], "holds 25"),
+        (
+            {"model.layers": [{"type": "conv2d", "filters": 4}, {"type": "dense", "units": 3}]},
+            ["model", "layers", 0],
+            "needs (height, width, channels)",
+        ),
+        ({"dataset.classes": [0, 7]}, ["dataset", "classes"], "no [7]"),
+        (
+            {
+                "model.layers": [
+                    {"type": "dense", "units": 4},
+                    {"type": "reshape", "target_shape": [3]},
+                    {"type": "dense", "units": 3},
+                ]
+            },
+            ["model", "layers", 1],
+            "cannot reshape",
+        ),
+        (
+            {
+                "model.layers": [{"type": "dense", "units": 4}, {"type": "prelu"}, {"type": "dense", "units": 3}],
+                "pruning.layers": ["prelu_1"],
+            },
+            ["pruning", "layers", 0],
+            "TF-MOT cannot prune",
+        ),
+    ],
+)
 def test_recipe_language_errors_name_the_field(client, overrides, loc, words):
     response = client.post("/v1/jobs", json=small_recipe(**overrides))
     assert response.status_code == 422, response.get_json()
@@ -178,18 +213,28 @@ def test_recipe_language_errors_name_the_field(client, overrides, loc, words):
     assert words in body["detail"]
 
 
-@pytest.mark.parametrize("overrides, loc", [
-    ({"model.layers": [{"type": "leaky_relu", "alpha": 1.5}]}, ["model", "layers", 0, "alpha"]),
-    ({"model.layers": [{"type": "dense", "units": 3, "kernel_initializer": {"type": "variance_scaling",
-                                                                            "mode": "fan_middle"}}]},
-     ["model", "layers", 0, "kernel_initializer", "mode"]),
-    ({"pruning": {"schedule": None}}, ["pruning"]),
-    ({"pruning": {"post_training_threshold": 1.5}}, ["pruning", "post_training_threshold"]),
-    ({"training.learning_rate_schedule": {"type": "piecewise_constant", "boundaries": [10], "values": [0.1]}},
-     ["training", "learning_rate_schedule", "values"]),
-    ({"training.optimizer": {"type": "nadam", "amsgrad": True}}, ["training", "optimizer"]),
-    ({"dataset.relabel": {"six": 1}}, ["dataset"]),
-])
+@pytest.mark.parametrize(
+    "overrides, loc",
+    [
+        ({"model.layers": [{"type": "leaky_relu", "alpha": 1.5}]}, ["model", "layers", 0, "alpha"]),
+        (
+            {
+                "model.layers": [
+                    {"type": "dense", "units": 3, "kernel_initializer": {"type": "variance_scaling", "mode": "fan_middle"}}
+                ]
+            },
+            ["model", "layers", 0, "kernel_initializer", "mode"],
+        ),
+        ({"pruning": {"schedule": None}}, ["pruning"]),
+        ({"pruning": {"post_training_threshold": 1.5}}, ["pruning", "post_training_threshold"]),
+        (
+            {"training.learning_rate_schedule": {"type": "piecewise_constant", "boundaries": [10], "values": [0.1]}},
+            ["training", "learning_rate_schedule", "values"],
+        ),
+        ({"training.optimizer": {"type": "nadam", "amsgrad": True}}, ["training", "optimizer"]),
+        ({"dataset.relabel": {"six": 1}}, ["dataset"]),
+    ],
+)
 def test_schema_errors_for_the_new_options(client, overrides, loc):
     response = client.post("/v1/jobs", json=small_recipe(**overrides))
     assert response.status_code == 422
@@ -210,10 +255,15 @@ def test_selu_without_its_conditions_is_accepted_with_warnings(client):
 
 @pytest.mark.worker
 def test_divergence_fails_the_job_with_where_and_a_hint(http, worker):
-    recipe = small_recipe(**{"training.optimizer": {"type": "sgd", "learning_rate": 5.0},
-                             "model.layers": [{"type": "dense", "units": 64}, {"type": "dense", "units": 64},
-                                              {"type": "dense", "units": 1}],
-                             "training.loss": "mse", "training.metrics": [], "training.epochs": 30})
+    recipe = small_recipe(
+        **{
+            "training.optimizer": {"type": "sgd", "learning_rate": 5.0},
+            "model.layers": [{"type": "dense", "units": 64}, {"type": "dense", "units": 64}, {"type": "dense", "units": 1}],
+            "training.loss": "mse",
+            "training.metrics": [],
+            "training.epochs": 30,
+        }
+    )
     recipe.pop("pruning")
     job = http.post("/v1/jobs", json=recipe).json()
     done = wait_for(http, job["id"], {"succeeded", "failed"})
@@ -234,11 +284,19 @@ def test_diagnostics_endpoint_serves_each_epoch(http, worker):
 
 
 def test_block_sparsity_zeroes_whole_blocks():
-    data = small_recipe(**{"model.layers": [{"type": "dense", "units": 16, "activation": "relu"},
-                                            {"type": "dense", "units": 3, "activation": "softmax"}],
-                           "pruning": {"layers": ["dense_0"], "block_size": [1, 4],
-                                       "schedule": {"type": "constant_sparsity", "target_sparsity": 0.5,
-                                                    "frequency": 2}}})
+    data = small_recipe(
+        **{
+            "model.layers": [
+                {"type": "dense", "units": 16, "activation": "relu"},
+                {"type": "dense", "units": 3, "activation": "softmax"},
+            ],
+            "pruning": {
+                "layers": ["dense_0"],
+                "block_size": [1, 4],
+                "schedule": {"type": "constant_sparsity", "target_sparsity": 0.5, "frequency": 2},
+            },
+        }
+    )
     outcome, _, _, _ = train(data, epochs=2)
     kernel = outcome.model.get_layer("dense_0").kernel.numpy()  # (4, 16): blocks of 1 row × 4 columns
     blocks = (kernel != 0).reshape(4, 4, 4).any(axis=2) == (kernel != 0).reshape(4, 4, 4).all(axis=2)

@@ -4,6 +4,7 @@ cancelled, timeout, diverged, training_error and worker_lost through the API wit
 out_of_memory with a worker of its own (a low per-job memory limit, and a faked cgroup oom_kill count
 to tell a kernel OOM kill from any other SIGKILL, with a real SIGKILL of the real child).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,7 @@ def assert_cause(job: dict, cause: Cause, status: str = "failed") -> dict:
 
 
 def test_the_six_causes_are_defined_once_each_with_a_hint():
-    assert {c.value for c in Cause} == {"cancelled", "timeout", "diverged", "worker_lost", "out_of_memory",
-                                        "training_error"}
+    assert {c.value for c in Cause} == {"cancelled", "timeout", "diverged", "worker_lost", "out_of_memory", "training_error"}
     assert all(HINTS[c] for c in Cause) and len(set(HINTS.values())) == len(Cause)
 
 
@@ -55,10 +55,15 @@ def test_a_job_past_max_runtime_fails_timeout_not_training_error(http, worker):
 
 @pytest.mark.worker
 def test_a_nan_loss_fails_diverged_with_where(http, worker):
-    recipe = small_recipe(**{"training.optimizer": {"type": "sgd", "learning_rate": 5.0},
-                             "model.layers": [{"type": "dense", "units": 64}, {"type": "dense", "units": 64},
-                                              {"type": "dense", "units": 1}],
-                             "training.loss": "mse", "training.metrics": [], "training.epochs": 30})
+    recipe = small_recipe(
+        **{
+            "training.optimizer": {"type": "sgd", "learning_rate": 5.0},
+            "model.layers": [{"type": "dense", "units": 64}, {"type": "dense", "units": 64}, {"type": "dense", "units": 1}],
+            "training.loss": "mse",
+            "training.metrics": [],
+            "training.epochs": 30,
+        }
+    )
     recipe.pop("pruning")
     done = wait_for(http, http.post("/v1/jobs", json=recipe).json()["id"], {"succeeded", "failed"})
     error = assert_cause(done, Cause.DIVERGED)
@@ -73,8 +78,9 @@ def test_a_cancelled_job_says_so_in_its_error(patient_http, worker):
         wait_until(lambda: len(http.get(f"/v1/jobs/{job['id']}").json()["history"]) >= 1, timeout=120)
     finally:
         http.post(f"/v1/jobs/{job['id']}/cancel")
-    error = assert_cause(wait_for(http, job["id"], {"cancelled", "failed", "succeeded"}), Cause.CANCELLED,
-                         status="cancelled")
+    error = assert_cause(
+        wait_for(http, job["id"], {"cancelled", "failed", "succeeded"}), Cause.CANCELLED, status="cancelled"
+    )
     assert error["message"].startswith("cancelled after ")
 
 
@@ -96,12 +102,14 @@ def test_any_other_failure_is_training_error_pointing_at_the_logs(http, worker, 
     buffer = io.BytesIO()
     rng = np.random.default_rng(0)
     np.savez(buffer, x=rng.normal(size=(60, 4)).astype("float32"), y=rng.integers(0, 3, 60))
-    dataset = http.post("/v1/datasets", files={"file": ("causes.npz", buffer.getvalue())},
-                        data={"name": "causes"}).json()
+    dataset = http.post("/v1/datasets", files={"file": ("causes.npz", buffer.getvalue())}, data={"name": "causes"}).json()
     with db.session() as session:
         artifact_id = session.scalar(select(Artifact.id).where(Artifact.dataset_id == dataset["id"]))
-        session.execute(update(ArtifactChunk).where(ArtifactChunk.artifact_id == artifact_id, ArtifactChunk.seq == 0)
-                        .values(data=b"\x00" * 64))
+        session.execute(
+            update(ArtifactChunk)
+            .where(ArtifactChunk.artifact_id == artifact_id, ArtifactChunk.seq == 0)
+            .values(data=b"\x00" * 64)
+        )
     job = http.post("/v1/jobs", json=small_recipe(**{"dataset.name": dataset["id"]})).json()
     error = assert_cause(wait_for(http, job["id"], {"succeeded", "failed"}), Cause.TRAINING_ERROR)
     assert "sha256" in error["message"]
@@ -112,9 +120,15 @@ def test_a_job_lost_on_every_attempt_fails_worker_lost(client, db, backend):
     """The requeue itself (a SIGKILLed worker, a second one resumes) is tests/test_worker_lost.py."""
     job_id = undispatched_job(db, backend)
     with db.session() as session:  # its last attempt's worker went silent
-        session.execute(update(Job).where(Job.id == job_id).values(
-            status=JobStatus.RUNNING.value, attempt=backend.max_attempts,
-            heartbeat_at=utcnow() - timedelta(seconds=backend.heartbeat_timeout_s + 5)))
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=JobStatus.RUNNING.value,
+                attempt=backend.max_attempts,
+                heartbeat_at=utcnow() - timedelta(seconds=backend.heartbeat_timeout_s + 5),
+            )
+        )
     with db.session() as session:
         assert job_id in reconcile(session, backend)["failed"]
     assert_cause(client.get(f"/v1/jobs/{job_id}").get_json(), Cause.WORKER_LOST)
@@ -123,13 +137,26 @@ def test_a_job_lost_on_every_attempt_fails_worker_lost(client, db, backend):
 # --- out of memory: a worker of its own ----------------------------------------------------------------------
 
 #: 64 values per sample widened to 2,048 on the last axis: ~800 MiB of activations at batch 256, 7k parameters.
-WIDE = [{"type": "reshape", "target_shape": [64, 1]}, {"type": "dense", "units": 2048, "activation": "relu"},
-        {"type": "dense", "units": 1}, {"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
+WIDE = [
+    {"type": "reshape", "target_shape": [64, 1]},
+    {"type": "dense", "units": 2048, "activation": "relu"},
+    {"type": "dense", "units": 1},
+    {"type": "flatten"},
+    {"type": "dense", "units": 10, "activation": "softmax"},
+]
 
 
 def wide_recipe() -> dict:
-    recipe = small_recipe(**{"name": "wide", "dataset.name": "digits", "model.input_shape": [64],
-                             "model.layers": WIDE, "training.batch_size": 256, "training.epochs": 1000})
+    recipe = small_recipe(
+        **{
+            "name": "wide",
+            "dataset.name": "digits",
+            "model.input_shape": [64],
+            "model.layers": WIDE,
+            "training.batch_size": 256,
+            "training.epochs": 1000,
+        }
+    )
     recipe.pop("pruning")
     return recipe
 
@@ -175,8 +202,9 @@ def test_a_kernel_oom_kill_fails_out_of_memory_and_any_other_sigkill_resumes(iso
     events = tmp_path / "memory.events"
     events.write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
     server, http = serve(isolated_backend)
-    worker = start_worker(isolated_backend, tmp_path / "w.log", TRAINER_OOM_EVENTS_PATH=events,
-                          TRAINER_HEARTBEAT_TIMEOUT_S=3)
+    worker = start_worker(
+        isolated_backend, tmp_path / "w.log", TRAINER_OOM_EVENTS_PATH=events, TRAINER_HEARTBEAT_TIMEOUT_S=3
+    )
     long = small_recipe(**{"training.epochs": 20, "training.batch_size": 4})
     try:
         oom = http.post("/v1/jobs", json=long).json()

@@ -1,5 +1,6 @@
 """What an owner stores: deleting datasets, the per-owner quota, removing a transfer base, and the
 checkpoint policy that bounds what checkpoints cost."""
+
 from __future__ import annotations
 
 import io
@@ -37,8 +38,12 @@ class Owner:
         return self.client.post("/v1/jobs", json=recipe, headers=self.headers)
 
     def upload(self, data: bytes, filename: str = "toy.npz"):
-        return self.client.post("/v1/datasets", data={"file": (io.BytesIO(data), filename)},
-                                content_type="multipart/form-data", headers=self.headers)
+        return self.client.post(
+            "/v1/datasets",
+            data={"file": (io.BytesIO(data), filename)},
+            content_type="multipart/form-data",
+            headers=self.headers,
+        )
 
     def usage(self) -> dict:
         response = self.get("/v1/usage")
@@ -54,8 +59,12 @@ def owners(backend, tmp_path):
     suffix = uuid.uuid4().hex[:8]
     names = [f"alice-{suffix}", f"bob-{suffix}"]
     tokens = {name: f"tok-{name}" for name in names}
-    base = replace(backend, single_user=False, api_tokens=",".join(f"{t}:{n}" for n, t in tokens.items()),
-                   broker_url=f"sqla+sqlite:///{tmp_path / 'unread-broker.sqlite'}")
+    base = replace(
+        backend,
+        single_user=False,
+        api_tokens=",".join(f"{t}:{n}" for n, t in tokens.items()),
+        broker_url=f"sqla+sqlite:///{tmp_path / 'unread-broker.sqlite'}",
+    )
     made: list[Database] = []
 
     def make(limit: int = 10**9) -> tuple[Owner, Owner]:
@@ -184,8 +193,15 @@ def test_usage_counts_datasets_models_and_checkpoints_for_their_owner_only(owner
     job_id = alice.submit(on(dataset_id)).get_json()["id"]
     with alice.db.session() as session:
         for kind, size in (("model", 3000), ("plot", 500), ("checkpoint", 7000)):
-            artifacts.store(session, io.BytesIO(b"m" * size), kind=kind, format="bin", filename=f"{kind}.bin",
-                            chunk_bytes=1024, job_id=job_id)
+            artifacts.store(
+                session,
+                io.BytesIO(b"m" * size),
+                kind=kind,
+                format="bin",
+                filename=f"{kind}.bin",
+                chunk_bytes=1024,
+                job_id=job_id,
+            )
     usage = alice.usage()
     datasets = usage["datasets_bytes"]
     assert datasets > 0 and usage["models_bytes"] == 3500 and usage["checkpoints_bytes"] == 7000
@@ -208,8 +224,11 @@ def test_a_new_job_is_refused_once_the_owner_is_at_the_quota_and_admitted_below_
     assert f"{used:,} bytes of your {used:,}-byte quota" in refused.get_json()["detail"]
     assert bob.submit(small_recipe()).status_code == 202
 
-    experiment = alice.client.post("/v1/experiments", headers=alice.headers, json={
-        "name": "quota", "base": on(dataset_id), "variants": [{"name": "a", "overrides": {}}]})
+    experiment = alice.client.post(
+        "/v1/experiments",
+        headers=alice.headers,
+        json={"name": "quota", "base": on(dataset_id), "variants": [{"name": "a", "overrides": {}}]},
+    )
     assert experiment.status_code == 413, experiment.get_json()  # an experiment's jobs are new jobs too
 
     assert alice.delete(f"/v1/datasets/{dataset_id}").status_code == 409  # the admitted job still uses it
@@ -254,8 +273,7 @@ class Clock:
         return self.now
 
 
-def simulate(policy: checkpoint.Policy, clock: Clock, epochs: int, epoch_s: float, write_s: float,
-             size: int) -> list[int]:
+def simulate(policy: checkpoint.Policy, clock: Clock, epochs: int, epoch_s: float, write_s: float, size: int) -> list[int]:
     """Epochs of ``epoch_s`` each; a checkpoint costs ``write_s``. Returns the epochs that were checkpointed."""
     policy.clock = clock
     written = []
@@ -271,8 +289,9 @@ def simulate(policy: checkpoint.Policy, clock: Clock, epochs: int, epoch_s: floa
 
 def test_a_small_models_state_is_checkpointed_after_every_epoch_whatever_it_costs():
     clock = Clock()
-    written = simulate(checkpoint.Policy(max_share=0.05), clock, 50, epoch_s=0.01, write_s=0.005,
-                       size=checkpoint.ALWAYS_BYTES)
+    written = simulate(
+        checkpoint.Policy(max_share=0.05), clock, 50, epoch_s=0.01, write_s=0.005, size=checkpoint.ALWAYS_BYTES
+    )
     assert written == list(range(1, 51))
 
 
@@ -301,8 +320,7 @@ def test_a_running_jobs_big_checkpoints_are_written_as_the_policy_allows(backend
         job_id = job.id
     with db.session() as session:
         attempt = job_state.claim(session, job_id, "test-worker")
-    run = JobRun(db, replace(backend, checkpoint_max_share=0.05), job_id, attempt,
-                 Recipe.model_validate(small_recipe()), {})
+    run = JobRun(db, replace(backend, checkpoint_max_share=0.05), job_id, attempt, Recipe.model_validate(small_recipe()), {})
     clock = Clock()
     run.checkpoints.clock = clock
     big = checkpoint.ALWAYS_BYTES + 1
@@ -311,6 +329,7 @@ def test_a_running_jobs_big_checkpoints_are_written_as_the_policy_allows(backend
         def capture():
             clock.now += 1.0  # writing this state takes a second
             return epoch.to_bytes(4, "big") * (big // 4 + 1)
+
         return capture
 
     stored = []

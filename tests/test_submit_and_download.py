@@ -1,4 +1,5 @@
 """A user's whole path over real HTTP with a real worker: submit, poll, download, verify, delete."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,9 +18,11 @@ def kernel_sparsity_from_h5(data: bytes) -> dict[str, float]:
     """Per-layer fraction of exact zeros in each kernel, read with h5py alone."""
     out = {}
     with h5py.File(io.BytesIO(data), "r") as f:
+
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset) and name.endswith("kernel:0"):
                 out[name.split("/")[1]] = float(np.mean(obj[()] == 0))
+
         f["model_weights"].visititems(visit)
     return out
 
@@ -93,8 +96,7 @@ def test_deleted_job_leaves_nothing_in_the_database(http, worker, db):
         assert s.get(Job, job["id"]) is None
         for model in (EpochRecord, LogLine, Artifact):
             assert s.scalar(select(func.count()).select_from(model).where(model.job_id == job["id"])) == 0
-        orphans = select(func.count()).select_from(ArtifactChunk).where(
-            ~ArtifactChunk.artifact_id.in_(select(Artifact.id)))
+        orphans = select(func.count()).select_from(ArtifactChunk).where(~ArtifactChunk.artifact_id.in_(select(Artifact.id)))
         assert s.scalar(orphans) == 0
 
 

@@ -1,5 +1,6 @@
 """Token lifecycle and the safe defaults: list, revoke, expire, a per-token rate limit, no token shipped,
 single-user mode refused over tokens and answering only its own Host names."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ from tests.support import worker_env
 def cli(settings, *args) -> subprocess.CompletedProcess:
     """``python -m core.tokens …`` as an operator runs it, against the test's database."""
     env = worker_env(settings, TRAINER_API_TOKENS=settings.api_tokens)
-    return subprocess.run([sys.executable, "-m", "core.tokens", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "core.tokens", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture
@@ -80,8 +82,7 @@ def test_revoke_by_the_token_itself_and_the_errors_of_revoke(secured):
         token = tokens.create(session, "dave")
     assert cli(settings, "revoke", token).returncode == 0
     assert app.test_client().get("/v1/jobs", headers=bearer(token)).status_code == 401
-    for ref, says in (("env-secret", "TRAINER_API_TOKENS"), ("abc", "at least 6"),
-                      ("ffffffffffff", "no token has an id")):
+    for ref, says in (("env-secret", "TRAINER_API_TOKENS"), ("abc", "at least 6"), ("ffffffffffff", "no token has an id")):
         out = cli(settings, "revoke", ref)
         assert out.returncode != 0 and says in out.stderr, (ref, out.stderr)
 
@@ -93,8 +94,11 @@ def test_an_expired_token_is_401_and_an_expiry_must_be_in_the_future(secured):
     client = app.test_client()
     assert client.get("/v1/jobs", headers=bearer(token)).status_code == 200
     with db.session() as session:
-        session.execute(update(ApiToken).where(ApiToken.token_sha256 == tokens.digest(token))
-                        .values(expires_at=utcnow() - timedelta(seconds=1)))
+        session.execute(
+            update(ApiToken)
+            .where(ApiToken.token_sha256 == tokens.digest(token))
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
     response = client.get("/v1/jobs", headers=bearer(token))
     assert response.status_code == 401 and "expired" in response.get_json()["detail"]
     past = cli(settings, "create", "erik", "--expires", "2001-01-01")
@@ -120,8 +124,12 @@ def _fresh_minute() -> None:
 
 
 def test_a_token_over_its_rate_limit_gets_429_with_retry_after_and_other_tokens_do_not(backend):
-    settings = replace(backend, single_user=False, rate_limit_per_minute=4,
-                       api_tokens=f"rate-a-{os.getpid()}-{time.time()}:alice,rate-b-{os.getpid()}-{time.time()}:bob")
+    settings = replace(
+        backend,
+        single_user=False,
+        rate_limit_per_minute=4,
+        api_tokens=f"rate-a-{os.getpid()}-{time.time()}:alice,rate-b-{os.getpid()}-{time.time()}:bob",
+    )
     first, second = (item.rpartition(":")[0] for item in settings.api_tokens.split(","))
     client = create_app(settings).test_client()
     _fresh_minute()
@@ -151,9 +159,12 @@ def test_the_rate_limit_holds_across_gunicorn_worker_processes(backend, tmp_path
 
 
 def test_an_unreachable_redis_does_not_refuse_requests(tmp_path):
-    settings = load_settings(database_url=f"sqlite:///{tmp_path / 't.sqlite'}",
-                             broker_url=f"redis://127.0.0.1:{free_port()}/0", api_tokens="r-secret:rita",
-                             rate_limit_per_minute=1)
+    settings = load_settings(
+        database_url=f"sqlite:///{tmp_path / 't.sqlite'}",
+        broker_url=f"redis://127.0.0.1:{free_port()}/0",
+        api_tokens="r-secret:rita",
+        rate_limit_per_minute=1,
+    )
     upgrade(settings)
     client = create_app(settings).test_client()
     assert [client.get("/v1/datasets", headers=bearer("r-secret")).status_code for _ in range(3)] == [200] * 3
@@ -161,11 +172,15 @@ def test_an_unreachable_redis_does_not_refuse_requests(tmp_path):
 
 def test_no_token_shipped_every_request_refused_and_the_log_says_how_to_make_one(tmp_path):
     """The compose defaults (.env.example) with the database swapped for SQLite, in a real gunicorn."""
-    shipped = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
-                   if line.strip() and not line.startswith("#"))
+    shipped = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
     assert not shipped.get("TRAINER_API_TOKENS") and not shipped.get("TRAINER_SINGLE_USER")
-    settings = load_settings(database_url=f"sqlite:///{tmp_path / 't.sqlite'}",
-                             broker_url=f"sqla+sqlite:///{tmp_path / 'b.sqlite'}")
+    settings = load_settings(
+        database_url=f"sqlite:///{tmp_path / 't.sqlite'}", broker_url=f"sqla+sqlite:///{tmp_path / 'b.sqlite'}"
+    )
     upgrade(settings)
     env = {**worker_env(settings), **{k: v for k, v in shipped.items() if k.startswith("TRAINER_")}}
     log_path = tmp_path / "api.log"
@@ -186,8 +201,9 @@ def test_single_user_with_tokens_is_refused_at_start(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="TRAINER_API_TOKENS"):
         load_settings()
     monkeypatch.delenv("TRAINER_API_TOKENS")
-    settings = load_settings(database_url=f"sqlite:///{tmp_path / 't.sqlite'}",
-                             broker_url=f"sqla+sqlite:///{tmp_path / 'b.sqlite'}")
+    settings = load_settings(
+        database_url=f"sqlite:///{tmp_path / 't.sqlite'}", broker_url=f"sqla+sqlite:///{tmp_path / 'b.sqlite'}"
+    )
     upgrade(settings)
     app = create_app(settings)  # no token anywhere: single-user starts
     with app.extensions["trainer"].db.session() as session:
@@ -199,10 +215,20 @@ def test_single_user_with_tokens_is_refused_at_start(tmp_path, monkeypatch):
     create_app(settings)  # a revoked token does not count
 
 
-@pytest.mark.parametrize("host, status", [
-    ("localhost", 200), ("localhost:8000", 200), ("127.0.0.1:5000", 200), ("[::1]:8000", 200), ("LOCALHOST", 200),
-    ("evil.example", 400), ("evil.example:8000", 400), ("127.0.0.1.evil.example", 400), ("localhost.", 400),
-])
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("localhost", 200),
+        ("localhost:8000", 200),
+        ("127.0.0.1:5000", 200),
+        ("[::1]:8000", 200),
+        ("LOCALHOST", 200),
+        ("evil.example", 400),
+        ("evil.example:8000", 400),
+        ("127.0.0.1.evil.example", 400),
+        ("localhost.", 400),
+    ],
+)
 def test_single_user_answers_only_its_allowed_hosts(app, host, status):
     for path in ("/v1/jobs", "/healthz"):
         response = app.test_client().get(path, headers={"Host": host})
@@ -231,8 +257,7 @@ def test_migration_0006_adds_the_token_columns_and_goes_both_ways(isolated_backe
         engine = make_engine(isolated_backend)
         try:
             found = inspect(engine)
-            return ({c["name"] for c in found.get_columns("api_tokens")},
-                    found.has_table("rate_windows"))
+            return ({c["name"] for c in found.get_columns("api_tokens")}, found.has_table("rate_windows"))
         finally:
             engine.dispose()
 

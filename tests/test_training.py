@@ -1,4 +1,5 @@
 """The training code on its own (no Flask, no Celery): real TensorFlow and TF-MOT on small data."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -114,10 +115,15 @@ def test_l1_regularisation_without_pruning_trains_and_reports_no_pruned_layer(ir
 def test_exploding_learning_rate_fails_as_diverged(iris):
     from worker.training import Diverged
 
-    data = small_recipe(**{"training.optimizer": {"type": "sgd", "learning_rate": 5.0},
-                           "model.layers": [{"type": "dense", "units": 64}, {"type": "dense", "units": 64},
-                                            {"type": "dense", "units": 1}],
-                           "training.loss": "mse", "training.metrics": [], "training.epochs": 20})
+    data = small_recipe(
+        **{
+            "training.optimizer": {"type": "sgd", "learning_rate": 5.0},
+            "model.layers": [{"type": "dense", "units": 64}, {"type": "dense", "units": 64}, {"type": "dense", "units": 1}],
+            "training.loss": "mse",
+            "training.metrics": [],
+            "training.epochs": 20,
+        }
+    )
     data.pop("pruning")
     with pytest.raises(Diverged):
         train(data, iris)

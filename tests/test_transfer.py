@@ -1,4 +1,5 @@
 """Reusing what was learned: transfer from a finished job, autoencoder pretraining, through the API."""
+
 from __future__ import annotations
 
 import hashlib
@@ -56,7 +57,11 @@ def test_b_on_a_freezes_then_fine_tunes_and_leaves_a_untouched(http, model_a):
     before = sha(http, model_a["id"])
     job = train(http, recipe("3-model-B-on-A", base_job_id=model_a["id"], freeze_epochs=2, epochs=4))
     assert [(h["epoch"], h["phase"]) for h in job["history"]] == [
-        (1, "frozen"), (2, "frozen"), (3, "fine_tune"), (4, "fine_tune")]
+        (1, "frozen"),
+        (2, "frozen"),
+        (3, "fine_tune"),
+        (4, "fine_tune"),
+    ]
     transfer = job["result"]["transfer"]
     assert transfer["reused_layers"] == ["standardize", "dense_0", "dense_1"]
     sums = transfer["checksums"]
@@ -93,12 +98,15 @@ def test_autoencoder_trains_on_inputs_and_its_encoder_is_a_base(http, autoencode
     assert 0 <= job["result"]["test"]["accuracy"] <= 1
 
 
-@pytest.mark.parametrize("change, loc, words", [
-    ({"base_job_id": "0" * 32}, ["transfer", "base_job_id"], "no job"),
-    ({"reuse": 9}, ["transfer", "reuse"], "has 3 layers"),
-    ({"reuse": "encoder"}, ["transfer", "reuse"], "autoencoder"),
-    ({"unfreeze": 5}, ["transfer", "unfreeze"], "cannot unfreeze 5"),
-])
+@pytest.mark.parametrize(
+    "change, loc, words",
+    [
+        ({"base_job_id": "0" * 32}, ["transfer", "base_job_id"], "no job"),
+        ({"reuse": 9}, ["transfer", "reuse"], "has 3 layers"),
+        ({"reuse": "encoder"}, ["transfer", "reuse"], "autoencoder"),
+        ({"unfreeze": 5}, ["transfer", "unfreeze"], "cannot unfreeze 5"),
+    ],
+)
 def test_bad_transfers_are_422_with_the_reason(http, model_a, change, loc, words):
     data = recipe("3-model-B-on-A", base_job_id=model_a["id"])
     data["transfer"].update(change)

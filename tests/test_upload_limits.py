@@ -1,6 +1,7 @@
 """Every input has a price, checked before it is paid: upload sizes from zip entries and .npy headers,
 labels bounded, datasets stored compressed and compact, JSON bodies cut at the limit on the bytes read
 (chunked too) and parsed once — and a real gunicorn API whose memory stays flat while it refuses bombs."""
+
 from __future__ import annotations
 
 import io
@@ -27,8 +28,9 @@ MB = 1024 * 1024
 
 
 def upload(client, data: bytes, filename: str, **form):
-    return client.post("/v1/datasets", data={"file": (io.BytesIO(data), filename), **form},
-                       content_type="multipart/form-data")
+    return client.post(
+        "/v1/datasets", data={"file": (io.BytesIO(data), filename), **form}, content_type="multipart/form-data"
+    )
 
 
 # --------------------------------------------------------------------------- sizes priced from headers
@@ -66,8 +68,9 @@ def test_a_csv_over_the_limit_is_refused_while_it_is_read():
 
 
 def test_labels_given_as_a_column_are_taken_as_a_vector(client):
-    body = upload(client, hostile.npz_of(x=np.zeros((6, 2)), y=np.array([[0], [1], [0], [1], [0], [1]])),
-                  "col.npz").get_json()
+    body = upload(
+        client, hostile.npz_of(x=np.zeros((6, 2)), y=np.array([[0], [1], [0], [1], [0], [1]])), "col.npz"
+    ).get_json()
     assert body["n_classes"] == 2 and body["class_counts"] == [3, 3]
 
 
@@ -151,8 +154,9 @@ class Gunicorn:
     def __init__(self, var: Path):
         env = clean_env(TRAINER_VAR_DIR=var, TRAINER_SINGLE_USER="1", TRAINER_LOG_LEVEL="WARNING")
         migrate(env)
-        self.proc, self.url = start_gunicorn(env, var / "gunicorn.log",
-                                             ["--workers", "1", "--threads", "2", "--timeout", "120"])
+        self.proc, self.url = start_gunicorn(
+            env, var / "gunicorn.log", ["--workers", "1", "--threads", "2", "--timeout", "120"]
+        )
         self.port = int(self.url.rsplit(":", 1)[1])
         self.worker_pid = self.proc.children()[0]
 
@@ -191,8 +195,9 @@ def test_gunicorn_rss_stays_flat_while_it_refuses_every_bomb(gunicorn):
     with httpx.Client(base_url=gunicorn.url, timeout=120) as http:
         # warm up: the code paths a normal upload and submission import and touch
         for _ in range(2):
-            ok = http.post("/v1/datasets", files={"file": ("ok.npz", hostile.npz_of(x=np.zeros((8, 2)),
-                                                                                     y=np.arange(8) % 2))})
+            ok = http.post(
+                "/v1/datasets", files={"file": ("ok.npz", hostile.npz_of(x=np.zeros((8, 2)), y=np.arange(8) % 2))}
+            )
             assert ok.status_code == 201, ok.text
             http.post("/v1/datasets", files={"file": ("ok.csv", b"a,y\n1,0\n2,1\n")}, data={"label_column": "y"})
         time.sleep(0.5)
@@ -203,8 +208,9 @@ def test_gunicorn_rss_stays_flat_while_it_refuses_every_bomb(gunicorn):
                 response = http.post("/v1/datasets", files={"file": (case.filename, case.data)}, data=case.form)
                 statuses[case.name] = (response.status_code, response.headers.get("content-type"))
         after = _rss_kb(gunicorn.worker_pid)
-    wrong = {name: got for name, got in statuses.items()
-             if not (400 <= got[0] < 500 and got[1] == "application/problem+json")}
+    wrong = {
+        name: got for name, got in statuses.items() if not (400 <= got[0] < 500 and got[1] == "application/problem+json")
+    }
     assert not wrong, wrong
     assert (after - before) / 1024 < 100, f"RSS {before / 1024:.0f} -> {after / 1024:.0f} MB"
     assert (peak.peak - before) / 1024 < 100, f"RSS {before / 1024:.0f} MB, peak {peak.peak / 1024:.0f} MB"
@@ -231,7 +237,7 @@ def _raw_post(port: int, headers: str, body_parts: list[bytes], terminate: bool)
 
 
 def chunked(body: bytes, size: int = 64 * 1024) -> list[bytes]:
-    return [f"{len(body[i:i + size]):x}\r\n".encode() + body[i:i + size] + b"\r\n" for i in range(0, len(body), size)]
+    return [f"{len(body[i : i + size]):x}\r\n".encode() + body[i : i + size] + b"\r\n" for i in range(0, len(body), size)]
 
 
 def test_a_chunked_body_over_the_limit_is_cut_at_the_limit_with_a_413(gunicorn):
@@ -239,20 +245,26 @@ def test_a_chunked_body_over_the_limit_is_cut_at_the_limit_with_a_413(gunicorn):
     so it read no further than the limit, give or take gunicorn's 1 KiB read-ahead (before, it read on until
     the client ended the body, up to the 64 MiB upload limit)."""
     body = b'{"name": "' + b"x" * (2 * MB) + b'"}'
-    answer = _raw_post(gunicorn.port, "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
-                       chunked(body[:MB + 64 * 1024]), terminate=False)
+    answer = _raw_post(
+        gunicorn.port,
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
+        chunked(body[: MB + 64 * 1024]),
+        terminate=False,
+    )
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
     assert b"application/problem+json" in answer
 
 
 def test_a_chunked_body_under_the_limit_is_read_and_validated(gunicorn):
     body = json.dumps({"dataset": {"name": "iris"}, "pad": "x" * 500_000}).encode()
-    answer = _raw_post(gunicorn.port, "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
-                       chunked(body), terminate=True)
+    answer = _raw_post(
+        gunicorn.port, "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n", chunked(body), terminate=True
+    )
     assert answer.startswith(b"HTTP/1.1 422"), answer[:300]
 
 
 def test_a_declared_length_over_the_limit_is_413_before_the_body_is_sent(gunicorn):
-    answer = _raw_post(gunicorn.port, f"Content-Type: application/json\r\nContent-Length: {10 * MB}\r\n", [],
-                       terminate=False)
+    answer = _raw_post(
+        gunicorn.port, f"Content-Type: application/json\r\nContent-Length: {10 * MB}\r\n", [], terminate=False
+    )
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]

@@ -1,4 +1,5 @@
 """No job is lost when its worker dies: the reconciler requeues it and another worker finishes it."""
+
 from __future__ import annotations
 
 import signal
@@ -56,10 +57,17 @@ def test_sigkilled_worker_job_is_requeued_and_finished_by_another(isolated_backe
 def _running_job(db: Database, attempt: int, beat_age_s: float) -> str:
     recipe = Recipe.model_validate(small_recipe())
     with db.session() as s:
-        job = Job(id=f"{attempt:02d}{utcnow().timestamp():.6f}".replace(".", "")[:32].ljust(32, "0"),
-                  owner="default", name="x", status=JobStatus.RUNNING.value, recipe=recipe.model_dump(mode="json"),
-                  attempt=attempt, heartbeat_at=utcnow() - timedelta(seconds=beat_age_s),
-                  dispatched_at=utcnow(), progress={})
+        job = Job(
+            id=f"{attempt:02d}{utcnow().timestamp():.6f}".replace(".", "")[:32].ljust(32, "0"),
+            owner="default",
+            name="x",
+            status=JobStatus.RUNNING.value,
+            recipe=recipe.model_dump(mode="json"),
+            attempt=attempt,
+            heartbeat_at=utcnow() - timedelta(seconds=beat_age_s),
+            dispatched_at=utcnow(),
+            progress={},
+        )
         s.add(job)
     return job.id
 

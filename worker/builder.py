@@ -1,4 +1,5 @@
 """Recipe → a fresh Keras model. Built anew for every job: TF-MOT wraps layer objects in place."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,8 +21,13 @@ from core.recipe import (
 from worker.tf_env import keras, tf
 
 _INITIALIZERS = {
-    "glorot_uniform": "GlorotUniform", "glorot_normal": "GlorotNormal", "he_uniform": "HeUniform",
-    "he_normal": "HeNormal", "lecun_uniform": "LecunUniform", "lecun_normal": "LecunNormal", "zeros": "Zeros",
+    "glorot_uniform": "GlorotUniform",
+    "glorot_normal": "GlorotNormal",
+    "he_uniform": "HeUniform",
+    "he_normal": "HeNormal",
+    "lecun_uniform": "LecunUniform",
+    "lecun_normal": "LecunNormal",
+    "zeros": "Zeros",
 }
 
 
@@ -34,8 +40,9 @@ class RReLU(keras.layers.Layer):
     def __init__(self, lower: float = 1 / 8, upper: float = 1 / 3, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.lower, self.upper, self.seed = lower, upper, seed
-        self._rng = (tf.random.Generator.from_seed(seed) if seed is not None
-                     else tf.random.Generator.from_non_deterministic_state())
+        self._rng = (
+            tf.random.Generator.from_seed(seed) if seed is not None else tf.random.Generator.from_non_deterministic_state()
+        )
 
     def call(self, inputs, training=None):
         if training:
@@ -55,8 +62,9 @@ class RReLU(keras.layers.Layer):
 def initializer(spec: L.Initializer, seed: int):
     """Seeded from the recipe so the same recipe starts from the same weights."""
     if isinstance(spec, L.VarianceScaling):
-        return keras.initializers.VarianceScaling(scale=spec.scale, mode=spec.mode, distribution=spec.distribution,
-                                                  seed=seed)
+        return keras.initializers.VarianceScaling(
+            scale=spec.scale, mode=spec.mode, distribution=spec.distribution, seed=seed
+        )
     if isinstance(spec, L.RandomNormal):
         return keras.initializers.RandomNormal(mean=spec.mean, stddev=spec.stddev, seed=seed)
     config = {} if spec == "zeros" else {"seed": seed}
@@ -83,29 +91,44 @@ def build_layers(spec, recipe: Recipe, index: int) -> list:
         alpha = _leaky_alpha(spec.activation)
         extra = [] if alpha is None else [keras.layers.LeakyReLU(alpha=alpha, name=f"{spec.name}_leaky_relu")]
         common = dict(
-            activation="linear" if alpha is not None else spec.activation, use_bias=spec.use_bias, name=spec.name,
+            activation="linear" if alpha is not None else spec.activation,
+            use_bias=spec.use_bias,
+            name=spec.name,
             kernel_initializer=initializer(spec.kernel_initializer, seed),
             kernel_regularizer=regularizer(recipe.regularization_for(spec)),
-            kernel_constraint=(keras.constraints.MaxNorm(spec.kernel_constraint.max_value,
-                                                         axis=spec.kernel_constraint.axis)
-                               if spec.kernel_constraint else None),
+            kernel_constraint=(
+                keras.constraints.MaxNorm(spec.kernel_constraint.max_value, axis=spec.kernel_constraint.axis)
+                if spec.kernel_constraint
+                else None
+            ),
         )
         if isinstance(spec, L.DenseLayer):
             return [keras.layers.Dense(spec.units, **common), *extra]
         if isinstance(spec, L.Conv2DLayer):
-            return [keras.layers.Conv2D(spec.filters, spec.kernel_size, strides=spec.strides, padding=spec.padding,
-                                        **common), *extra]
+            return [
+                keras.layers.Conv2D(spec.filters, spec.kernel_size, strides=spec.strides, padding=spec.padding, **common),
+                *extra,
+            ]
     if isinstance(spec, L.BatchNormalizationLayer):
-        return [keras.layers.BatchNormalization(axis=spec.axis, momentum=spec.momentum, epsilon=spec.epsilon,
-                                                center=spec.center, scale=spec.scale, name=spec.name)]
+        return [
+            keras.layers.BatchNormalization(
+                axis=spec.axis,
+                momentum=spec.momentum,
+                epsilon=spec.epsilon,
+                center=spec.center,
+                scale=spec.scale,
+                name=spec.name,
+            )
+        ]
     if isinstance(spec, L.ActivationLayer):
         alpha = _leaky_alpha(spec.activation)
         if alpha is not None:
             return [keras.layers.LeakyReLU(alpha=alpha, name=spec.name)]
         return [keras.layers.Activation(spec.activation, name=spec.name)]
     simple: dict[type[L.LayerBase], Callable[[], Any]] = {
-        L.MaxPooling2DLayer: lambda: keras.layers.MaxPooling2D(spec.pool_size, strides=spec.strides,
-                                                               padding=spec.padding, name=spec.name),
+        L.MaxPooling2DLayer: lambda: keras.layers.MaxPooling2D(
+            spec.pool_size, strides=spec.strides, padding=spec.padding, name=spec.name
+        ),
         L.GlobalAveragePooling2DLayer: lambda: keras.layers.GlobalAveragePooling2D(name=spec.name),
         L.FlattenLayer: lambda: keras.layers.Flatten(name=spec.name),
         L.ReshapeLayer: lambda: keras.layers.Reshape(tuple(spec.target_shape), name=spec.name),
@@ -141,8 +164,9 @@ def learning_rate(recipe: Recipe, base: float | None = None):
     lr = base or recipe.training.optimizer.learning_rate
     schedule = recipe.training.learning_rate_schedule
     if isinstance(schedule, ExponentialDecay):
-        return keras.optimizers.schedules.ExponentialDecay(lr, schedule.decay_steps, schedule.decay_rate,
-                                                           staircase=schedule.staircase)
+        return keras.optimizers.schedules.ExponentialDecay(
+            lr, schedule.decay_steps, schedule.decay_rate, staircase=schedule.staircase
+        )
     if isinstance(schedule, PiecewiseConstant):
         return keras.optimizers.schedules.PiecewiseConstantDecay(schedule.boundaries, schedule.values)
     return lr
@@ -150,8 +174,12 @@ def learning_rate(recipe: Recipe, base: float | None = None):
 
 def build_optimizer(recipe: Recipe, base_learning_rate: float | None = None):
     spec = recipe.training.optimizer
-    common = {"learning_rate": learning_rate(recipe, base_learning_rate), "clipvalue": spec.clipvalue,
-              "clipnorm": spec.clipnorm, "global_clipnorm": spec.global_clipnorm}
+    common = {
+        "learning_rate": learning_rate(recipe, base_learning_rate),
+        "clipvalue": spec.clipvalue,
+        "clipnorm": spec.clipnorm,
+        "global_clipnorm": spec.global_clipnorm,
+    }
     if isinstance(spec, SGD):
         return keras.optimizers.SGD(momentum=spec.momentum, nesterov=spec.nesterov, **common)
     if isinstance(spec, Adagrad):
@@ -159,12 +187,19 @@ def build_optimizer(recipe: Recipe, base_learning_rate: float | None = None):
     if isinstance(spec, RMSprop):
         return keras.optimizers.RMSprop(rho=spec.rho, momentum=spec.momentum, **common)
     if isinstance(spec, AdamW):
-        return keras.optimizers.AdamW(weight_decay=spec.weight_decay, beta_1=spec.beta_1, beta_2=spec.beta_2,
-                                      epsilon=spec.epsilon, amsgrad=spec.amsgrad, **common)
+        return keras.optimizers.AdamW(
+            weight_decay=spec.weight_decay,
+            beta_1=spec.beta_1,
+            beta_2=spec.beta_2,
+            epsilon=spec.epsilon,
+            amsgrad=spec.amsgrad,
+            **common,
+        )
     if isinstance(spec, Adam):
         if spec.type == "adam":
-            return keras.optimizers.Adam(beta_1=spec.beta_1, beta_2=spec.beta_2, epsilon=spec.epsilon,
-                                         amsgrad=spec.amsgrad, **common)
+            return keras.optimizers.Adam(
+                beta_1=spec.beta_1, beta_2=spec.beta_2, epsilon=spec.epsilon, amsgrad=spec.amsgrad, **common
+            )
         cls = {"adamax": keras.optimizers.Adamax, "nadam": keras.optimizers.Nadam}[spec.type]
         return cls(beta_1=spec.beta_1, beta_2=spec.beta_2, epsilon=spec.epsilon, **common)
     raise TypeError(f"no optimizer {spec.type!r}")

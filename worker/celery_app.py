@@ -4,6 +4,7 @@ in the parent.
 Run with ``celery -A worker.celery_app worker``. The parent imports TensorFlow once (no GPU context
 is created by importing), so each forked child starts training without paying the import again.
 """
+
 from __future__ import annotations
 
 import gc

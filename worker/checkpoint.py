@@ -4,6 +4,7 @@ Hours of GPU time are not thrown away when a worker dies: a finished epoch's sta
 database and a requeued job continues from it. How often is ``Policy``'s call: a small model's state is
 written after every epoch, a big one's only as often as keeps the writing under a share of the job's time.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,7 +43,8 @@ class Policy:
     def due(self) -> bool:
         since = self.clock() - self.last_at
         ok = since >= self.interval_s and (
-            self.max_share <= 0 or self.last_bytes <= ALWAYS_BYTES or since >= self.last_seconds / self.max_share)
+            self.max_share <= 0 or self.last_bytes <= ALWAYS_BYTES or since >= self.last_seconds / self.max_share
+        )
         if not ok:
             self.skipped += 1
         return ok
@@ -78,8 +80,7 @@ def capture(model, epoch: int) -> bytes:
 def parse(data: bytes) -> State:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         count = lambda prefix: sum(1 for k in npz.files if k.startswith(prefix))  # noqa: E731
-        return State(int(npz["epoch"]), [npz[f"w{i}"] for i in range(count("w"))],
-                     [npz[f"o{i}"] for i in range(count("o"))])
+        return State(int(npz["epoch"]), [npz[f"w{i}"] for i in range(count("w"))], [npz[f"o{i}"] for i in range(count("o"))])
 
 
 def restore(model, state: State) -> None:

@@ -4,6 +4,7 @@ A job reads its dataset once (``runner`` calls ``load`` once; every phase — fr
 evaluation — trains on the same ``Splits``), and Fashion-MNIST stays uint8 until the split has picked
 the rows a job uses, so only those are widened to float32.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,8 +43,9 @@ def _builtin(name: str, settings: Settings | None = None) -> uploads.Arrays:
         return fashion_mnist(settings or load_settings())
     from sklearn import datasets as sk
 
-    loader = {"digits": sk.load_digits, "iris": sk.load_iris, "wine": sk.load_wine,
-              "breast_cancer": sk.load_breast_cancer}[name]
+    loader = {"digits": sk.load_digits, "iris": sk.load_iris, "wine": sk.load_wine, "breast_cancer": sk.load_breast_cancer}[
+        name
+    ]
     bunch = loader()
     return uploads.Arrays(bunch.data.astype(np.float32), bunch.target.astype(np.int64))
 
@@ -54,21 +56,32 @@ def fashion_mnist(settings: Settings) -> uploads.Arrays:
     info = BUILTIN["fashion_mnist"]
     missing = missing_files(info.name, settings)
     if missing:
-        raise DatasetError(f"dataset 'fashion_mnist' is not installed on this worker (missing {', '.join(missing)}); "
-                           f"install it with `{install_hint(info)}`")
+        raise DatasetError(
+            f"dataset 'fashion_mnist' is not installed on this worker (missing {', '.join(missing)}); "
+            f"install it with `{install_hint(info)}`"
+        )
     started = time.perf_counter()
     paths = data_files(info.name, settings)
     parts = {part: idx.read(paths[part], settings.max_dataset_bytes) for part in FASHION_MNIST_FILES}
-    expected = {"x": (info.n_samples, *info.feature_shape), "y": (info.n_samples,),
-                "x_test": (info.n_test_samples, *info.feature_shape), "y_test": (info.n_test_samples,)}
+    expected = {
+        "x": (info.n_samples, *info.feature_shape),
+        "y": (info.n_samples,),
+        "x_test": (info.n_test_samples, *info.feature_shape),
+        "y_test": (info.n_test_samples,),
+    }
     for part, array in parts.items():
         if array.shape != expected[part] or array.dtype != np.uint8:
             raise DatasetError(f"{paths[part]} holds {array.dtype} {list(array.shape)}, not uint8 {list(expected[part])}")
     for part in ("y", "y_test"):
         if parts[part].max() >= info.n_classes:
             raise DatasetError(f"{paths[part]} has label {int(parts[part].max())}; classes are 0..{info.n_classes - 1}")
-    log.info("read fashion_mnist from %s: %d training and %d test images (uint8) in %.2f s",
-             settings.fashion_mnist_dir, len(parts["x"]), len(parts["x_test"]), time.perf_counter() - started)
+    log.info(
+        "read fashion_mnist from %s: %d training and %d test images (uint8) in %.2f s",
+        settings.fashion_mnist_dir,
+        len(parts["x"]),
+        len(parts["x_test"]),
+        time.perf_counter() - started,
+    )
     return uploads.Arrays(parts["x"], parts["y"].astype(np.int64), parts["x_test"], parts["y_test"].astype(np.int64))
 
 
@@ -98,11 +111,11 @@ def split(arrays: uploads.Arrays, spec: DatasetSpec, seed: int) -> Splits:
     own_test = None if arrays.test is None else selection.select(*arrays.test, spec, n_classes)
     counts = split_counts(len(x), None if own_test is None else len(own_test[0]), spec)
     pool, n_val = counts.pool, counts.validation
-    x_test, y_test = own_test if own_test is not None else (x[pool + n_val:], y[pool + n_val:])
+    x_test, y_test = own_test if own_test is not None else (x[pool + n_val :], y[pool + n_val :])
     keep = counts.train
     divisor = BUILTIN[spec.name].input_divisor if spec.name in BUILTIN else 1.0
-    x_val = _inputs(x[pool:pool + n_val], divisor) if n_val else None
-    y_val = y[pool:pool + n_val] if n_val else None
+    x_val = _inputs(x[pool : pool + n_val], divisor) if n_val else None
+    y_val = y[pool : pool + n_val] if n_val else None
     return Splits(_inputs(x[:keep], divisor), y[:keep], x_val, y_val, _inputs(x_test, divisor), y_test)
 
 

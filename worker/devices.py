@@ -2,6 +2,7 @@
 
 CUDA is not fork-safe, so this runs in the Celery child, never in the prefork parent.
 """
+
 from __future__ import annotations
 
 import logging

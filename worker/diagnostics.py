@@ -4,6 +4,7 @@ Per layer: the mean |gradient| of the loss with respect to its kernel (vanishing
 layer by layer towards the input), and the fraction of its outputs sitting where the activation is
 flat (sigmoid/tanh near their asymptotes, ReLU at 0, ELU/SELU near their negative floor).
 """
+
 from __future__ import annotations
 
 import numpy as np

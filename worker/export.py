@@ -1,4 +1,5 @@
 """Stripped model → files in every asked format, and what a user reads about them (sizes, sparsity)."""
+
 from __future__ import annotations
 
 import gzip

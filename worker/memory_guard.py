@@ -13,6 +13,7 @@ attempt (the reconciler would otherwise requeue it, and it would be killed again
 Any other SIGKILL (an operator, a test, a host going down) leaves the job to the reconciler: requeued
 and resumed from its checkpoint, as before.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,7 +52,7 @@ def children(parent: int) -> list[int]:
             stat = Path(entry.path, "stat").read_text()
         except OSError:  # exited meanwhile
             continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, …
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state, ppid, …
         if len(fields) > 1 and int(fields[1]) == parent:
             found.append(int(entry.name))
     return found
@@ -104,8 +105,10 @@ def oom_events_file(configured: str = "") -> Path | None:
         _, controllers, path = line.split(":", 2)
         relative = path.lstrip("/")
         if "memory" in controllers.split(","):  # cgroup v1 (or hybrid): the memory controller's own tree
-            candidates += [Path("/sys/fs/cgroup/memory", relative, "memory.oom_control"),
-                           Path("/sys/fs/cgroup/memory/memory.oom_control")]
+            candidates += [
+                Path("/sys/fs/cgroup/memory", relative, "memory.oom_control"),
+                Path("/sys/fs/cgroup/memory/memory.oom_control"),
+            ]
     for line in lines:
         if line.startswith("0::"):  # cgroup v2; inside a container's namespace the root is the container
             relative = line[3:].lstrip("/")
@@ -133,8 +136,11 @@ class MemoryGuard:
     def start(self) -> None:
         self.db = Database(self.settings)
         self._thread.start()
-        log.info("memory guard: a job's process is killed past %d MiB of its own memory; OOM kills counted in %s",
-                 self.limit // MIB, self.events or "no cgroup file (only this guard's kills are told apart)")
+        log.info(
+            "memory guard: a job's process is killed past %d MiB of its own memory; OOM kills counted in %s",
+            self.limit // MIB,
+            self.events or "no cgroup file (only this guard's kills are told apart)",
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -165,8 +171,10 @@ class MemoryGuard:
         except ProcessLookupError:
             return
         self._killed.add(pid)
-        message = (f"the job's process used {used // MIB} MiB of its own memory, over this worker's per-job limit "
-                   f"of {self.limit // MIB} MiB (TRAINER_MAX_JOB_MEMORY_BYTES)")
+        message = (
+            f"the job's process used {used // MIB} MiB of its own memory, over this worker's per-job limit "
+            f"of {self.limit // MIB} MiB (TRAINER_MAX_JOB_MEMORY_BYTES)"
+        )
         log.error("killed child %d: %s", pid, message)
         self._unrecorded.append((pid, JobError.of(Cause.OUT_OF_MEMORY, message)))
 
@@ -184,8 +192,10 @@ class MemoryGuard:
                 continue
             after = oom_kills(self.events)
             if before is not None and after is not None and after > before:
-                message = (f"the kernel's OOM killer ended the job's process (oom_kill in {self.events} went from "
-                           f"{before} to {after}): the worker's memory limit is below what this job needs")
+                message = (
+                    f"the kernel's OOM killer ended the job's process (oom_kill in {self.events} went from "
+                    f"{before} to {after}): the worker's memory limit is below what this job needs"
+                )
                 log.error("child %d: %s", pid, message)
                 self._unrecorded.append((pid, JobError.of(Cause.OUT_OF_MEMORY, message)))
             else:

@@ -4,6 +4,7 @@ curves: loss and accuracy, train vs validation, phases marked. sparsity: measure
 end against the schedule's target. layers: sparsity per layer. weights: kernel weights at initialization
 vs trained (and pruned) — L1 and pruning pile weights up at zero.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,13 @@ def curves(history: list[dict]) -> bytes:
         for prev, row in zip(history, history[1:]):
             if row.get("phase") != prev.get("phase"):
                 ax.axvline(row["epoch"] - 0.5, color="grey", lw=0.8)
-                ax.annotate(row.get("phase", ""), (row["epoch"] - 0.5, 0.95), xycoords=("data", "axes fraction"),
-                            fontsize=8, color="grey")
+                ax.annotate(
+                    row.get("phase", ""),
+                    (row["epoch"] - 0.5, 0.95),
+                    xycoords=("data", "axes fraction"),
+                    fontsize=8,
+                    color="grey",
+                )
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         if ax.lines:
@@ -95,8 +101,15 @@ def weights(initial: list[np.ndarray], final: list[np.ndarray]) -> bytes:
     return _png(fig)
 
 
-def render(history: list[dict], recipe: Recipe, report: dict, steps_per_epoch: int, end_step: int | None,
-           initial_kernels: list[np.ndarray], final_kernels: list[np.ndarray]) -> dict[PlotName, bytes]:
+def render(
+    history: list[dict],
+    recipe: Recipe,
+    report: dict,
+    steps_per_epoch: int,
+    end_step: int | None,
+    initial_kernels: list[np.ndarray],
+    final_kernels: list[np.ndarray],
+) -> dict[PlotName, bytes]:
     """Every plot of ``core.results.PLOTS``, by name."""
     drawn: dict[PlotName, bytes] = {
         "curves": curves(history),

@@ -10,6 +10,7 @@ Here the reap is retried every few milliseconds until it succeeds.
 It also tells ``worker.memory_guard`` when a child running a job died abnormally (with its exit
 code: -9 for a SIGKILL), which only the process that reaps the child can know.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,6 +51,7 @@ class AsynPool(TellsLostChildren, asynpool.AsynPool):
             self.maintain_pool()
             if any(w is proc for w in self._pool) and time.monotonic() < give_up_at:
                 hub.call_later(REAP_RETRY_S, retry)
+
         hub.call_later(REAP_RETRY_S, retry)
 
 

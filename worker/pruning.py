@@ -3,6 +3,7 @@
 ``prune_low_magnitude`` refuses layers it has no registry entry for (PReLU, our RReLU), so the model
 is cloned with a ``clone_function`` that wraps just the chosen layers; the rest are reported dense.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,12 @@ def prune_schedule(spec: PolynomialDecay | ConstantSparsity | None, end_step: in
         return sparsity.ConstantSparsity(0.5, begin_step=0, frequency=1)
     if isinstance(spec, PolynomialDecay):
         return sparsity.PolynomialDecay(
-            initial_sparsity=spec.initial_sparsity, final_sparsity=spec.final_sparsity,
-            begin_step=spec.begin_step, end_step=end_step, power=spec.power, frequency=spec.frequency,
+            initial_sparsity=spec.initial_sparsity,
+            final_sparsity=spec.final_sparsity,
+            begin_step=spec.begin_step,
+            end_step=end_step,
+            power=spec.power,
+            frequency=spec.frequency,
         )
     return sparsity.ConstantSparsity(
         target_sparsity=spec.target_sparsity, begin_step=spec.begin_step, end_step=end_step, frequency=spec.frequency
@@ -33,8 +38,11 @@ def apply(model, recipe: Recipe, end_step: int | None, names: list[str]):
     if spec is None:
         raise ValueError("apply() is for a recipe that prunes")
     chosen = set(names)
-    options = {"pruning_schedule": prune_schedule(spec.schedule, end_step), "block_size": tuple(spec.block_size),
-               "block_pooling_type": spec.block_pooling_type}
+    options = {
+        "pruning_schedule": prune_schedule(spec.schedule, end_step),
+        "block_size": tuple(spec.block_size),
+        "block_pooling_type": spec.block_pooling_type,
+    }
     if spec.sparsity_m_by_n:
         options["sparsity_m_by_n"] = tuple(spec.sparsity_m_by_n)
 

@@ -3,6 +3,7 @@
 A thread of the worker's parent process: the child is busy training, and the embedded SQLAlchemy
 transport has no redelivery of its own, so this loop is what makes "no job is lost" true.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,9 +29,12 @@ class Reconciler:
     def start(self) -> None:
         self.db = Database(self.settings)
         self._thread.start()
-        log.info("reconciler every %.1fs (requeue after %.0fs silent, resend after %.0fs queued)",
-                 self.settings.reconcile_interval_s, self.settings.heartbeat_timeout_s,
-                 self.settings.redispatch_after_s)
+        log.info(
+            "reconciler every %.1fs (requeue after %.0fs silent, resend after %.0fs queued)",
+            self.settings.reconcile_interval_s,
+            self.settings.heartbeat_timeout_s,
+            self.settings.redispatch_after_s,
+        )
 
     def stop(self) -> None:
         self._stop.set()

@@ -3,6 +3,7 @@
 TF-MOT's ``prune_low_magnitude`` wraps layer objects in place, and training moves weights: so the base
 is loaded from the database each time and cloned with its weights — the stored model never changes.
 """
+
 from __future__ import annotations
 
 import hashlib

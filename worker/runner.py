@@ -5,6 +5,7 @@ writes ``heartbeat_at``, ships the job's log lines and watches for a cancel requ
 ends early is a ``core.causes.Cause``; its log holds only what the job itself said (the ``trainer.job``
 logger), never the worker's own lines about the database or the broker.
 """
+
 from __future__ import annotations
 
 import io
@@ -71,16 +72,30 @@ class JobLog(logging.Handler):
             lines, self.lines = self.lines, []
             if final and self.dropped and not self._reported:
                 self._reported = True
-                lines.append((utcnow(), "WARNING", f"{self.dropped} more lines were dropped: a job keeps at most "
-                                                   f"{self.limit} (TRAINER_MAX_LOG_LINES_PER_JOB)"))
+                lines.append(
+                    (
+                        utcnow(),
+                        "WARNING",
+                        f"{self.dropped} more lines were dropped: a job keeps at most "
+                        f"{self.limit} (TRAINER_MAX_LOG_LINES_PER_JOB)",
+                    )
+                )
         return lines
 
 
 class JobRun:
     """The state one running job shares between the training thread and its heartbeat thread."""
 
-    def __init__(self, db: Database, settings: Settings, job_id: str, attempt: int, recipe: Recipe, progress: dict,
-                 kept_lines: int = 0):
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        job_id: str,
+        attempt: int,
+        recipe: Recipe,
+        progress: dict,
+        kept_lines: int = 0,
+    ):
         self.db, self.settings, self.job_id, self.attempt, self.recipe = db, settings, job_id, attempt, recipe
         self.base_progress = progress
         self.last_progress: dict = {}
@@ -93,8 +108,9 @@ class JobRun:
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
 
     # -- hooks for worker.training --
-    def on_epoch(self, epoch: int, metrics: dict, diagnostics: list[dict] | None = None, phase: str = "train",
-                 state=None) -> None:
+    def on_epoch(
+        self, epoch: int, metrics: dict, diagnostics: list[dict] | None = None, phase: str = "train", state=None
+    ) -> None:
         progress = {**self.base_progress, "epoch": epoch, "phase": phase}
         if "sparsity" in metrics:
             progress["sparsity"] = metrics["sparsity"]
@@ -112,8 +128,9 @@ class JobRun:
         with self.db.session() as session:
             jobs.append_logs(session, self.job_id, self.log.drain())
             for epoch, phase, metrics, progress, diagnostics in self.pending:
-                if not job_state.record_epoch(session, self.job_id, self.attempt, epoch, phase, metrics, progress,
-                                         diagnostics):
+                if not job_state.record_epoch(
+                    session, self.job_id, self.attempt, epoch, phase, metrics, progress, diagnostics
+                ):
                     self._stop = self._stop or "lost"
                     break
             else:
@@ -126,8 +143,12 @@ class JobRun:
             self.checkpoints.record(started, len(written))
             if self.checkpoints.written == 1:
                 spacing = self.checkpoints.spacing_s()
-                log.info("checkpoint: %d bytes in %.0f ms; %s", len(written), self.checkpoints.last_seconds * 1000,
-                         f"the next at least {spacing:.1f} s apart" if spacing else "one after every epoch")
+                log.info(
+                    "checkpoint: %d bytes in %.0f ms; %s",
+                    len(written),
+                    self.checkpoints.last_seconds * 1000,
+                    f"the next at least {spacing:.1f} s apart" if spacing else "one after every epoch",
+                )
 
     def flush_pending(self) -> None:
         if self.pending:
@@ -177,8 +198,7 @@ def run_job(db: Database, settings: Settings, job_id: str, device: str = "CPU:0"
         job = jobs.get_any(session, job_id)
         recipe = Recipe.model_validate(job.recipe)
         progress = dict(job.progress or {})
-        job_state.update_running(session, job_id, attempt, device=device,
-                            progress={**progress, "phase": "starting"})
+        job_state.update_running(session, job_id, attempt, device=device, progress={**progress, "phase": "starting"})
         kept_lines = jobs.log_line_count(session, job_id)
     run = JobRun(db, settings, job_id, attempt, recipe, progress, kept_lines)
     run.start()
@@ -209,8 +229,14 @@ def run_job(db: Database, settings: Settings, job_id: str, device: str = "CPU:0"
             run.flush_pending()
             with db.session() as session:
                 run.flush_logs(session)
-                job_state.finish(session, job_id, attempt, status, error=error,
-                            progress={**progress, **run.last_progress, "phase": status.value})
+                job_state.finish(
+                    session,
+                    job_id,
+                    attempt,
+                    status,
+                    error=error,
+                    progress={**progress, **run.last_progress, "phase": status.value},
+                )
 
         with_retries(record_end, settings.db_retry_s, f"recording the job as {status.value}")
     _maybe_compare(db, settings, job_id)
@@ -245,8 +271,11 @@ def _error_for(exc: Exception) -> JobError:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":  # TF's OOM on a device
         return JobError.of(Cause.OUT_OF_MEMORY, f"training ran out of memory: {exc}"[:MAX_MESSAGE_CHARS])
     if isinstance(exc, SQLAlchemyError):
-        return JobError.of(Cause.TRAINING_ERROR, "the worker could not read or write the job in its database "
-                           f"({type(exc).__name__}); the details are in the worker's own log")
+        return JobError.of(
+            Cause.TRAINING_ERROR,
+            "the worker could not read or write the job in its database "
+            f"({type(exc).__name__}); the details are in the worker's own log",
+        )
     return JobError.of(Cause.TRAINING_ERROR, (str(exc) or type(exc).__name__)[:MAX_MESSAGE_CHARS])
 
 
@@ -256,14 +285,25 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
     splits = data.split(data.load(run.db, recipe.dataset), recipe.dataset, recipe.seed)
     job_plan = JobPlan.model_validate(run.base_progress["plan"])
     transfer = _reused(run, job_plan.transfer) if job_plan.transfer else None
-    log.info("data: %d train, %d validation, %d test samples", len(splits.x_train),
-             0 if splits.x_val is None else len(splits.x_val), len(splits.x_test))
+    log.info(
+        "data: %d train, %d validation, %d test samples",
+        len(splits.x_train),
+        0 if splits.x_val is None else len(splits.x_val),
+        len(splits.x_test),
+    )
     resume = _checkpoint(run) if run.attempt > 1 and not recipe.transfer else None
     for warning in job_plan.warnings:
         log.warning("%s", warning)
-    outcome = training.train(recipe, splits, run, end_step=job_plan.pruning_end_step,
-                             device=devices.training_device(device), pruned_layers=job_plan.pruned_layers,
-                             transfer=transfer, resume=resume)
+    outcome = training.train(
+        recipe,
+        splits,
+        run,
+        end_step=job_plan.pruning_end_step,
+        device=devices.training_device(device),
+        pruned_layers=job_plan.pruned_layers,
+        transfer=transfer,
+        resume=resume,
+    )
     _raise_if_stopped(run, recipe, outcome)
     _export_and_store(run, recipe, outcome, job_plan)
     return JobStatus.SUCCEEDED
@@ -284,8 +324,7 @@ def _raise_if_stopped(run: JobRun, recipe: Recipe, outcome) -> None:
         raise JobStopped(Cause.CANCELLED, f"cancelled after {outcome.epochs_run} epochs")
     if outcome.stopped == "timeout":
         limit = recipe.training.max_runtime_s or run.settings.max_runtime_s
-        raise JobStopped(Cause.TIMEOUT, f"the job ran past its max_runtime_s of {limit} s "
-                         f"after {outcome.epochs_run} epochs")
+        raise JobStopped(Cause.TIMEOUT, f"the job ran past its max_runtime_s of {limit} s after {outcome.epochs_run} epochs")
     if outcome.stopped == "lost":
         raise JobStopped(Cause.WORKER_LOST, "this worker no longer holds the job (it was requeued or cancelled)")
 
@@ -298,10 +337,15 @@ def _result(outcome, files: dict[str, Path], job_plan: JobPlan) -> JobResult:
     if outcome.transfer is not None and job_plan.transfer is not None:  # a transfer outcome comes from its plan
         transfer = TransferResult(**job_plan.transfer.model_dump(), **outcome.transfer)
     sizes = {fmt: FileSize(**size) for fmt, size in export.sizes(files).items()}
-    return JobResult(test=outcome.test, **export.sparsity_report(outcome.model, outcome.pruned_layers),
-                     sizes=sizes, epochs_run=outcome.epochs_run,
-                     train_seconds=round(outcome.seconds, 3), test_before_threshold=outcome.test_before_threshold,
-                     transfer=transfer)
+    return JobResult(
+        test=outcome.test,
+        **export.sparsity_report(outcome.model, outcome.pruned_layers),
+        sizes=sizes,
+        epochs_run=outcome.epochs_run,
+        train_seconds=round(outcome.seconds, 3),
+        test_before_threshold=outcome.test_before_threshold,
+        transfer=transfer,
+    )
 
 
 def _export_and_store(run: JobRun, recipe: Recipe, outcome, job_plan: JobPlan) -> None:
@@ -320,16 +364,31 @@ def _export_and_store(run: JobRun, recipe: Recipe, outcome, job_plan: JobPlan) -
             with run.db.session() as session:
                 run.flush_logs(session)
                 progress = {**run.base_progress, "epoch": outcome.epochs_run, "phase": "succeeded"}
-                if not job_state.finish(session, run.job_id, run.attempt, JobStatus.SUCCEEDED,
-                                        result=result.stored(), progress=progress):
+                if not job_state.finish(
+                    session, run.job_id, run.attempt, JobStatus.SUCCEEDED, result=result.stored(), progress=progress
+                ):
                     raise RuntimeError("the job was taken from this worker before it could store its model")
                 for fmt, path in files.items():
                     with path.open("rb") as fh:
-                        artifacts.store(session, fh, kind="model", format=fmt, filename=f"{run.job_id}-{path.name}",
-                                        chunk_bytes=run.settings.artifact_chunk_bytes, job_id=run.job_id)
+                        artifacts.store(
+                            session,
+                            fh,
+                            kind="model",
+                            format=fmt,
+                            filename=f"{run.job_id}-{path.name}",
+                            chunk_bytes=run.settings.artifact_chunk_bytes,
+                            job_id=run.job_id,
+                        )
                 for name, png in pictures.items():
-                    artifacts.store(session, io.BytesIO(png), kind="plot", format="png", filename=f"{name}.png",
-                                    chunk_bytes=run.settings.artifact_chunk_bytes, job_id=run.job_id)
+                    artifacts.store(
+                        session,
+                        io.BytesIO(png),
+                        kind="plot",
+                        format="png",
+                        filename=f"{name}.png",
+                        chunk_bytes=run.settings.artifact_chunk_bytes,
+                        job_id=run.job_id,
+                    )
 
         with_retries(store, run.settings.db_retry_s, "storing the trained model")
 
@@ -343,8 +402,9 @@ def _render_plots(run: JobRun, recipe: Recipe, outcome, result: dict, job_plan: 
         with run.db.session() as session:
             history = jobs.history(session, run.job_id)
         final = [layer.kernel.numpy() for layer in outcome.model.layers if getattr(layer, "kernel", None) is not None]
-        return plots.render(history, recipe, result, job_plan.steps_per_epoch, job_plan.pruning_end_step,
-                            outcome.initial_kernels, final)
+        return plots.render(
+            history, recipe, result, job_plan.steps_per_epoch, job_plan.pruning_end_step, outcome.initial_kernels, final
+        )
     except Exception as exc:  # noqa: BLE001 - see docstring
         log.warning("could not draw the plots: %s", exc)
         return {}
@@ -375,5 +435,3 @@ def _checkpoint(run: JobRun):
     state = checkpoint.parse(artifacts.read_all(run.db, stored))
     log.info("attempt %d: resuming from the checkpoint after epoch %d", run.attempt, state.epoch)
     return state
-
-

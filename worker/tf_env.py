@@ -3,6 +3,7 @@
 TF-MOT 0.8 does not work with Keras 3, and ``TF_USE_LEGACY_KERAS`` is read at import time.
 Importing creates no GPU context, so a Celery prefork parent may do it before forking.
 """
+
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -3,6 +3,7 @@
 ``hooks`` lets the caller see each epoch and stop training at a batch boundary (cancel, time limit);
 it is the only way this module talks to the outside.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,9 @@ log = logging.getLogger("trainer.job")
 
 
 class Hooks(Protocol):
-    def on_epoch(self, epoch: int, metrics: dict, diagnostics: list[dict] | None, phase: str,
-                 state: Callable[[], bytes] | None = None) -> None: ...
+    def on_epoch(
+        self, epoch: int, metrics: dict, diagnostics: list[dict] | None, phase: str, state: Callable[[], bytes] | None = None
+    ) -> None: ...
 
     def stop_reason(self) -> str | None: ...
 
@@ -106,8 +108,7 @@ def _kernel_sparsity(kernels) -> Callable[[], float | None]:
 def _evaluate(model, recipe: Recipe, splits: Splits, stats=None) -> dict:
     model.compile(optimizer="sgd", loss=recipe.training.loss, metrics=list(recipe.training.metrics))
     y = _targets(recipe, splits.x_test, splits.y_test, stats)
-    test = model.evaluate(to_dataset(splits.x_test, y, recipe.training.batch_size, None), verbose=0,
-                          return_dict=True)
+    test = model.evaluate(to_dataset(splits.x_test, y, recipe.training.batch_size, None), verbose=0, return_dict=True)
     return {k: float(v) for k, v in test.items()}
 
 
@@ -144,9 +145,13 @@ def steps_per_execution(n_train: int, recipe: Recipe) -> int:
 
 
 def _compile(model, recipe: Recipe, learning_rate: float | None = None, steps: int = 1) -> None:
-    model.compile(optimizer=builder.build_optimizer(recipe, learning_rate), loss=recipe.training.loss,
-                  metrics=list(recipe.training.metrics), jit_compile=recipe.training.jit_compile,
-                  steps_per_execution=steps)
+    model.compile(
+        optimizer=builder.build_optimizer(recipe, learning_rate),
+        loss=recipe.training.loss,
+        metrics=list(recipe.training.metrics),
+        jit_compile=recipe.training.jit_compile,
+        steps_per_execution=steps,
+    )
 
 
 def placement(recipe: Recipe, device: str):
@@ -176,18 +181,31 @@ def _callbacks(recipe: Recipe) -> list:
     out = []
     schedule = recipe.training.learning_rate_schedule
     if isinstance(schedule, ReduceOnPlateau):
-        out.append(keras.callbacks.ReduceLROnPlateau(
-            monitor=schedule.monitor, factor=schedule.factor, patience=schedule.patience, min_lr=schedule.min_lr))
+        out.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=schedule.monitor, factor=schedule.factor, patience=schedule.patience, min_lr=schedule.min_lr
+            )
+        )
     if recipe.training.early_stopping:
         es = recipe.training.early_stopping
-        out.append(keras.callbacks.EarlyStopping(
-            monitor=es.monitor, patience=es.patience, restore_best_weights=es.restore_best_weights))
+        out.append(
+            keras.callbacks.EarlyStopping(
+                monitor=es.monitor, patience=es.patience, restore_best_weights=es.restore_best_weights
+            )
+        )
     return out
 
 
-def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = None, device: str = "/CPU:0",
-          pruned_layers: list[str] | None = None, transfer: Transfer | None = None,
-          resume: checkpoint.State | None = None) -> Outcome:
+def train(
+    recipe: Recipe,
+    splits: Splits,
+    hooks: Hooks,
+    end_step: int | None = None,
+    device: str = "/CPU:0",
+    pruned_layers: list[str] | None = None,
+    transfer: Transfer | None = None,
+    resume: checkpoint.State | None = None,
+) -> Outcome:
     """``resume``: continue after the checkpoint's epoch (not for transfer jobs, whose phases restart)."""
     started = time.perf_counter()
     keras.utils.set_random_seed(recipe.seed)
@@ -215,9 +233,15 @@ def train(recipe: Recipe, splits: Splits, hooks: Hooks, end_step: int | None = N
             pruning.threshold_after_training(final, pruned_names, threshold)
         test = _evaluate(final, recipe, splits, stats)
     return Outcome(
-        model=final, test=test, epochs_run=epochs_run, stopped=run.progress.stopped, pruned_layers=pruned_names,
-        seconds=time.perf_counter() - started, test_before_threshold=before,
-        transfer={"checksums": checksums} if transfer else None, initial_kernels=initial_kernels,
+        model=final,
+        test=test,
+        epochs_run=epochs_run,
+        stopped=run.progress.stopped,
+        pruned_layers=pruned_names,
+        seconds=time.perf_counter() - started,
+        test_before_threshold=before,
+        transfer={"checksums": checksums} if transfer else None,
+        initial_kernels=initial_kernels,
     )
 
 
@@ -241,8 +265,7 @@ class _Fitting:
     steps: int = 1  # training steps per graph call (``steps_per_execution``)
 
 
-def _fitting(model, recipe: Recipe, splits: Splits, stats, progress: _Progress, callbacks: list,
-             strategy) -> _Fitting:
+def _fitting(model, recipe: Recipe, splits: Splits, stats, progress: _Progress, callbacks: list, strategy) -> _Fitting:
     y_train = _targets(recipe, splits.x_train, splits.y_train, stats)
     if recipe.training.diagnostics and strategy is None:  # mirrored variables can't be read off a replica
         progress.probe = Probe(model, splits.x_train, y_train, recipe.training.loss)
@@ -294,7 +317,4 @@ def _fit_transfer(run: _Fitting, recipe: Recipe, transfer: Transfer) -> tuple[in
 
 
 def _kernels(model) -> list:
-    return [k for k in (getattr(getattr(layer, "layer", layer), "kernel", None) for layer in model.layers)
-            if k is not None]
-
-
+    return [k for k in (getattr(getattr(layer, "layer", layer), "kernel", None) for layer in model.layers) if k is not None]

@@ -2,6 +2,7 @@
 
 Talks to the service over HTTP only, so it installs and runs without TensorFlow or database drivers.
 """
+
 from trainer_client.sdk import (
     ChecksumMismatch,
     Client,
@@ -13,8 +14,16 @@ from trainer_client.sdk import (
     verify_sha256,
 )
 
-__all__ = ["ChecksumMismatch", "Client", "Download", "Job", "TrainerClientError", "WaitTimeout", "sha256_file",
-           "verify_sha256"]
+__all__ = [
+    "ChecksumMismatch",
+    "Client",
+    "Download",
+    "Job",
+    "TrainerClientError",
+    "WaitTimeout",
+    "sha256_file",
+    "verify_sha256",
+]
 
 
 def __getattr__(name: str) -> type[TrainerClientError]:

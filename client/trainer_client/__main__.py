@@ -1,4 +1,5 @@
 """``python -m trainer_client`` runs the ``trainer`` CLI."""
+
 from trainer_client.cli import main
 
 main()

@@ -8,6 +8,7 @@ Exit codes: 0 success; 1 the job failed or was cancelled, or the server refused 
 unreachable, checksum mismatch); 2 what was sent is invalid (400/413/415/422, as click's own usage
 errors); 130 interrupted while waiting.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,13 +88,20 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
         session.as_json = True
 
 
-json_option = click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_set_json,
-                           help="Plain JSON on stdout (also accepted before the command).")
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_json,
+    help="Plain JSON on stdout (also accepted before the command).",
+)
 
 
 @click.group(cls=TrainerGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", envvar="TRAINER_URL", default=DEFAULT_URL, show_default=True,
-              help="The service's base URL (env TRAINER_URL).")
+@click.option(
+    "--url", envvar="TRAINER_URL", default=DEFAULT_URL, show_default=True, help="The service's base URL (env TRAINER_URL)."
+)
 @click.option("--token", envvar="TRAINER_TOKEN", help="Sent as 'Authorization: Bearer …' (env TRAINER_TOKEN).")
 @click.option("--json", "as_json", is_flag=True, help="Machine output: plain JSON on stdout.")
 @click.pass_context
@@ -109,8 +117,9 @@ def cli(ctx: click.Context, url: str, token: str | None, as_json: bool) -> None:
 @cli.command()
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--wait", is_flag=True, help="Follow the job to its end; exit 1 unless it succeeds.")
-@click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(min=0.05),
-              help="Seconds between polls while waiting.")
+@click.option(
+    "--poll", default=0.5, show_default=True, type=click.FloatRange(min=0.05), help="Seconds between polls while waiting."
+)
 @click.option("--timeout", type=click.FloatRange(min=0), help="Stop waiting after this many seconds (exit 1).")
 @json_option
 @click.pass_obj
@@ -184,15 +193,26 @@ def history(s: Session, job_id: str, as_csv: bool) -> None:
 @cli.command()
 @click.argument("job_id")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="h5", show_default=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="File or directory to write (default: the server's filename, here).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="File or directory to write (default: the server's filename, here).",
+)
 @json_option
 @click.pass_obj
 def download(s: Session, job_id: str, fmt: str, output: Path | None) -> None:
     """Download a job's model, verify its sha256 and print it (as sha256sum does)."""
     job = s.client.job(job_id, fetch=False)
-    with Progress(TextColumn(fmt), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=s.err, transient=True, disable=s.as_json or not s.err.is_terminal) as bar:
+    with Progress(
+        TextColumn(fmt),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=s.err,
+        transient=True,
+        disable=s.as_json or not s.err.is_terminal,
+    ) as bar:
         task = bar.add_task("download", total=None)
         saved = job.download(output, format=fmt, progress=lambda done, total: bar.update(task, completed=done, total=total))
     if s.as_json:
@@ -251,8 +271,15 @@ class EpochProgress:
 
     def __init__(self, console: Console, job: Job):
         metrics = TextColumn("{task.fields[metrics]}", table_column=Column(no_wrap=False, overflow="fold", ratio=1))
-        self.bar = Progress(TextColumn("[bold]{task.description}"), TextColumn("epoch"), MofNCompleteColumn(),
-                            BarColumn(bar_width=12), metrics, TimeElapsedColumn(), console=console)
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            TextColumn("epoch"),
+            MofNCompleteColumn(),
+            BarColumn(bar_width=12),
+            metrics,
+            TimeElapsedColumn(),
+            console=console,
+        )
         self.task = self.bar.add_task(phase(job), total=job.progress.get("epochs"), metrics="")
 
     def __enter__(self) -> EpochProgress:
@@ -264,8 +291,13 @@ class EpochProgress:
 
     def update(self, job: Job) -> None:
         progress = job.progress
-        self.bar.update(self.task, description=phase(job), total=progress.get("epochs"),
-                        completed=progress.get("epoch") or 0, metrics=metrics_line(job))
+        self.bar.update(
+            self.task,
+            description=phase(job),
+            total=progress.get("epochs"),
+            completed=progress.get("epoch") or 0,
+            metrics=metrics_line(job),
+        )
 
 
 def phase(job: Job) -> str:
@@ -280,8 +312,11 @@ def metrics_line(job: Job) -> str:
     """The last finished epoch's loss, accuracy, val_accuracy and the current sparsity, as one line."""
     rows = job.data.get("history") or []
     last = rows[-1] if rows else {}
-    parts = [f"{label} {fmt(last[key])}" for key, label in
-             (("loss", "loss"), ("accuracy", "acc"), ("val_accuracy", "val_acc")) if last.get(key) is not None]
+    parts = [
+        f"{label} {fmt(last[key])}"
+        for key, label in (("loss", "loss"), ("accuracy", "acc"), ("val_accuracy", "val_acc"))
+        if last.get(key) is not None
+    ]
     sparsity = job.progress.get("sparsity", last.get("sparsity"))
     if sparsity is not None:
         parts.append(f"sparsity {fmt(sparsity, 3)}")
@@ -337,10 +372,14 @@ def summary_grid(job: Job) -> Table:
     grid.add_column()
     progress = job.progress
     rows = [
-        ("job", job.id), ("name", job.name), ("status", styled_status(job.status)),
+        ("job", job.id),
+        ("name", job.name),
+        ("status", styled_status(job.status)),
         ("progress", f"epoch {progress.get('epoch', 0)}/{progress.get('epochs', '?')}"),
-        ("created", when(job.data.get("created_at"))), ("started", when(job.data.get("started_at"))),
-        ("finished", when(job.data.get("finished_at"))), ("device", job.data.get("device")),
+        ("created", when(job.data.get("created_at"))),
+        ("started", when(job.data.get("started_at"))),
+        ("finished", when(job.data.get("finished_at"))),
+        ("device", job.data.get("device")),
     ]
     if job.data.get("history"):
         rows.append(("last epoch", metrics_line(job)))
@@ -394,8 +433,13 @@ def layers_table(result: dict[str, Any]) -> Table | None:
         table.add_column(name, justify="right")
     table.add_column("pruned")
     for layer in layers:
-        table.add_row(layer.get("name"), fmt(layer.get("sparsity"), 3), fmt(layer.get("nonzero")),
-                      fmt(layer.get("params")), fmt(layer.get("pruned")))
+        table.add_row(
+            layer.get("name"),
+            fmt(layer.get("sparsity"), 3),
+            fmt(layer.get("nonzero")),
+            fmt(layer.get("params")),
+            fmt(layer.get("pruned")),
+        )
     return table
 
 
@@ -412,8 +456,14 @@ def jobs_table(jobs: list[Job]) -> Table:
     for job in jobs:
         progress = job.progress
         accuracy = ((job.result or {}).get("test") or {}).get("accuracy")
-        table.add_row(job.id, styled_status(job.status), f"{progress.get('epoch', 0)}/{progress.get('epochs', '?')}",
-                      fmt(accuracy), when(job.data.get("created_at"))[5:16], job.name)
+        table.add_row(
+            job.id,
+            styled_status(job.status),
+            f"{progress.get('epoch', 0)}/{progress.get('epochs', '?')}",
+            fmt(accuracy),
+            when(job.data.get("created_at"))[5:16],
+            job.name,
+        )
     return table
 
 
@@ -423,8 +473,7 @@ def history_table(rows: list[dict[str, Any]]) -> Table:
     present = [c for c in present if c not in VARYING_ONLY or len({row.get(c) for row in rows}) > 1]
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
     for column in present:
-        table.add_column(HISTORY_LABELS.get(column, column), justify="left" if column == "phase" else "right",
-                         no_wrap=True)
+        table.add_column(HISTORY_LABELS.get(column, column), justify="left" if column == "phase" else "right", no_wrap=True)
     for row in rows:
         table.add_row(*[fmt(row.get(c), 6 if c == "learning_rate" else 4) for c in present])
     return table

@@ -3,6 +3,7 @@
 It deliberately imports nothing from ``core``, ``service`` or ``worker``: a client machine needs
 httpx, not TensorFlow or the database drivers, and the HTTP API is the only contract it relies on.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -85,8 +86,7 @@ class WaitTimeout(TrainerClientError, TimeoutError):
 def __getattr__(name: str) -> type[TrainerClientError]:
     """``TrainerError``, the old name of ``TrainerClientError``, still imports, with a DeprecationWarning."""
     if name == "TrainerError":
-        warnings.warn("trainer_client.TrainerError is deprecated: use TrainerClientError", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn("trainer_client.TrainerError is deprecated: use TrainerClientError", DeprecationWarning, stacklevel=2)
         return TrainerClientError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -267,8 +267,13 @@ class Job:
         self.etag = response.headers.get("ETag")
         return True
 
-    def wait(self, poll: float = 0.5, timeout: float | None = None, on_update: Callable[[Job], Any] | None = None,
-             until: Iterable[str] = TERMINAL) -> Job:
+    def wait(
+        self,
+        poll: float = 0.5,
+        timeout: float | None = None,
+        on_update: Callable[[Job], Any] | None = None,
+        until: Iterable[str] = TERMINAL,
+    ) -> Job:
         """Poll until the job succeeds, fails or is cancelled; ``on_update(job)`` runs once per change.
 
         ``until`` names other statuses to stop at as well (``{"running"}``: until it has started); a job that
@@ -322,8 +327,9 @@ class Job:
         with self.client.stream("GET", f"/v1/jobs/{self.id}/model", params={"format": format}) as response:
             expected = expected_sha256 or response.headers.get("X-Checksum-Sha256")
             if not expected:
-                raise TrainerClientError(None, "No checksum",
-                                         "the server sent no X-Checksum-Sha256; refusing to trust the file")
+                raise TrainerClientError(
+                    None, "No checksum", "the server sent no X-Checksum-Sha256; refusing to trust the file"
+                )
             target = _target_path(path, response.headers.get("Content-Disposition"), f"{self.id}-model.{format}")
             total = int(response.headers["Content-Length"]) if "Content-Length" in response.headers else None
             return _save_verified(response.iter_bytes(), target, expected, total, progress)
@@ -338,8 +344,13 @@ def _target_path(path: str | os.PathLike[str] | None, disposition: str | None, f
     return Path(path or ".") / (name or fallback)
 
 
-def _save_verified(chunks: Iterable[bytes], target: Path, expected: str, total: int | None,
-                   progress: Callable[[int, int | None], Any] | None) -> Download:
+def _save_verified(
+    chunks: Iterable[bytes],
+    target: Path,
+    expected: str,
+    total: int | None,
+    progress: Callable[[int, int | None], Any] | None,
+) -> Download:
     """Write and hash in one pass; rename into place only when the digest matches."""
     partial = target.with_name(f".{target.name}.part")
     digest = hashlib.sha256()

@@ -10,6 +10,7 @@ reach the target (the sum of the epochs' own ``seconds`` up to the first epoch a
 machine's queueing and the per-job setup do not count), and the vanishing-gradient ratio — the first dense
 layer's mean |gradient| over the output layer's, on the worker's epoch-1 probe batch.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,11 @@ def stat(values: list[float]) -> dict | None:
     """Mean and population spread over the seeds, as the server reports them."""
     if not values:
         return None
-    return {"mean": statistics.fmean(values), "spread": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "spread": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def cell(value: dict | None, digits: int = 3, style: str = "f") -> str:
@@ -50,8 +54,7 @@ def seconds_to_target(history: list[dict], target: float) -> float | None:
 def gradient_ratio(client: Client, job_id: str) -> float | None:
     """First dense layer's mean |gradient| / the output layer's, at epoch 1 (None without diagnostics)."""
     epochs = get(client, f"/v1/jobs/{job_id}/diagnostics").get("epochs") or []
-    grads = [layer["mean_abs_grad"] for layer in (epochs[0]["layers"] if epochs else [])
-             if layer.get("mean_abs_grad")]
+    grads = [layer["mean_abs_grad"] for layer in (epochs[0]["layers"] if epochs else []) if layer.get("mean_abs_grad")]
     return grads[0] / grads[-1] if len(grads) > 1 else None
 
 
@@ -86,8 +89,11 @@ def table(client: Client, experiment: dict) -> str:
         extra = job_figures(client, row, target)
         cells = [row["variant"], extra["ran"], cell(row["test_accuracy"]), cell(row["best_val_accuracy"])]
         if target:
-            reached = f"{cell(row['epochs_to_target'], 1)} ({row['reached_target']})" if row["epochs_to_target"] \
+            reached = (
+                f"{cell(row['epochs_to_target'], 1)} ({row['reached_target']})"
+                if row["epochs_to_target"]
                 else f"– ({row['reached_target'] or '0/0'})"
+            )
             cells += [reached, cell(extra["seconds_to_target"], 1)]
         cells.append(cell(row["wall_seconds"], 1))
         if pruned:
@@ -133,8 +139,7 @@ def main() -> None:
             print()
             print(table(client, experiment))
             print(flush=True)
-            print(f"{name}: {experiment['jobs']} jobs in {time.monotonic() - began:.0f} s", file=sys.stderr,
-                  flush=True)
+            print(f"{name}: {experiment['jobs']} jobs in {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
     print(f"all: {time.monotonic() - started:.0f} s", file=sys.stderr)
 
 

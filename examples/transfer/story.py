@@ -14,6 +14,7 @@ images (the first 200 of a seeded shuffle) and the batch order.
 The seed's code compiles with ``optimizer='sgd'`` in both phases (Keras's SGD at 0.01; the SGD(lr=1e-4) it
 builds is never used): ``sgd`` here is SGD at 0.01, fine-tuned at 0.001. A is always trained with SGD.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,7 @@ def run(url: str, seeds: list[int], optimizers: list[str], model_a: list[str] | 
                 row[f"{opt}_scratch"] = scratch.result["test"]["accuracy"]
                 row[f"{opt}_on_a"] = on_a.result["test"]["accuracy"]
             rows.append(row)
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  file=sys.stderr)
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), file=sys.stderr)
     summary = {"model A (8 classes), SGD": spread([r["model_a"] for r in rows])}
     for opt in optimizers:
         scratch = [r[f"{opt}_scratch"] for r in rows]
@@ -84,7 +84,8 @@ def run(url: str, seeds: list[int], optimizers: list[str], model_a: list[str] | 
         summary[f"B on A, {opt}"] = spread(on_a)
         summary[f"B on A - B from scratch, {opt}"] = (
             f"{spread(gains)}; on A better in {sum(g > 0 for g in gains)} of {len(gains)} seeds, "
-            f"worse in {sum(g < 0 for g in gains)}")
+            f"worse in {sum(g < 0 for g in gains)}"
+        )
     return {"seeds": seeds, "rows": rows, "summary": summary, "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -93,8 +94,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("url", nargs="?", default="http://127.0.0.1:8000")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
     parser.add_argument("--optimizers", nargs="+", choices=sorted(OPTIMIZERS), default=["sgd", "nadam"])
-    parser.add_argument("--model-a", nargs="+", metavar="JOB_ID",
-                        help="reuse these finished model-A jobs, one per seed, instead of training A again")
+    parser.add_argument(
+        "--model-a",
+        nargs="+",
+        metavar="JOB_ID",
+        help="reuse these finished model-A jobs, one per seed, instead of training A again",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
     if args.model_a and len(args.model_a) != len(args.seeds):
