@@ -21,6 +21,12 @@ from core.models import Dataset
 from core.settings import Settings
 
 
+def input_divisor(storage_dtype: str) -> float:
+    """uint8 inputs are pixels (Fashion-MNIST's, or an upload of images): the model sees them / 255, so the same
+    images train the same whether built in or uploaded. Every other dtype is used as stored."""
+    return 255.0 if storage_dtype == "uint8" else 1.0
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
@@ -100,7 +106,7 @@ BUILTIN = {
             class_counts=(6000,) * 10,
             class_names=FASHION_MNIST_CLASSES,
             storage_dtype="uint8",
-            input_divisor=255.0,
+            input_divisor=input_divisor("uint8"),
             package="dataset-fashion-mnist",
         ),
     ]

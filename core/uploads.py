@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from core.datasets import DatasetInfo
+from core.datasets import DatasetInfo, input_divisor
 from core.errors import DatasetError, DatasetTooLarge
 
 MAX_FEATURES = 1_000_000
@@ -397,6 +397,7 @@ def describe(dataset_id: str, name: str, arrays: Arrays) -> DatasetInfo:
         n_classes=n_classes,
         description=name,
         storage_dtype=str(arrays.x.dtype),
+        input_divisor=input_divisor(str(arrays.x.dtype)),
         n_test_samples=0 if arrays.x_test is None else len(arrays.x_test),
         source="upload",
         class_counts=counts,

@@ -118,6 +118,9 @@ def test_uploads_are_stored_compressed_in_their_compact_dtype_and_read_back_for_
     assert arrays.x.dtype == np.uint8 and arrays.y.dtype == np.int64
     splits = data.split(arrays, spec, seed=1)
     assert splits.x_train.dtype == np.float32 and splits.x_train.shape[1:] == (8, 8)
+    # uint8 inputs are pixels, scaled as the built-in Fashion-MNIST is: the same images train the same
+    assert response.get_json()["input_divisor"] == 255.0
+    assert np.isclose(splits.x_train.max(), 3 / 255) and splits.x_test.min() == 0.0
 
 
 def test_datasets_stored_before_as_float32_still_read():

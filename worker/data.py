@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from core import idx, selection, uploads
 from core.artifacts import read_all
-from core.datasets import BUILTIN, FASHION_MNIST_FILES, data_files, install_hint, missing_files
+from core.datasets import BUILTIN, FASHION_MNIST_FILES, data_files, input_divisor, install_hint, missing_files
 from core.db import Database
 from core.errors import DatasetError
 from core.models import Artifact
@@ -113,7 +113,7 @@ def split(arrays: uploads.Arrays, spec: DatasetSpec, seed: int) -> Splits:
     pool, n_val = counts.pool, counts.validation
     x_test, y_test = own_test if own_test is not None else (x[pool + n_val :], y[pool + n_val :])
     keep = counts.train
-    divisor = BUILTIN[spec.name].input_divisor if spec.name in BUILTIN else 1.0
+    divisor = input_divisor(str(arrays.x.dtype))
     x_val = _inputs(x[pool : pool + n_val], divisor) if n_val else None
     y_val = y[pool : pool + n_val] if n_val else None
     return Splits(_inputs(x[:keep], divisor), y[:keep], x_val, y_val, _inputs(x_test, divisor), y_test)
