@@ -242,6 +242,8 @@ def fashion_main(args) -> None:
         settings = be.settings()
         db = Database(settings)
         for label, recipe in fashion_recipes(args.mlp_epochs, args.cnn_epochs, args.cnn_limit).items():
+            if label not in args.models.split(","):
+                continue
             splits = data.split(data.load(None, recipe.dataset), recipe.dataset, recipe.seed)
             info = describe(BUILTIN["fashion_mnist"], recipe.dataset)
             end = plan_for(recipe, info).pruning_end_step
@@ -298,6 +300,12 @@ def fashion_main(args) -> None:
         db.engine.dispose()
     results["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     out = ROOT / "bench" / "results" / "throughput-fashion.json"
+    if out.exists():  # a re-run of one model keeps the other's figures (each carries its own date and load)
+        kept = json.loads(out.read_text())
+        for model in kept.get("models", {}):
+            results["models"].setdefault(model, {**kept["models"][model], "date": kept.get("date"),
+                                                 "load_avg_at_start": kept.get("load_avg_at_start"),
+                                                 "code": kept.get("code")})
     out.write_text(json.dumps(results, indent=2) + "\n")
     for label, m in results["models"].items():
         print(f"\n{label}: {m['train_samples']} samples, {m['epochs']} epochs, batch {m['batch_size']}")
@@ -316,6 +324,7 @@ def main() -> None:
     parser.add_argument("--mlp-epochs", type=int, default=4)
     parser.add_argument("--cnn-epochs", type=int, default=3)
     parser.add_argument("--cnn-limit", type=int, default=10_000)
+    parser.add_argument("--models", default="mlp,cnn", help="with --fashion: which of mlp,cnn to run")
     args = parser.parse_args()
     fashion_main(args) if args.fashion else digits_main()
 
