@@ -303,9 +303,15 @@ def fashion_main(args) -> None:
     if out.exists():  # a re-run of one model keeps the other's figures (each carries its own date and load)
         kept = json.loads(out.read_text())
         for model in kept.get("models", {}):
-            results["models"].setdefault(model, {**kept["models"][model], "date": kept.get("date"),
-                                                 "load_avg_at_start": kept.get("load_avg_at_start"),
-                                                 "code": kept.get("code")})
+            results["models"].setdefault(
+                model,
+                {
+                    **kept["models"][model],
+                    "date": kept.get("date"),
+                    "load_avg_at_start": kept.get("load_avg_at_start"),
+                    "code": kept.get("code"),
+                },
+            )
     out.write_text(json.dumps(results, indent=2) + "\n")
     for label, m in results["models"].items():
         print(f"\n{label}: {m['train_samples']} samples, {m['epochs']} epochs, batch {m['batch_size']}")
