@@ -83,7 +83,7 @@ note "podman $(podman version --format '{{.Client.Version}}'), $("$VENV/bin/podm
 # A bridge left by podman run with Debian's default CNI backend (podman without
 # this containers.conf) claims netavark's 10.88.0.0/16: containers then have no
 # outbound traffic (no DNS, no apt/pip in the build). Remove it when unused.
-if ip link show cni-podman0 >/dev/null 2>&1 && ! ip link show master cni-podman0 2>/dev/null | grep -q .; then
+if ip link show cni-podman0 >/dev/null 2>&1 && ! ip link show master cni-podman0 2>/dev/null | grep . >/dev/null; then
     ip link delete cni-podman0 && note "removed the unused CNI bridge cni-podman0 (it shadowed netavark's subnet)"
 fi
 
@@ -252,7 +252,7 @@ note "README quick start ($(grep -c . "$OUT/quickstart.sh") lines) done in $((SE
 export TRAINER_TOKEN=$TOKEN
 "${CLIENT[@]}" wait-ready --timeout 120
 "${CLIENT[@]}" check-auth || fail "auth defaults"
-podman logs "$(ctr_of api)" 2>&1 | grep -q "python -m core.tokens create OWNER" \
+podman logs "$(ctr_of api)" 2>&1 | grep "python -m core.tokens create OWNER" >/dev/null \
     || fail "the api's log does not say how to create a token"
 note "no token and the formerly shipped 'change-me' -> 401; the api's log says how to create a token"
 mem=$(podman inspect "$(ctr_of worker)" --format '{{.HostConfig.Memory}}')
