@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8000
 
-.PHONY: browser fashion-mnist install run migrate test test-fast bench bench-load lint clean
+.PHONY: wrk browser fashion-mnist install run migrate test test-fast bench bench-load lint clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, not {sys.version}"'
@@ -33,6 +33,10 @@ fashion-mnist:
 	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	  else echo "fashion_mnist is not installed: run 'sudo apt-get install dataset-fashion-mnist' (Debian bookworm or later)"; fi; }
 
+## wrk, which bench.polling and bench.memory drive the API with (installed when missing; needs root).
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+
 ## Debian's Chromium, for the job-page tests (installed when missing; needs root).
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
@@ -45,7 +49,7 @@ test-fast: install
 	$(BIN)/pytest -m "not worker"
 
 ## Every benchmark (about 60 min, the Fashion-MNIST ones 40; each writes bench/results/*.json and prints its table; README quotes them).
-bench: install
+bench: install wrk fashion-mnist
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.overhead --redis
 	$(BIN)/python -m bench.throughput
