@@ -90,9 +90,7 @@ def train_once(db: Database, settings: Settings, raw: dict, max_share: float, in
 
     run.on_epoch = timed
     splits = data.split(data.load(None, recipe.dataset), recipe.dataset, recipe.seed)
-    outcome = training.train(
-        recipe, splits, run, end_step=plan.get("pruning_end_step"), pruned_layers=plan.get("pruned_layers")
-    )
+    outcome = training.train(recipe, splits, run, end_step=plan.pruning_end_step, pruned_layers=plan.pruned_layers)
     with db.session() as session:
         epoch_s = [row["seconds"] for row in jobs.history(session, job_id)]
         job_state.finish(session, job_id, attempt, JobStatus.SUCCEEDED, result={})
