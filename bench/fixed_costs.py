@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from bench.harness import backend, machine, table, write
-from core import artifacts, jobs
+from core import admission, artifacts, checkpoints, job_state
 from core.datasets import BUILTIN, FASHION_MNIST_FILES, data_files
 from core.db import Database
 from core.models import JobStatus
@@ -132,7 +132,7 @@ def measure(label: str, recipe: Recipe, repeats: int, dbs: dict) -> dict:
 
         def save(db=db, job_id=job_id, chunk=chunk):
             with db.session() as session:
-                jobs.save_checkpoint(session, job_id, state, chunk)
+                checkpoints.save(session, job_id, state, chunk)
 
         write_s, _ = timed(save, repeats)
         row(
@@ -144,7 +144,7 @@ def measure(label: str, recipe: Recipe, repeats: int, dbs: dict) -> dict:
 
         def read_back(db=db, job_id=job_id):
             with db.session() as session:
-                stored = artifacts.find(session, job_id, jobs.CHECKPOINT)
+                stored = checkpoints.find(session, job_id)
             parsed = checkpoint.parse(artifacts.read_all(db, stored))
             checkpoint.restore(model, parsed)
 
@@ -280,16 +280,16 @@ def main() -> None:
             jobs_here = {}
             for name, (db, settings) in dbs.items():
                 with db.session() as session:
-                    job_id = jobs.create(session, recipe, f"bench-{uuid.uuid4().hex[:6]}", settings).id
+                    job_id = admission.create(session, recipe, f"bench-{uuid.uuid4().hex[:6]}", settings).id
                 with db.session() as session:
-                    attempt = jobs.claim(session, job_id, "bench")
+                    attempt = job_state.claim(session, job_id, "bench")
                 jobs_here[name] = (db, job_id, attempt)
             results["models"][label] = measure(
                 label, recipe, args.repeats, {n: (db, j) for n, (db, j, _) in jobs_here.items()}
             )
             for db, job_id, attempt in jobs_here.values():
                 with db.session() as session:
-                    jobs.finish(session, job_id, attempt, JobStatus.SUCCEEDED, result={})
+                    job_state.finish(session, job_id, attempt, JobStatus.SUCCEEDED, result={})
             m = results["models"][label]
             table(
                 f"{label}: {m['recipe']} ({m['params']:,} parameters, {m['train_samples']:,} training images)",

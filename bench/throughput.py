@@ -148,7 +148,7 @@ class _TimedProbe(training.Probe):
 
 def fashion_worker(recipe: Recipe, splits, end_step: int | None, db=None, settings=None) -> dict:
     """The worker's loop; with ``db``, through a real ``JobRun`` (heartbeat thread included) whose duties are timed."""
-    from core import jobs
+    from core import admission, job_state, jobs
     from core.models import JobStatus
     from worker.runner import JobRun
 
@@ -159,9 +159,9 @@ def fashion_worker(recipe: Recipe, splits, end_step: int | None, db=None, settin
     ends: list[float] = []
     if db is not None:
         with db.session() as session:
-            job_id = jobs.create(session, recipe, f"bench-{uuid.uuid4().hex[:6]}", settings).id
+            job_id = admission.create(session, recipe, f"bench-{uuid.uuid4().hex[:6]}", settings).id
         with db.session() as session:
-            attempt = jobs.claim(session, job_id, "bench")
+            attempt = job_state.claim(session, job_id, "bench")
         hooks = JobRun(db, settings, job_id, attempt, recipe, {})
         write, record = hooks._write_epochs, hooks.checkpoints.record
 
@@ -197,11 +197,11 @@ def fashion_worker(recipe: Recipe, splits, end_step: int | None, db=None, settin
         for _ in range(20):  # the heartbeat thread's work, timed here on the same job row
             t = time.perf_counter()
             with db.session() as session:
-                jobs.heartbeat(session, job_id, attempt)
+                job_state.heartbeat(session, job_id, attempt)
                 jobs.append_logs(session, job_id, [])
             beats.append(time.perf_counter() - t)
         with db.session() as session:
-            jobs.finish(session, job_id, attempt, JobStatus.SUCCEEDED, result={})
+            job_state.finish(session, job_id, attempt, JobStatus.SUCCEEDED, result={})
         ckpt_s = sum(s for s, _ in checkpoints)
         writes_s = [max(0.0, w) for w in writes]
         out.update(
