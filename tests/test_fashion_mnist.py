@@ -4,6 +4,7 @@ the input shapes a recipe may ask for, and training through the API on a few hun
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from dataclasses import replace
 from pathlib import Path
@@ -19,8 +20,10 @@ from core.settings import load_settings
 from tests.support import wait_for
 
 INSTALLED = Path(load_settings().fashion_mnist_dir)
+#: Skipped only on a developer's machine without root (``make test`` installs the package when it can); under CI
+#: (``CI=true``, where ``.ci/run`` installs it) a missing package fails these tests instead of hiding them.
 needs_package = pytest.mark.skipif(
-    not all((INSTALLED / f).is_file() for f in FASHION_MNIST_FILES.values()),
+    not all((INSTALLED / f).is_file() for f in FASHION_MNIST_FILES.values()) and os.environ.get("CI") != "true",
     reason=f"no Fashion-MNIST under {INSTALLED}: apt-get install dataset-fashion-mnist (make test does it as root)",
 )
 
