@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from core.errors import Unauthorized
@@ -125,31 +125,15 @@ def list_tokens(session: Session, settings: Settings) -> list[TokenInfo]:
     """Environment tokens first (they cannot be revoked here), then the database's, oldest first."""
     out = [TokenInfo(id=sha[:ID_LENGTH], owner=owner, source="env") for sha, owner in env_tokens(settings).items()]
     for row in session.scalars(select(ApiToken).order_by(ApiToken.created_at)):
-        out.append(
-            TokenInfo(
-                id=row.token_sha256[:ID_LENGTH],
-                owner=row.owner,
-                source="db",
-                label=row.label,
-                created_at=row.created_at,
-                expires_at=row.expires_at,
-                revoked_at=row.revoked_at,
-                last_used_at=row.last_used_at,
-            )
-        )
+        out.append(_info(row))
     return out
 
 
 def live_in_database(session: Session) -> int:
     """Tokens in the database that would be accepted now."""
     now = utcnow()
-    return len(
-        session.scalars(
-            select(ApiToken.token_sha256).where(
-                ApiToken.revoked_at.is_(None), or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now)
-            )
-        ).all()
-    )
+    live = ApiToken.revoked_at.is_(None), or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now)
+    return session.scalar(select(func.count()).select_from(ApiToken).where(*live)) or 0
 
 
 def revoke(session: Session, settings: Settings, ref: str) -> TokenInfo:
@@ -172,6 +156,11 @@ def revoke(session: Session, settings: Settings, ref: str) -> TokenInfo:
         row = rows[0]
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+    return _info(row)
+
+
+def _info(row: ApiToken) -> TokenInfo:
+    """What ``list`` and ``revoke`` show of a database token: never its secret."""
     return TokenInfo(
         id=row.token_sha256[:ID_LENGTH],
         owner=row.owner,
