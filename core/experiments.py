@@ -2,17 +2,21 @@
 
 Each variant × seed is an ordinary job (queued, trained, cancellable like any); the comparison is computed
 from their results when asked. Variants are overrides by dotted path (``training.optimizer.type``), applied to
-the base and validated like any recipe, so a bad variant is a 422 naming it.
+the base and validated like any recipe, so a bad variant is a 422 naming it. A sweep is the common case
+written short: one dotted path and its values (``{"pruning.schedule.final_sparsity": [0.5, 0.9]}``), each
+value a variant named ``final_sparsity=0.9``; its table says what each level of sparsity costs, and its plot
+``tradeoff.png`` draws it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import uuid
 from typing import Annotated, Any
 
-from pydantic import Field, GetJsonSchemaHandler, ValidationError
+from pydantic import Field, GetJsonSchemaHandler, ValidationError, model_validator
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 from sqlalchemy import delete, select
@@ -25,6 +29,9 @@ from core.models import FINISHED, Artifact, ArtifactChunk, Experiment, Job, JobS
 from core.recipe import Recipe
 from core.results import ComparisonRow, JobResult, MeanSpread
 from core.settings import Settings
+
+#: Variants (or swept values) per experiment; with ``repeats`` seeds each, at most 200 jobs.
+MAX_VARIANTS = 20
 
 
 class Variant(Strict):
@@ -52,9 +59,43 @@ class ExperimentSpec(Strict):
         description="A recipe (its fields as in POST /v1/jobs), before each variant's overrides; every variant "
         "starts from it."
     )
-    variants: list[Variant] = Field(min_length=1, max_length=20)
+    variants: list[Variant] | None = Field(None, min_length=1, max_length=MAX_VARIANTS)
+    sweep: dict[str, list[Any]] | None = Field(
+        None,
+        min_length=1,
+        max_length=1,
+        description="Instead of variants: one dotted path of the base and its values, e.g. "
+        '{"pruning.schedule.final_sparsity": [0.5, 0.7, 0.9]}; each value is a variant named "final_sparsity=0.9".',
+    )
     repeats: int = Field(1, ge=1, le=10, description="Seeds per variant: base seed, +1, +2, …")
     target_accuracy: float | None = Field(None, gt=0, le=1, description="For 'epochs to reach' in the table.")
+
+    @model_validator(mode="after")
+    def _variants_or_sweep(self) -> ExperimentSpec:
+        if (self.variants is None) == (self.sweep is None):
+            raise ValueError("give variants or a sweep, exactly one of the two")
+        for path, values in (self.sweep or {}).items():
+            if not 1 <= len(values) <= MAX_VARIANTS:
+                raise ValueError(f"sweep {path!r}: give 1 to {MAX_VARIANTS} values, not {len(values)}")
+        return self
+
+    @property
+    def swept(self) -> tuple[str, list[Any]] | None:
+        """The sweep's one (path, values), or None for an experiment of listed variants."""
+        return next(iter(self.sweep.items())) if self.sweep else None
+
+    def all_variants(self) -> list[Variant]:
+        """The listed variants, or one per swept value."""
+        if self.variants is not None:
+            return self.variants
+        path, values = self.swept or ("", [])
+        leaf = path.rsplit(".", 1)[-1]
+        return [Variant(name=f"{leaf}={_shown(value)}"[:100], overrides={path: value}) for value in values]
+
+
+def _shown(value: Any) -> str:
+    """A swept value as its variant's name shows it: 0.9, adam, [2, 4]."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 class OverrideError(ValueError):
@@ -108,9 +149,49 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return recipe
 
 
+def check_sweep_path(spec: ExperimentSpec) -> None:
+    """A swept path must lead to a field the base recipe has (given, or a default once validated): a typo would
+    otherwise add a field that each variant's validation refuses with a less helpful message."""
+    if spec.swept is None:
+        return
+    path, _ = spec.swept
+    if _lookup(spec.base, path) or _lookup(_validated_base(spec.base), path):
+        return
+    raise RecipeError(["sweep", path], f"{path!r} is not a field of the base recipe")
+
+
+def _validated_base(base: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return Recipe.model_validate(base).model_dump(mode="json")
+    except (ValidationError, RecursionError):
+        return {}
+
+
+def _lookup(node: Any, dotted: str) -> bool:
+    """Whether the dotted path leads to something in ``node`` (a dict key or a list index)."""
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and _INDEX.fullmatch(part) and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
+def _where(spec: ExperimentSpec, index: int) -> tuple[list[str | int], str]:
+    """Where an error in the index-th variant is reported, and how it is named: a variant by its name, a swept
+    value by the value (at ``["sweep", path, i]``)."""
+    if spec.swept is not None:
+        path, values = spec.swept
+        return ["sweep", path, index], f"{path}={_shown(values[index])}"
+    return ["variants", index], f"variant {spec.all_variants()[index].name!r}"
+
+
 def variant_recipe(spec: ExperimentSpec, index: int, repeat: int) -> Recipe:
     """The recipe of one child job; every way it can be wrong is a RecipeError naming the variant."""
-    variant = spec.variants[index]
+    variant = spec.all_variants()[index]
+    loc, named = _where(spec, index)
     try:
         raw = apply_overrides(spec.base, variant.overrides)
         seed = raw.get("seed", 42)
@@ -119,19 +200,24 @@ def variant_recipe(spec: ExperimentSpec, index: int, repeat: int) -> Recipe:
         raw["name"] = f"{spec.name}/{variant.name}/seed{seed if isinstance(seed, int) else repeat}"[:200]
         return Recipe.model_validate(raw)
     except OverrideError as exc:
-        raise RecipeError(["variants", index, "overrides"], f"variant {variant.name!r}: {exc}") from None
+        raise RecipeError(loc if spec.swept else [*loc, "overrides"], f"{named}: {exc}") from None
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        raise RecipeError(
-            ["variants", index], f"variant {variant.name!r}: {'.'.join(map(str, first['loc'])) or 'recipe'}: {first['msg']}"
-        ) from None
+        raise RecipeError(loc, f"{named}: {'.'.join(map(str, first['loc'])) or 'recipe'}: {first['msg']}") from None
     except RecursionError:
-        raise RecipeError(["variants", index], f"variant {variant.name!r}: the recipe is nested too deeply") from None
+        raise RecipeError(loc, f"{named}: the recipe is nested too deeply") from None
 
 
 def create(session: Session, spec: ExperimentSpec, owner: str, settings: Settings) -> tuple[Experiment, list[Job]]:
+    check_sweep_path(spec)
+    variants = spec.all_variants()
+    names = [variant.name for variant in variants]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            loc, named = _where(spec, index)
+            raise RecipeError(loc, f"{named}: named like an earlier variant (each needs a name of its own)")
     recipes = [
-        (index, variant_recipe(spec, index, repeat)) for index in range(len(spec.variants)) for repeat in range(spec.repeats)
+        (index, variant_recipe(spec, index, repeat)) for index in range(len(variants)) for repeat in range(spec.repeats)
     ]
     try:
         stored = spec.model_dump(mode="json")
@@ -141,11 +227,12 @@ def create(session: Session, spec: ExperimentSpec, owner: str, settings: Setting
     session.add(experiment)
     children = []
     for index, recipe in recipes:
-        variant = spec.variants[index]
+        variant = variants[index]
         try:
             job = admission.create(session, recipe, owner, settings)
         except RecipeError as exc:
-            raise RecipeError(["variants", index], f"variant {variant.name!r}: {exc.detail}") from None
+            loc, named = _where(spec, index)
+            raise RecipeError(loc, f"{named}: {exc.detail}") from None
         job.experiment_id, job.variant = experiment.id, variant.name
         children.append(job)
     return experiment, children
@@ -173,11 +260,48 @@ def _mean_spread(values: list[float]) -> MeanSpread | None:
 
 def comparison(session: Session, experiment: Experiment, children: list[Job]) -> list[ComparisonRow]:
     """One row per variant, from its succeeded jobs' stored results and histories."""
-    target = experiment.spec.get("target_accuracy")
+    spec = ExperimentSpec.model_validate(experiment.spec)
     return [
-        _row(session, variant, [job for job in children if job.variant == variant["name"]], target)
-        for variant in experiment.spec["variants"]
+        _row(
+            session,
+            variant.model_dump(mode="json"),
+            [job for job in children if job.variant == variant.name],
+            spec.target_accuracy,
+        )
+        for variant in spec.all_variants()
     ]
+
+
+#: The TFLite figures a sweep's table shows, best first: the smallest format the inference report measured.
+TFLITE_FORMATS = ("tflite_sparse_int8", "tflite_sparse", "tflite_float")
+
+
+def _target_sparsity(mine: list[Job]) -> float | None:
+    """What the variant's recipe asked for: the schedule's target, or the naive baseline's threshold."""
+    if not mine:
+        return None
+    pruning = Recipe.model_validate(mine[0].recipe).pruning
+    if pruning is None:
+        return None
+    if pruning.schedule is not None:
+        return pruning.schedule.target
+    return pruning.post_training_threshold
+
+
+def _tflite(results: list[JobResult]) -> dict[str, Any]:
+    """TFLite size and batch-1 latency: from the measured inference report when the job has one, else the size
+    of the exported ``tflite`` file (no latency then)."""
+    reports = [report for report in (getattr(r, "inference", None) for r in results) if report is not None]
+    for fmt in TFLITE_FORMATS:
+        measured = [report.model[fmt] for report in reports if fmt in report.model]
+        if measured:
+            return {
+                "tflite_format": fmt,
+                "tflite_bytes": _mean_spread([float(m.bytes) for m in measured]),
+                "tflite_latency_ms": _mean_spread([m.single_thread.batch1.median_ms for m in measured]),
+            }
+    sizes = [float(r.sizes["tflite"].bytes) for r in results if "tflite" in r.sizes]
+    return {"tflite_format": "tflite" if sizes else None, "tflite_bytes": _mean_spread(sizes)}
 
 
 def _row(session: Session, variant: dict[str, Any], mine: list[Job], target: float | None) -> ComparisonRow:
@@ -205,6 +329,11 @@ def _row(session: Session, variant: dict[str, Any], mine: list[Job], target: flo
         ),  # a succeeded job has both
         sparsity=_mean_spread([r.sparsity.overall for r in results]),
         gzip_bytes=_mean_spread([float(s) for s in sizes]),
+        target_sparsity=_target_sparsity(mine),
+        baseline_accuracy=_mean_spread(
+            [r.baseline.test["accuracy"] for r in results if r.baseline is not None and "accuracy" in r.baseline.test]
+        ),
+        **_tflite(results),
     )
 
 
@@ -236,21 +365,36 @@ def finished_curves(session: Session, experiment_id: str) -> dict[str, list[list
     return curves
 
 
-def plot_artifact(session: Session, experiment_id: str) -> Artifact | None:
+def _plot_file(experiment_id: str, name: str) -> str:
+    """compare.png keeps the name it always had; a sweep's tradeoff.png is stored beside it."""
+    return f"{experiment_id}.png" if name == "compare" else f"{experiment_id}-{name}.png"
+
+
+def plot_artifact(session: Session, experiment_id: str, name: str = "compare") -> Artifact | None:
     return (
-        session.execute(select(Artifact).where(Artifact.kind == PLOT_KIND, Artifact.filename == f"{experiment_id}.png"))
+        session.execute(
+            select(Artifact).where(Artifact.kind == PLOT_KIND, Artifact.filename == _plot_file(experiment_id, name))
+        )
         .scalars()
         .first()
     )
 
 
-def store_plot(session: Session, experiment_id: str, png: bytes, chunk_bytes: int) -> None:
+def store_plot(session: Session, experiment_id: str, png: bytes, chunk_bytes: int, name: str = "compare") -> None:
     import io
 
-    session.execute(delete(Artifact).where(Artifact.kind == PLOT_KIND, Artifact.filename == f"{experiment_id}.png"))
-    artifacts.store(
-        session, io.BytesIO(png), kind=PLOT_KIND, format="png", filename=f"{experiment_id}.png", chunk_bytes=chunk_bytes
-    )
+    filename = _plot_file(experiment_id, name)
+    session.execute(delete(Artifact).where(Artifact.kind == PLOT_KIND, Artifact.filename == filename))
+    artifacts.store(session, io.BytesIO(png), kind=PLOT_KIND, format="png", filename=filename, chunk_bytes=chunk_bytes)
+
+
+def sweep_rows(session: Session, experiment_id: str) -> list[ComparisonRow] | None:
+    """A sweep's table, for its tradeoff plot; None for an experiment of listed variants."""
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None or not experiment.spec.get("sweep"):
+        return None
+    children = list(session.execute(select(Job).where(Job.experiment_id == experiment_id)).scalars())
+    return comparison(session, experiment, children)
 
 
 def remove(session: Session, experiment_id: str, owner: str) -> None:
@@ -260,7 +404,8 @@ def remove(session: Session, experiment_id: str, owner: str) -> None:
         raise Conflict(f"{len(busy)} jobs of this experiment are still queued or running: cancel it first")
     for job in children:
         jobs.remove(session, job.id, owner)
-    plot = select(Artifact.id).where(Artifact.kind == PLOT_KIND, Artifact.filename == f"{experiment_id}.png")
-    session.execute(delete(ArtifactChunk).where(ArtifactChunk.artifact_id.in_(plot)))
-    session.execute(delete(Artifact).where(Artifact.kind == PLOT_KIND, Artifact.filename == f"{experiment_id}.png"))
+    files = [_plot_file(experiment_id, name) for name in ("compare", "tradeoff")]
+    plots = select(Artifact.id).where(Artifact.kind == PLOT_KIND, Artifact.filename.in_(files))
+    session.execute(delete(ArtifactChunk).where(ArtifactChunk.artifact_id.in_(plots)))
+    session.execute(delete(Artifact).where(Artifact.kind == PLOT_KIND, Artifact.filename.in_(files)))
     session.execute(delete(Experiment).where(Experiment.id == experiment_id))

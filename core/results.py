@@ -52,6 +52,13 @@ class TransferResult(TransferChoice):
     )
 
 
+class Baseline(BaseModel):
+    """An uploaded base model as it came, measured before any training: the cost of sparsity is one subtraction."""
+
+    model_id: str = Field(description="The uploaded model measured.")
+    test: dict[str, float] = Field(description="Its metrics on the job's test split (the names of `test`).")
+
+
 class JobResult(BaseModel):
     """What a succeeded job made: test metrics, sparsity and sizes read back from the exported files."""
 
@@ -65,6 +72,7 @@ class JobResult(BaseModel):
         None, description="post_training_threshold jobs only: the test metrics before the weights were zeroed."
     )
     transfer: TransferResult | None = Field(None, description="Transfer jobs only: what was reused.")
+    baseline: Baseline | None = Field(None, description="Jobs on an uploaded base model: the model before training.")
 
     def stored(self) -> dict[str, Any]:
         """The JSON kept in ``Job.result``: keys that do not apply are absent, as they always were."""
@@ -92,3 +100,14 @@ class ComparisonRow(BaseModel):
     wall_seconds: MeanSpread | None = Field(None, description="From start to finish of each job.")
     sparsity: MeanSpread | None = None
     gzip_bytes: MeanSpread | None = Field(None, description="Gzipped size of each job's first export format.")
+    target_sparsity: float | None = Field(None, description="The sparsity the variant's pruning asked for.")
+    baseline_accuracy: MeanSpread | None = Field(
+        None, description="Jobs on an uploaded base model: its test accuracy before any training (dense)."
+    )
+    tflite_format: str | None = Field(
+        None, description="Which TFLite file the next two figures are of (an inference report's format, or 'tflite')."
+    )
+    tflite_bytes: MeanSpread | None = Field(None, description="Size of that TFLite file.")
+    tflite_latency_ms: MeanSpread | None = Field(
+        None, description="Its median batch-1 latency, one thread (from the job's inference report, when measured)."
+    )

@@ -50,7 +50,8 @@ def create_experiment(body: experiments.ExperimentSpec):
 @api.get("/<experiment_id>", responses={200: documented("The comparison table, per variant", Experiment)})
 def get_experiment(path: ExperimentPath):
     """Per variant: mean ± spread over seeds of test accuracy, best val accuracy, epochs to the target,
-    wall time, sparsity and gzipped size."""
+    wall time, sparsity and gzipped size; for a sweep also the target sparsity, TFLite size and latency, and an
+    uploaded base model's dense accuracy."""
     svc = services()
     with svc.db.session() as session:
         experiment, children = experiments.get(session, path.experiment_id, current_owner())
@@ -87,4 +88,27 @@ def compare_plot(path: ExperimentPath):
         artifact = experiments.plot_artifact(session, path.experiment_id)
     if artifact is None:
         raise NotFound("the comparison plot is drawn when every job of the experiment has ended")
+    return png(svc.db, artifact)
+
+
+@api.get(
+    "/<experiment_id>/plots/tradeoff.png",
+    responses={
+        200: documented(
+            "A sweep: test accuracy and gzipped size against the sparsity reached, the dense base as a line",
+            media="image/png",
+            schema={"type": "string", "format": "binary"},
+        )
+    },
+)
+def tradeoff_plot(path: ExperimentPath):
+    """Drawn, for a sweep, by the worker that finishes its last job."""
+    svc = services()
+    with svc.db.session() as session:
+        experiment, _ = experiments.get(session, path.experiment_id, current_owner())
+        if not experiment.spec.get("sweep"):
+            raise NotFound("only a sweep has a tradeoff plot")
+        artifact = experiments.plot_artifact(session, path.experiment_id, "tradeoff")
+    if artifact is None:
+        raise NotFound("the tradeoff plot is drawn when every job of the sweep has ended")
     return png(svc.db, artifact)

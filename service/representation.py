@@ -320,6 +320,7 @@ class ExperimentLinks(BaseModel):
     self: str
     cancel: str
     compare_plot: str
+    tradeoff_plot: str | None = Field(None, description="Sweeps only: accuracy and size against sparsity.")
 
 
 class Experiment(BaseModel):
@@ -346,7 +347,12 @@ def experiment_body(experiment: rows.Experiment, children: list[rows.Job], compa
         jobs=len(children),
         finished=sum(job.status in FINISHED for job in children),
         comparison=comparison,
-        links=ExperimentLinks(self=base, cancel=f"{base}/cancel", compare_plot=f"{base}/plots/compare.png"),
+        links=ExperimentLinks(
+            self=base,
+            cancel=f"{base}/cancel",
+            compare_plot=f"{base}/plots/compare.png",
+            tradeoff_plot=f"{base}/plots/tradeoff.png" if experiment.spec.get("sweep") else None,
+        ),
     ).model_dump(mode="json")
 
 

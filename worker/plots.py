@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.recipe import ConstantSparsity, PolynomialDecay, Recipe  # noqa: E402
-from core.results import PLOTS, PlotName  # noqa: E402
+from core.results import PLOTS, ComparisonRow, PlotName  # noqa: E402
 
 
 def _png(fig) -> bytes:
@@ -136,4 +136,41 @@ def compare(curves: dict[str, list[list[dict]]], metric: str = "val_accuracy") -
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def tradeoff(rows: list[ComparisonRow]) -> bytes:
+    """A sweep: test accuracy (mean, bars the spread over seeds) against the sparsity each variant reached, its
+    gzipped size on a second axis, and the uploaded base model's dense accuracy as a line when it was measured."""
+    points = sorted(
+        (row for row in rows if row.sparsity is not None and row.test_accuracy is not None),
+        key=lambda row: row.sparsity.mean if row.sparsity else 0.0,
+    )
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [row.sparsity.mean for row in points if row.sparsity]
+    accuracy = [row.test_accuracy for row in points if row.test_accuracy]
+    ax.errorbar(
+        xs,
+        [a.mean for a in accuracy],
+        yerr=[a.spread for a in accuracy],
+        fmt="o-",
+        capsize=3,
+        color="C0",
+        label="test accuracy (mean ± spread over seeds)",
+    )
+    for row, x, a in zip(points, xs, accuracy):
+        ax.annotate(row.variant, (x, a.mean), textcoords="offset points", xytext=(4, 6), fontsize=7, color="grey")
+    baselines = [row.baseline_accuracy.mean for row in rows if row.baseline_accuracy is not None]
+    if baselines:
+        ax.axhline(float(np.mean(baselines)), color="C2", ls="--", label=f"dense base model ({np.mean(baselines):.3f})")
+    ax.set_xlabel("sparsity reached (pruned kernels)")
+    ax.set_ylabel("test accuracy")
+    size_axis = ax.twinx()
+    sized = [(x, row.gzip_bytes.mean) for row, x in zip(points, xs) if row.gzip_bytes is not None]
+    if sized:
+        size_axis.plot([x for x, _ in sized], [b / 1024 for _, b in sized], "s:", color="C1", label="gzipped model (KiB)")
+    size_axis.set_ylabel("gzipped model file (KiB)")
+    handles = ax.get_legend_handles_labels()[0] + size_axis.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + size_axis.get_legend_handles_labels()[1]
+    ax.legend(handles, labels, fontsize=8, loc="lower left")
     return _png(fig)

@@ -29,7 +29,7 @@ from core.errors import JobStopped
 from core.models import Job, JobStatus, utcnow
 from core.plan import JobPlan, TransferChoice
 from core.recipe import Recipe
-from core.results import FileSize, JobResult, PlotName, TransferResult
+from core.results import Baseline, FileSize, JobResult, PlotName, TransferResult
 from core.settings import Settings
 from worker import checkpoint
 
@@ -259,6 +259,11 @@ def _maybe_compare(db: Database, settings: Settings, job_id: str) -> None:
         png = plots.compare(curves)
         with db.session() as session:
             experiments.store_plot(session, experiment_id, png, settings.artifact_chunk_bytes)
+            rows = experiments.sweep_rows(session, experiment_id)
+        if rows is not None:
+            tradeoff = plots.tradeoff(rows)
+            with db.session() as session:
+                experiments.store_plot(session, experiment_id, tradeoff, settings.artifact_chunk_bytes, name="tradeoff")
     except Exception as exc:  # noqa: BLE001 - a picture must never fail a job
         worker_log.warning("could not draw the experiment's comparison: %s", exc)
 
@@ -291,7 +296,8 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
         0 if splits.x_val is None else len(splits.x_val),
         len(splits.x_test),
     )
-    resume = _checkpoint(run) if run.attempt > 1 and not recipe.transfer else None
+    restarts = recipe.transfer is not None and not recipe.transfer.whole  # a head's phases start again
+    resume = _checkpoint(run) if run.attempt > 1 and not restarts else None
     for warning in job_plan.warnings:
         log.warning("%s", warning)
     outcome = training.train(
@@ -310,9 +316,18 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
 
 
 def _reused(run: JobRun, choice: TransferChoice):
-    """The base job's layers the plan chose, loaded fresh from its stored model."""
+    """The base job's layers the plan chose, loaded fresh from its stored model; or the uploaded model, whole
+    (loaded again on every attempt, so a resumed job rebuilds on the same base)."""
     from worker import reuse, training
 
+    if choice.base_model_id is not None:
+        with run.db.session() as session:
+            owner = jobs.get_any(session, run.job_id).owner
+        model = reuse.load_uploaded(run.db, choice.base_model_id, owner)
+        log.info("base: uploaded model %s (%d layers reused)", choice.base_model_id, len(choice.reused_layers))
+        return training.Transfer(reuse.reused_layers(model, choice.reused_layers), choice, base=model)
+    if choice.base_job_id is None:
+        raise ValueError("a transfer plan names a base job or a base model")
     base = reuse.load_base(run.db, choice.base_job_id)
     log.info("reusing %s of job %s", ", ".join(choice.reused_layers), choice.base_job_id)
     return training.Transfer(reuse.reused_layers(base, choice.reused_layers), choice)
@@ -345,6 +360,9 @@ def _result(outcome, files: dict[str, Path], job_plan: JobPlan) -> JobResult:
         train_seconds=round(outcome.seconds, 3),
         test_before_threshold=outcome.test_before_threshold,
         transfer=transfer,
+        baseline=Baseline(model_id=job_plan.transfer.base_model_id, test=outcome.baseline)
+        if outcome.baseline is not None and job_plan.transfer is not None and job_plan.transfer.base_model_id
+        else None,
     )
 
 
