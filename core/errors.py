@@ -13,6 +13,8 @@ Modelled on httpx's ``_exceptions.py``::
     │   │   ├── ShapeError        a layer cannot take its input's shape
     │   │   └── LayerChoiceError  ``pruning.layers`` names a layer that is absent or cannot be pruned
     │   ├── DatasetError          an upload that is not a dataset this service can read
+    │   ├── ModelError            an uploaded model this service will not load (``ModelRefused``: a layer or object
+    │   │                         outside the allowlist, named)
     │   └── IdempotencyMismatch   a key reused with a different body
     ├── Unauthorized              no valid credential
     ├── NotFound                  no such thing for this owner
@@ -22,6 +24,7 @@ Modelled on httpx's ``_exceptions.py``::
     │   ├── RateLimited           too many requests this minute
     │   ├── PayloadTooLarge
     │   ├── DatasetTooLarge       (also a DatasetError) its arrays would take more memory than allowed
+    │   ├── ModelTooLarge         (also a ModelError) an archive's members declare more bytes than allowed
     │   └── StorageQuotaExceeded
     ├── Unavailable               a dependency (database, broker) is down: retry later
     ├── CorruptArtifact           a stored file fails its integrity check
@@ -97,6 +100,24 @@ class DatasetError(InvalidInput):
     """An upload is not a dataset this service can read (format, shape, labels, size of its parts)."""
 
 
+class ModelError(InvalidInput):
+    """An uploaded file is not a model this service loads: not a .keras zip or an HDF5 file, a missing or
+    unreadable part, a config that is not a Keras model's."""
+
+
+class ModelRefused(ModelError):
+    """The model's config names something that could run code or is not a stock Keras layer: ``layer`` and
+    ``class_name`` say which, ``loc`` where in the config."""
+
+    def __init__(self, layer: str, class_name: str, why: str, loc: Sequence[str | int] = ()):
+        layer, class_name = layer[:100], class_name[:100]
+        super().__init__(
+            f"layer {layer!r} ({class_name}): {why}",
+            errors=[{"loc": ["file", *loc], "msg": f"layer {layer!r} ({class_name}): {why}"}],
+        )
+        self.layer, self.class_name, self.why = layer, class_name, why
+
+
 class IdempotencyMismatch(InvalidInput):
     """An idempotency key seen before came with a different body: it cannot name two requests."""
 
@@ -142,6 +163,10 @@ class PayloadTooLarge(LimitExceeded):
 
 class DatasetTooLarge(LimitExceeded, DatasetError):
     """The arrays an upload declares would take more memory than ``max_dataset_bytes``."""
+
+
+class ModelTooLarge(LimitExceeded, ModelError):
+    """An uploaded archive's members declare more bytes than the limit (a zip bomb among them)."""
 
 
 class StorageQuotaExceeded(LimitExceeded):

@@ -1,4 +1,4 @@
-"""The database schema: jobs, their epochs and log lines, uploaded datasets, and chunked artifacts.
+"""The database schema: jobs, their epochs and log lines, uploaded datasets and models, and chunked artifacts.
 
 The database is the source of truth: the queue only ever carries a job id.
 """
@@ -189,3 +189,47 @@ class Experiment(Base):
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelStatus(str, enum.Enum):
+    """An uploaded model: ``inspecting`` until the worker has loaded it (safely) and measured it."""
+
+    INSPECTING = "inspecting"
+    READY = "ready"
+    REJECTED = "rejected"
+
+
+class UploadedModel(Base):
+    """A Keras model a user uploaded (``POST /v1/models``): its exact bytes in ``model_chunks``, never rewritten."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    #: ``core.model_inspect.ModelInspection`` as JSON, once the worker has inspected it.
+    inspection: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: When the inspection task was last sent: the reconciler sends it again if no worker took it.
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: Inspections begun; one whose process died is begun again up to ``max_attempts`` times.
+    inspect_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    inspect_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: The child process inspecting it (``worker.runner.worker_name``), so the worker's parent can name a crash.
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    inspected_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ModelChunk(Base):
+    __tablename__ = "model_chunks"
+
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))

@@ -12,6 +12,8 @@ from celery import Celery
 from core.settings import Settings
 
 TRAIN_TASK = "trainer.train_job"
+#: An uploaded model's inspection (``worker.inspection``); its message carries only the model's id.
+INSPECT_TASK = "trainer.inspect_model"
 log = logging.getLogger(__name__)
 
 
@@ -47,16 +49,17 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def dispatch(celery: Celery, job_id: str) -> bool:
-    """Send the job id; False when the broker can't be reached (the job stays queued for the reconciler)."""
+def dispatch(celery: Celery, job_id: str, task: str = TRAIN_TASK) -> bool:
+    """Send the job id (or, for ``INSPECT_TASK``, the model id); False when the broker can't be reached (the job
+    stays queued, the model inspecting, for the reconciler)."""
     try:
         celery.send_task(
-            TRAIN_TASK,
+            task,
             args=[job_id],
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
         )
         return True
     except Exception as exc:  # kombu raises OperationalError and friends; any failure means "not sent".
-        log.warning("could not dispatch job %s: %s", job_id, exc)
+        log.warning("could not dispatch %s %s: %s", task, job_id, exc)
         return False

@@ -83,6 +83,11 @@ class Settings:
     oom_events_path: str = ""
     #: Single-user mode answers only requests whose Host is one of these (DNS rebinding).
     allowed_hosts: str = "localhost,127.0.0.1,[::1]"
+    #: An uploaded model (.keras or .h5) may be at most this big as sent (413 beyond, counted on the bytes read).
+    max_model_bytes: int = 256 * 1024 * 1024
+    #: An inspection begun this long ago and not finished is taken as lost (its process died): begun again, up to
+    #: ``max_attempts`` times, then the model is rejected.
+    inspect_timeout_s: float = 600.0
     #: Where Debian's package dataset-fashion-mnist puts the four IDX .gz files of the built-in fashion_mnist.
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
 
@@ -131,6 +136,8 @@ def load_settings(**overrides: Any) -> Settings:
         max_job_memory_bytes=_int("TRAINER_MAX_JOB_MEMORY_BYTES", 0),
         oom_events_path=os.environ.get("TRAINER_OOM_EVENTS_PATH", ""),
         allowed_hosts=os.environ.get("TRAINER_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]"),
+        max_model_bytes=_int("TRAINER_MAX_MODEL_BYTES", 256 * 1024 * 1024),
+        inspect_timeout_s=_float("TRAINER_INSPECT_TIMEOUT_S", 600.0),
         fashion_mnist_dir=os.environ.get("TRAINER_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
     )
     values.update(overrides)

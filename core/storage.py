@@ -1,8 +1,9 @@
-"""What each owner keeps in the database — uploaded datasets, trained models with their plots, checkpoints —
+"""What each owner keeps in the database — uploaded datasets and models, trained models with their plots, checkpoints —
 what it adds up to against ``max_stored_bytes_per_owner``, and removing a stored thing no queued or
 running job still needs.
 
-Usage is one ``SUM`` over the artifacts' sizes (each artifact row carries its file's size), so it is
+Usage is a ``SUM`` over the artifacts' sizes (each artifact row carries its file's size) and one over the
+uploaded models' sizes, so it is
 always exact and never a counter to keep in step. A job's model and checkpoints are not known when it
 is submitted, so the quota refuses new jobs once an owner is at or over it, and lets a running job
 finish: the figure can go over the limit by what jobs already admitted store.
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 from core import artifacts
 from core.datasets import BUILTIN
 from core.errors import Conflict, NotFound, StorageQuotaExceeded
-from core.models import Artifact, Dataset, Job, JobStatus
+from core.models import Artifact, Dataset, Job, JobStatus, UploadedModel
 from core.settings import Settings
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
@@ -33,6 +34,7 @@ class StorageUsage(BaseModel):
     datasets_bytes: int = Field(description="Uploaded datasets, as stored")
     models_bytes: int = Field(description="Finished jobs' exported models and plots")
     checkpoints_bytes: int = Field(description="Running jobs' resumable checkpoints (deleted when a job ends)")
+    uploaded_models_bytes: int = Field(0, description="Uploaded models (POST /v1/models), as sent")
 
     @computed_field  # type: ignore[prop-decorator]  # mypy cannot type a decorated property; pydantic's documented form
     @property
@@ -42,7 +44,8 @@ class StorageUsage(BaseModel):
     def describe(self) -> str:
         return (
             f"you store {self.used_bytes:,} bytes of your {self.limit_bytes:,}-byte quota (datasets "
-            f"{self.datasets_bytes:,}, models {self.models_bytes:,}, checkpoints {self.checkpoints_bytes:,})"
+            f"{self.datasets_bytes:,}, models {self.models_bytes:,}, checkpoints {self.checkpoints_bytes:,}, "
+            f"uploaded models {self.uploaded_models_bytes:,})"
         )
 
 
@@ -61,22 +64,26 @@ def usage(session: Session, owner: str, settings: Settings) -> StorageUsage:
         .group_by(group)
     ).all()
     sizes = {name: int(total) for name, total in rows}
+    sizes["uploaded_models"] = int(
+        session.scalar(select(func.coalesce(func.sum(UploadedModel.size_bytes), 0)).where(UploadedModel.owner == owner)) or 0
+    )
     return StorageUsage(
         limit_bytes=settings.max_stored_bytes_per_owner,
         used_bytes=sum(sizes.values()),
+        uploaded_models_bytes=sizes["uploaded_models"],
         datasets_bytes=sizes.get("datasets", 0),
         models_bytes=sizes.get("models", 0),
         checkpoints_bytes=sizes.get("checkpoints", 0),
     )
 
 
-def admit_upload(session: Session, owner: str, settings: Settings, needed: int) -> None:
+def admit_upload(session: Session, owner: str, settings: Settings, needed: int, what: str = "this dataset") -> None:
     """Before an upload of ``needed`` stored bytes is written; uploads a concurrent request has not
     committed yet are not seen, so parallel uploads can overshoot by at most one upload each."""
     current = usage(session, owner, settings)
     if current.used_bytes + needed > current.limit_bytes:
         raise StorageQuotaExceeded(
-            f"storing this dataset needs {needed:,} bytes and {current.free_bytes:,} are free: {current.describe()}"
+            f"storing {what} needs {needed:,} bytes and {current.free_bytes:,} are free: {current.describe()}"
         )
 
 
