@@ -28,8 +28,16 @@ def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> J
     RecipeError naming the field. Returns the plan the worker will follow."""
     info = selection.describe(datasets.lookup(session, recipe.dataset.name, owner, settings), recipe.dataset)
     tp = transfer.resolve(session, recipe, owner) if recipe.transfer else None
+    if tp is not None and recipe.model.input_shape is None:  # an uploaded base gives it: the stored recipe says it
+        recipe.model.input_shape = list(tp.base_input_shape)
     _check_pruned_layers(recipe, tp)
-    if tuple(recipe.model.input_shape) != info.feature_shape:
+    if recipe.model.start != info.feature_shape:
+        if tp is not None and tp.base_model_id:
+            raise RecipeError(
+                ["dataset"],
+                f"dataset {info.name!r} has samples of shape {list(info.feature_shape)}; the base model takes "
+                f"{list(recipe.model.start)} (dataset.reshape can give the samples another shape)",
+            )
         raise RecipeError(
             ["model", "input_shape"],
             f"dataset {info.name!r} has samples of shape {list(info.feature_shape)}, not {recipe.model.input_shape}",
@@ -63,11 +71,13 @@ def _check_pruned_layers(recipe: Recipe, tp: TransferPlan | None) -> None:
 def _params_and_output(recipe: Recipe, tp: TransferPlan | None) -> tuple[int, tuple[int, ...]]:
     """All of the model's parameters (reused layers included) and its output shape."""
     try:
+        if tp and tp.whole:
+            return sum(layer.params for layer in tp.reused), tp.output_shape
         if tp:
             shapes = recipe.model.shapes(tp.output_shape)
             params = sum(layer.params for layer in tp.reused) + recipe.model.param_count(tp.output_shape)
         else:
-            shapes = layer_shapes(recipe.all_layers(), tuple(recipe.model.input_shape))
+            shapes = layer_shapes(recipe.all_layers(), recipe.model.start)
             params = sum(layer.param_count(i) for layer, (i, _) in zip(recipe.all_layers(), shapes))
     except ShapeError as exc:
         raise RecipeError(["model", "layers", exc.index], exc.msg) from None
@@ -86,15 +96,25 @@ def _check_limits(recipe: Recipe, params: int, settings: Settings) -> None:
 def _check_output(recipe: Recipe, info: DatasetInfo, output: tuple[int, ...]) -> None:
     """An autoencoder rebuilds its inputs; a supervised model ends in a vector that fits the labels and loss."""
     if recipe.kind == "autoencoder":
-        if output != tuple(recipe.model.input_shape):
+        if output != recipe.model.start:
             raise RecipeError(
                 ["model", "decoder"],
                 f"the decoder outputs {list(output)}; it must rebuild inputs of shape {recipe.model.input_shape}",
             )
         return
+    whole = recipe.transfer is not None and recipe.transfer.whole
     if len(output) != 1:
-        raise RecipeError(["model", "layers", -1], f"the model's output must be a vector, not of shape {list(output)}")
-    datasets.check_labels(info, recipe.training.loss, output[0])
+        raise RecipeError(
+            ["transfer", "base_model_id"] if whole else ["model", "layers", -1],
+            f"the model's output must be a vector, not of shape {list(output)}",
+        )
+    if not whole:
+        datasets.check_labels(info, recipe.training.loss, output[0])
+        return
+    try:  # the base's own output layer must fit the dataset's labels: name the base, not a layer of the recipe
+        datasets.check_labels(info, recipe.training.loss, output[0])
+    except RecipeError as exc:
+        raise RecipeError(["dataset"], f"the base model outputs {list(output)}: {exc.msg}") from None
 
 
 def _pruned_layers(recipe: Recipe, tp: TransferPlan | None) -> list[str] | None:

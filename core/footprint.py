@@ -81,7 +81,7 @@ def _layer_costs(recipe: Recipe, tp: TransferPlan | None, rows: int) -> tuple[li
         pruned = set(recipe.pruned_layer_names())
         if tp and recipe.pruning.layers is None:  # as core.admission.check: the reused prunable layers too
             pruned |= {layer.name for layer in tp.reused if layer.prunable}
-    costs, widest, pruned_params = [], math.prod(recipe.model.input_shape), 0
+    costs, widest, pruned_params = [], math.prod(recipe.model.start), 0
     if tp:
         for kept in tp.reused:  # a stored Keras layer: its output is what it keeps
             size = math.prod(kept.output_shape)
@@ -91,7 +91,7 @@ def _layer_costs(recipe: Recipe, tp: TransferPlan | None, rows: int) -> tuple[li
                 pruned_params += kept.params
         layers, start = recipe.model.layers, tp.output_shape
     else:
-        layers, start = recipe.all_layers(), tuple(recipe.model.input_shape)
+        layers, start = recipe.all_layers(), recipe.model.start
         if recipe.dataset.standardize:
             costs.append(
                 LayerCost(("dataset", "standardize"), "standardize", "normalization", math.prod(start) * rows * FLOAT_BYTES)

@@ -22,9 +22,12 @@ if TYPE_CHECKING:
 
 
 class TransferChoice(BaseModel):
-    """Which layers of a finished job a transfer job reuses, and how it thaws them (``core.transfer.resolve``)."""
+    """Which layers of a finished job (or an uploaded model) a transfer job reuses, and how it thaws them
+    (``core.transfer.resolve``)."""
 
-    base_job_id: str = Field(description="The succeeded job whose stored model is reused.")
+    base_job_id: str | None = Field(None, description="The succeeded job whose stored model is reused.")
+    base_model_id: str | None = Field(None, description="Or: the uploaded model that is reused.")
+    whole: bool | None = Field(None, description="reuse 'all': the whole base is trained and pruned (no head, no phases).")
     reused_layers: list[str] = Field(description="Names of the base model's Keras layers reused, bottom first.")
     unfreeze_layers: list[str] = Field(description="Reused layers trained again in the fine-tune phase.")
     fine_tune_learning_rate: float = Field(description="The optimizer's learning rate in the fine-tune phase.")

@@ -42,8 +42,14 @@ def layer_shapes(layers: list[Layer], start: Shape) -> list[tuple[Shape, Shape]]
 
 
 class ModelSpec(Strict):
-    input_shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(min_length=1, max_length=4)
-    layers: list[Layer] = Field(min_length=1, max_length=200)
+    """``input_shape`` and ``layers`` are required (``Recipe._model_rules``) except on an uploaded base model
+    (``transfer.base_model_id``): admission then fills ``input_shape`` from the model's inspected shape, and
+    ``reuse: "all"`` trains the base itself, so it has no layers of its own."""
+
+    input_shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] | None = Field(
+        None, min_length=1, max_length=4, description="Without batch axis; default: the base model's."
+    )
+    layers: list[Layer] = Field(default_factory=list, max_length=200)
     decoder: list[Layer] | None = Field(
         None, max_length=200, description="Autoencoders only: the decoder; default mirrors the dense encoder."
     )
@@ -55,8 +61,15 @@ class ModelSpec(Strict):
         _name_layers(self.decoder or [], "decoder_", seen)
         return self
 
+    @property
+    def start(self) -> Shape:
+        """The input shape; a recipe without one (a base model's, before admission filled it) has none to give."""
+        if self.input_shape is None:
+            raise ValueError("model.input_shape is not known yet: it comes from the base model at admission")
+        return tuple(self.input_shape)
+
     def shapes(self, start: Shape | None = None) -> list[tuple[Shape, Shape]]:
-        return layer_shapes(self.layers, tuple(self.input_shape) if start is None else start)
+        return layer_shapes(self.layers, self.start if start is None else start)
 
     def param_count(self, start: Shape | None = None) -> int:
         return sum(layer.param_count(i) for layer, (i, _) in zip(self.layers, self.shapes(start)))
@@ -300,17 +313,36 @@ class ExportSpec(Strict):
 
 
 class TransferSpec(Strict):
-    """Reuse the bottom layers of a finished job (seed: "Transfer learning with Keras"); ``model.layers`` is
-    the new head stacked on them. Phase 1 trains the head with the reused layers frozen; phase 2 unfreezes
-    (the seed's code sets ``trainable = False`` there — it means True) and goes on at a lower rate."""
+    """Reuse the bottom layers of a finished job (seed: "Transfer learning with Keras") or of an uploaded model
+    (``base_model_id``, exactly one of the two); ``model.layers`` is the new head stacked on them. Phase 1
+    trains the head with the reused layers frozen; phase 2 unfreezes (the seed's code sets ``trainable =
+    False`` there — it means True) and goes on at a lower rate. ``reuse: "all"`` (uploaded models only) has
+    no head and no phases: the whole base is fine-tuned while pruning makes it sparse (TF-MOT's "prune a
+    pre-trained model")."""
 
-    base_job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-    reuse: Literal["all_but_output", "encoder"] | Annotated[int, Field(ge=1, le=200)] = "all_but_output"
+    base_job_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="A succeeded job of yours.")
+    base_model_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="A ready model you uploaded.")
+    reuse: Literal["all", "all_but_output", "encoder"] | Annotated[int, Field(ge=1, le=200)] = "all_but_output"
     freeze_epochs: int = Field(4, ge=0, le=100_000)
     unfreeze: Literal["all"] | Annotated[int, Field(ge=0, le=200)] = "all"
     fine_tune_learning_rate: float | None = Field(
         None, gt=0, le=10, description="Default: the optimizer's learning_rate / 10."
     )
+
+    @model_validator(mode="after")
+    def _one_base(self) -> Self:
+        if (self.base_job_id is None) == (self.base_model_id is None):
+            raise ValueError("give exactly one of base_job_id (a finished job) and base_model_id (an uploaded model)")
+        if self.base_model_id is not None and self.reuse not in ("all", "all_but_output"):
+            raise ValueError(f"an uploaded base model is reused 'all' or 'all_but_output', not {self.reuse!r}")
+        if self.base_job_id is not None and self.reuse == "all":
+            raise ValueError("reuse 'all' is for an uploaded base model (base_model_id)")
+        return self
+
+    @property
+    def whole(self) -> bool:
+        """The base itself is trained (and pruned): no head, no frozen phase."""
+        return self.reuse == "all"
 
 
 class Recipe(Strict):
@@ -323,7 +355,7 @@ class Recipe(Strict):
     )
     dataset: DatasetSpec
     seed: int = Field(42, ge=0, le=2**31 - 1)
-    model: ModelSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     regularization: Regularization | None = None
     pruning: PruningSpec | None = None
@@ -352,6 +384,22 @@ class Recipe(Strict):
         return data
 
     @model_validator(mode="after")
+    def _model_rules(self) -> Self:
+        """What ``model`` must give: everything, unless an uploaded base model gives the input (and, reused
+        whole, all the layers)."""
+        base_model = self.transfer is not None and self.transfer.base_model_id is not None
+        if self.model.input_shape is None and not base_model:
+            raise ValueError("model.input_shape is required (only an uploaded base model can supply it)")
+        if self.transfer is not None and self.transfer.whole:
+            if self.model.layers or self.model.decoder is not None:
+                raise ValueError("reuse 'all' trains the base model as it is: leave model.layers empty")
+            if self.kind != "supervised":
+                raise ValueError("reuse 'all' fine-tunes a supervised model")
+        elif not self.model.layers:
+            raise ValueError("model.layers needs at least one layer" + (" (the new head)" if self.transfer else ""))
+        return self
+
+    @model_validator(mode="after")
     def _kind_rules(self) -> Self:
         if self.kind == "autoencoder":
             if "loss" not in self.training.model_fields_set:
@@ -375,7 +423,7 @@ class Recipe(Strict):
         return (
             self.model.decoder
             if self.model.decoder is not None
-            else mirrored_decoder(self.model.layers, self.model.input_shape)
+            else mirrored_decoder(self.model.layers, list(self.model.start))
         )
 
     def all_layers(self) -> list[Layer]:

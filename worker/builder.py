@@ -145,7 +145,7 @@ def build_layers(spec, recipe: Recipe, index: int) -> list:
 def build_model(recipe: Recipe, standardize: tuple[np.ndarray, np.ndarray] | None = None, reused: list | None = None):
     """``standardize`` = (mean, variance) of the training inputs: a Normalization layer inside the model,
     so an exported model takes raw inputs. ``reused``: layers (with weights) of a transfer base, under the head."""
-    layers = [keras.layers.InputLayer(input_shape=tuple(recipe.model.input_shape), name="input")]
+    layers = [keras.layers.InputLayer(input_shape=recipe.model.start, name="input")]
     if reused is not None:
         layers += reused
     elif standardize is not None:

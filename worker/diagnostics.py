@@ -61,9 +61,15 @@ class Probe:
         self.x, self.y = tf.constant(x[:PROBE_SIZE]), tf.constant(y[:PROBE_SIZE])
         self.layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
         self.loss = as_compiled(loss)
+        self.graph = None
+        if not isinstance(model, keras.Sequential):  # a functional model (an uploaded base) is no chain of layers
+            self.graph = keras.Model(model.inputs, [layer.get_output_at(-1) for layer in self.layers])  # its last graph
 
     def _forward(self) -> list:
-        """Layer by layer, eagerly: layers shared with a transfer base have more than one graph node."""
+        """Layer by layer, eagerly: layers shared with a transfer base have more than one graph node. A functional
+        model's layers are read off its graph instead (the last layer listed is its output)."""
+        if self.graph is not None:
+            return list(self.graph(self.x, training=False))
         outs, x = [], self.x
         for layer in self.layers:
             x = layer(x, training=False)

@@ -86,7 +86,7 @@ def sparsity_report(model, pruned: list[str]) -> dict:
         nonzero = sum(int(np.count_nonzero(w)) for w in weights)
         params_total += count
         params_nonzero += nonzero
-        kernel = getattr(layer, "kernel", None)
+        kernel = getattr(layer, "kernel", getattr(layer, "pointwise_kernel", getattr(layer, "depthwise_kernel", None)))
         entry = {"name": layer.name, "params": count, "nonzero": nonzero, "pruned": layer.name in pruned}
         if kernel is not None:
             k = kernel.numpy()

@@ -65,7 +65,8 @@ def callbacks() -> list:
 
 
 def wrapped_kernels(model) -> list:
-    return [layer.layer.kernel for layer in model.layers if isinstance(layer, PruneLowMagnitude)]
+    """The weights TF-MOT masks in each wrapper (a DepthwiseConv2D's is its ``depthwise_kernel``)."""
+    return [weight for layer in model.layers if isinstance(layer, PruneLowMagnitude) for weight, _, _ in layer.pruning_vars]
 
 
 def threshold_after_training(model, names: list[str], fraction: float) -> None:

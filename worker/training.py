@@ -55,6 +55,7 @@ class Outcome:
     test_before_threshold: dict | None = None
     transfer: dict | None = None
     initial_kernels: list = field(default_factory=list)
+    baseline: dict | None = None  # an uploaded base's test metrics before training
 
 
 class _Progress(keras.callbacks.Callback):
@@ -114,10 +115,16 @@ def _evaluate(model, recipe: Recipe, splits: Splits, stats=None) -> dict:
 
 @dataclass
 class Transfer:
-    """The layers ``worker.reuse`` loaded for a transfer job, and the plan's choice of how to thaw them."""
+    """The layers ``worker.reuse`` loaded for a transfer job, and the plan's choice of how to thaw them.
+    ``base``: an uploaded model, loaded whole (its reused ``layers`` are among its own)."""
 
     layers: list
     choice: TransferChoice
+    base: Any = None
+
+    @property
+    def whole(self) -> bool:
+        return bool(self.choice.whole)
 
 
 def _targets(recipe: Recipe, x, y, stats):
@@ -206,7 +213,8 @@ def train(
     transfer: Transfer | None = None,
     resume: checkpoint.State | None = None,
 ) -> Outcome:
-    """``resume``: continue after the checkpoint's epoch (not for transfer jobs, whose phases restart)."""
+    """``resume``: continue after the checkpoint's epoch (not for transfer jobs with a head, whose phases restart;
+    a job on a whole uploaded model resumes like any)."""
     started = time.perf_counter()
     keras.utils.set_random_seed(recipe.seed)
     tf.config.experimental.enable_op_determinism()
@@ -214,13 +222,23 @@ def train(
     scope, strategy = placement(recipe, device)
     with scope:
         stats = standardization(splits.x_train) if recipe.dataset.standardize else None
-        model = builder.build_model(recipe, standardize=stats, reused=transfer.layers if transfer else None)
+        baseline = None
+        if transfer is not None and transfer.base is not None:
+            model = reuse.on_base(transfer.base, recipe, transfer.whole)
+            if tuple(transfer.base.output_shape) == tuple(model.output_shape):  # else: another task's output layer
+                baseline = _baseline(transfer.base, recipe, splits)
+        else:
+            model = builder.build_model(recipe, standardize=stats, reused=transfer.layers if transfer else None)
         splits = shaped_for_output(splits, model.output_shape)
         model, pruned_names, callbacks, measure = _prune_during_training(model, recipe, end_step, pruned_layers)
         initial_kernels = [k.numpy() for k in _kernels(model)]
         run = _fitting(model, recipe, splits, stats, _Progress(hooks, measure, None), callbacks, strategy)
         checksums = None
-        if transfer:
+        if transfer and transfer.whole:
+            checksums = {"base": reuse.checksums(_reused_in(model, transfer))}
+            epochs_run = _fit_plain(run, recipe, resume)
+            checksums["fine_tune"] = reuse.checksums(_reused_in(model, transfer))
+        elif transfer:
             epochs_run, checksums = _fit_transfer(run, recipe, transfer)
         else:
             epochs_run = _fit_plain(run, recipe, resume)
@@ -242,7 +260,19 @@ def train(
         test_before_threshold=before,
         transfer={"checksums": checksums} if transfer else None,
         initial_kernels=initial_kernels,
+        baseline=baseline,
     )
+
+
+def _baseline(base, recipe: Recipe, splits: Splits) -> dict:
+    """The uploaded model as it came, on the test split the job will report: evaluated before any training, so
+    the cost of sparsity is ``result.test - result.baseline.test``. Its weights are not touched (evaluate only)."""
+    return _evaluate(base, recipe, shaped_for_output(splits, base.output_shape))
+
+
+def _reused_in(model, transfer: Transfer) -> list:
+    names = set(transfer.choice.reused_layers)
+    return [layer for layer in model.layers if getattr(layer, "layer", layer).name in names]
 
 
 def _prune_during_training(model, recipe: Recipe, end_step: int | None, pruned_layers: list[str] | None):

@@ -12,6 +12,7 @@ errors); 130 interrupted while waiting.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +33,17 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
-from trainer_client.sdk import DEFAULT_URL, STATUSES, Client, Job, TrainerClientError, WaitTimeout
+from trainer_client.sdk import (
+    DEFAULT_URL,
+    STATUSES,
+    Client,
+    Experiment,
+    Job,
+    TrainerClientError,
+    WaitTimeout,
+    base_model_recipe,
+    sparsity_sweep,
+)
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -223,6 +234,158 @@ def download(s: Session, job_id: str, fmt: str, output: Path | None) -> None:
 
 
 # -- waiting -----------------------------------------------------------------------------------------
+
+
+MODEL_ID = re.compile(r"^[0-9a-f]{32}$")
+MODEL_SUFFIXES = (".keras", ".h5")
+
+
+def sparsities(_ctx: click.Context, _param: click.Parameter, value: str) -> list[float]:
+    try:
+        values = [float(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.5,0.8,0.9") from None
+    if not values:
+        raise click.BadParameter("give at least one sparsity, e.g. 0.5,0.8,0.9")
+    return values
+
+
+@cli.command()
+@click.argument("model_or_recipe")
+@click.option("--sparsity", "targets", required=True, callback=sparsities, help="Target sparsities, e.g. 0.5,0.8,0.9.")
+@click.option("--dataset", required=True, help="Built-in dataset name or uploaded dataset id.")
+@click.option("--repeats", default=1, show_default=True, type=click.IntRange(1, 10), help="Seeds per sparsity.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs per job (default: the recipe's; 2 on a model).")
+@click.option("--poll", default=1.0, show_default=True, type=click.FloatRange(min=0.05), help="Seconds between polls.")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Stop waiting after this many seconds (exit 1).")
+@json_option
+@click.pass_obj
+def sweep(
+    s: Session,
+    model_or_recipe: str,
+    targets: list[float],
+    dataset: str,
+    repeats: int,
+    epochs: int | None,
+    poll: float,
+    timeout: float | None,
+) -> None:
+    """Prune MODEL_OR_RECIPE to each sparsity and show what each costs in accuracy, size and latency.
+
+    MODEL_OR_RECIPE is a recipe (JSON file), an uploaded model's id, or a .keras/.h5 file (uploaded first).
+    """
+    base = sweep_base(s, model_or_recipe, dataset, epochs)
+    experiment = s.client.create_experiment(sparsity_sweep(base, targets, repeats))
+    click.echo(f"Sweep {experiment.id}: {experiment.jobs} jobs", err=True)
+    try:
+        if s.as_json:
+            experiment.wait(poll=poll, timeout=timeout)
+        else:
+            with JobsProgress(s.err, experiment) as bar:
+                experiment.wait(poll=poll, timeout=timeout, on_update=bar.update)
+    except KeyboardInterrupt:
+        click.echo(f"\nStopped watching; the sweep goes on (GET /v1/experiments/{experiment.id})", err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    except WaitTimeout as exc:
+        click.echo(f"Error: {exc}; it goes on on the server", err=True)
+        raise click.exceptions.Exit(EXIT_FAILED) from None
+    if s.as_json:
+        s.emit(experiment.data)
+    else:
+        s.out.print(sweep_table(experiment))
+        if experiment.data["links"].get("tradeoff_plot"):
+            click.echo(f"Plot: {s.client.url}{experiment.data['links']['tradeoff_plot']}", err=True)
+    statuses = {status for row in experiment.comparison for status in row["jobs"].values()}
+    if statuses != {"succeeded"}:
+        click.echo(f"Error: not every job succeeded ({', '.join(sorted(statuses))})", err=True)
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def sweep_base(s: Session, given: str, dataset: str, epochs: int | None) -> dict[str, Any]:
+    """The recipe a sweep varies: a recipe file with --dataset and --epochs applied, or one on an uploaded model
+    (a model file is uploaded first)."""
+    path = Path(given)
+    if path.suffix.lower() in MODEL_SUFFIXES:
+        if not path.is_file():
+            raise click.BadParameter(f"no file {given!r}", param_hint="MODEL_OR_RECIPE")
+        click.echo(f"Uploading {path.name} …", err=True)
+        model = s.client.upload_model(path)
+        click.echo(f"Model {model['id']} is {model['status']}", err=True)
+        given = model["id"]
+    elif path.is_file():
+        try:
+            recipe: dict[str, Any] = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(f"{given} is not a JSON recipe: {exc}", param_hint="MODEL_OR_RECIPE") from None
+        if not isinstance(recipe, dict):
+            raise click.BadParameter(f"{given} is not a JSON object", param_hint="MODEL_OR_RECIPE")
+        recipe["dataset"] = {**(recipe.get("dataset") or {}), "name": dataset}
+        if epochs is not None:
+            recipe["training"] = {**(recipe.get("training") or {}), "epochs": epochs}
+        return recipe
+    if not MODEL_ID.match(given):
+        raise click.BadParameter(
+            f"{given!r} is neither a recipe file, a .keras/.h5 file nor a model id", param_hint="MODEL_OR_RECIPE"
+        )
+    return base_model_recipe(given, dataset, epochs or 2)
+
+
+class JobsProgress:
+    """A rich progress bar fed by ``Experiment.wait(on_update=…)``: child jobs ended of all."""
+
+    def __init__(self, console: Console, experiment: Experiment):
+        self.bar = Progress(
+            TextColumn("[bold]sweep"),
+            TextColumn("jobs"),
+            MofNCompleteColumn(),
+            BarColumn(bar_width=20),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task = self.bar.add_task("sweep", total=experiment.jobs, completed=experiment.finished)
+
+    def __enter__(self) -> JobsProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def update(self, experiment: Experiment) -> None:
+        self.bar.update(self.task, total=experiment.jobs, completed=experiment.finished)
+
+
+def mean_spread(figure: dict[str, Any] | None, digits: int = 4, scale: float = 1.0) -> str:
+    if not figure:
+        return "-"
+    mean, spread = figure["mean"] * scale, figure["spread"] * scale
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}" if figure.get("n", 1) > 1 else f"{mean:.{digits}f}"
+
+
+def sweep_table(experiment: Experiment) -> Table:
+    """What each sparsity costs: accuracy (and its drop from the dense base), gzipped size, TFLite size, latency."""
+    rows = experiment.comparison
+    baseline = next((row["baseline_accuracy"] for row in rows if row.get("baseline_accuracy")), None)
+    title = "Sparsity sweep" + (f" — dense base model: test accuracy {baseline['mean']:.4f}" if baseline else "")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    formats = {str(row["tflite_format"]) for row in rows if row.get("tflite_format")}
+    for name in ("target", "reached", "test accuracy", "Δ vs dense", "gzip KiB", "TFLite KiB", "batch-1 ms"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in rows:
+        accuracy = row.get("test_accuracy")
+        drop = f"{accuracy['mean'] - baseline['mean']:+.4f}" if accuracy and baseline else "-"
+        table.add_row(
+            fmt(row.get("target_sparsity"), 3),
+            mean_spread(row.get("sparsity"), 3),
+            mean_spread(accuracy),
+            drop,
+            mean_spread(row.get("gzip_bytes"), 1, 1 / 1024),
+            mean_spread(row.get("tflite_bytes"), 1, 1 / 1024),
+            mean_spread(row.get("tflite_latency_ms"), 3),
+        )
+    if formats:
+        table.caption = f"TFLite: {', '.join(sorted(formats))}; latency: median, one thread, this server's CPU"
+    return table
 
 
 def follow(s: Session, job: Job, poll: float, timeout: float | None) -> None:

@@ -168,6 +168,31 @@ class Client:
         """Newest first, following ``next_cursor`` until ``limit`` jobs (listings carry no history)."""
         return [Job(self, item) for item in self._pages(status, limit, page_size)]
 
+    def upload_model(
+        self, path: str | os.PathLike[str], *, wait: bool = True, poll: float = 0.5, timeout: float | None = 300
+    ) -> dict[str, Any]:
+        """Upload a ``.keras`` or ``.h5`` file (POST /v1/models); with ``wait``, return once its inspection has
+        ended — status ``ready``, or ``rejected`` with the reason (a TrainerClientError then)."""
+        path = Path(path)
+        with open(path, "rb") as fh:
+            model: dict[str, Any] = self.request("POST", "/v1/models", files={"file": (path.name, fh)}).json()
+        started = time.monotonic()
+        while wait and model.get("status") == "inspecting":
+            if timeout is not None and time.monotonic() >= started + timeout:
+                raise TrainerClientError(None, "Timed out", f"model {model['id']} is still being inspected")
+            time.sleep(poll)
+            model = self.request("GET", f"/v1/models/{model['id']}").json()
+        if model.get("status") == "rejected":
+            raise TrainerClientError(None, "Model rejected", f"{path.name}: {model.get('reason')}")
+        return model
+
+    def create_experiment(self, spec: dict[str, Any]) -> Experiment:
+        """Variants (or a sweep) × seeds as child jobs; see POST /v1/experiments."""
+        return Experiment(self, self.request("POST", "/v1/experiments", json=spec).json())
+
+    def experiment(self, experiment_id: str) -> Experiment:
+        return Experiment(self, self.request("GET", f"/v1/experiments/{experiment_id}").json())
+
     def _pages(self, status: str | None, limit: int, page_size: int) -> Iterator[dict[str, Any]]:
         cursor = None
         remaining = limit
@@ -333,6 +358,92 @@ class Job:
             target = _target_path(path, response.headers.get("Content-Disposition"), f"{self.id}-model.{format}")
             total = int(response.headers["Content-Length"]) if "Content-Length" in response.headers else None
             return _save_verified(response.iter_bytes(), target, expected, total, progress)
+
+
+def base_model_recipe(model_id: str, dataset: str, epochs: int = 2, learning_rate: float = 1e-4) -> dict[str, Any]:
+    """A recipe that fine-tunes an uploaded model whole while TF-MOT prunes it (TF-MOT's "prune a pre-trained
+    model": a few epochs at a low rate), exporting Keras and a sparse int8 TFLite file. The pruning target is a
+    placeholder a sweep replaces."""
+    return {
+        "name": f"prune-{model_id[:8]}",
+        "dataset": {"name": dataset},
+        "transfer": {"base_model_id": model_id, "reuse": "all"},
+        "training": {"epochs": epochs, "optimizer": {"type": "adam", "learning_rate": learning_rate}},
+        "pruning": {"schedule": {"type": "polynomial_decay", "final_sparsity": 0.5, "frequency": 10}},
+        "export": {"formats": ["keras", "tflite"], "tflite_options": {"sparsity": True, "dynamic_range_int8": True}},
+    }
+
+
+def sparsity_sweep(base: dict[str, Any], sparsities: list[float], repeats: int = 1) -> dict[str, Any]:
+    """The experiment spec sweeping ``base``'s pruning target (a polynomial schedule's final_sparsity, a constant
+    one's target_sparsity; a recipe that does not prune gets a polynomial schedule)."""
+    base = json.loads(json.dumps(base))  # a copy: the caller's recipe stays as it was
+    schedule = (base.setdefault("pruning", {}) or {}).get("schedule")
+    if schedule is None:
+        base["pruning"] = {"schedule": {"type": "polynomial_decay", "final_sparsity": sparsities[0], "frequency": 10}}
+        schedule = base["pruning"]["schedule"]
+    field = "target_sparsity" if schedule.get("type") == "constant_sparsity" else "final_sparsity"
+    return {
+        "name": f"sweep-{base.get('name', 'recipe')}"[:200],
+        "base": base,
+        "sweep": {f"pruning.schedule.{field}": list(sparsities)},
+        "repeats": repeats,
+    }
+
+
+class Experiment:
+    """An experiment as last seen by this client; ``data`` is the server's JSON (its ``comparison`` is the table)."""
+
+    def __init__(self, client: Client, data: dict[str, Any]):
+        self.client = client
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"<Experiment {self.id} {self.finished}/{self.jobs}>"
+
+    @property
+    def id(self) -> str:
+        return str(self.data["id"])
+
+    @property
+    def jobs(self) -> int:
+        return int(self.data["jobs"])
+
+    @property
+    def finished(self) -> int:
+        return int(self.data["finished"])
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.jobs
+
+    @property
+    def comparison(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.data["comparison"]
+        return rows
+
+    def refresh(self) -> Experiment:
+        self.data = self.client.request("GET", f"/v1/experiments/{self.id}").json()
+        return self
+
+    def wait(
+        self, poll: float = 1.0, timeout: float | None = None, on_update: Callable[[Experiment], Any] | None = None
+    ) -> Experiment:
+        """Poll until every child job has ended; ``on_update(experiment)`` after each poll. Raises WaitTimeout."""
+        started = time.monotonic()
+        while True:
+            self.refresh()
+            if on_update is not None:
+                on_update(self)
+            if self.done:
+                return self
+            if timeout is not None and time.monotonic() >= started + timeout:
+                raise WaitTimeout(self.id, f"{self.finished}/{self.jobs} done", timeout)
+            time.sleep(poll)
+
+    def plot(self, name: str = "tradeoff") -> bytes:
+        """A PNG of the experiment: ``compare`` or, for a sweep, ``tradeoff``."""
+        return self.client.request("GET", f"/v1/experiments/{self.id}/plots/{name}.png").content
 
 
 def _target_path(path: str | os.PathLike[str] | None, disposition: str | None, fallback: str) -> Path:
