@@ -21,10 +21,13 @@ from service.experiments_api import api as experiments_api
 from service.extensions import services
 from service.health_api import api as health_api
 from service.jobs_api import api as jobs_api
+from service.models_api import api as models_api
 from service.pages import pages
 from service.usage_api import api as usage_api
 
 __all__ = ["create_app", "services"]
+#: Room in a model upload's body for the multipart boundaries and part headers around the file.
+MULTIPART_ENVELOPE_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
@@ -53,7 +56,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     auth.install(app)
     _install_body_checks(app, settings)
 
-    for api in (jobs_api, datasets_api, experiments_api, health_api, usage_api):
+    for api in (jobs_api, datasets_api, experiments_api, health_api, usage_api, models_api):
         app.register_api(api)
     app.register_blueprint(pages)
     # the response models' schemas; a request model's own (validation) schema wins where both name one model
@@ -84,12 +87,16 @@ def _install_body_checks(app: OpenAPI, settings: Settings) -> None:
     """A body is read up to ``max_request_bytes`` counted on the bytes actually read (werkzeug's limited stream:
     a chunked body without Content-Length is cut there too, nothing past it is read) and parsed once — werkzeug
     caches ``get_json``, and that cached object is what flask-openapi3 validates. Malformed JSON is a 400 and a
-    wrong media type a 415, before any schema validation runs. Uploads keep the larger MAX_CONTENT_LENGTH."""
+    wrong media type a 415, before any schema validation runs. Dataset uploads keep the larger MAX_CONTENT_LENGTH;
+    model uploads read up to ``max_model_bytes`` (plus the multipart envelope), also counted on the bytes read."""
     app.request_class = TrainerRequest
 
     @app.before_request
     def _check_body():
         if request.method not in ("POST", "PUT", "PATCH") or request.path.startswith("/v1/datasets"):
+            return None
+        if request.path.startswith("/v1/models"):
+            request.max_content_length = settings.max_model_bytes + MULTIPART_ENVELOPE_BYTES
             return None
         too_large = PayloadTooLarge(
             f"the request body is over {settings.max_request_bytes:,} bytes (TRAINER_MAX_REQUEST_BYTES)"

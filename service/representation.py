@@ -34,6 +34,7 @@ from core import models as rows
 from core.causes import JobError
 from core.datasets import DatasetInfo
 from core.experiments import ExperimentSpec
+from core.model_inspect import ModelInspection
 from core.models import Artifact, JobStatus
 from core.plan import JobPlan
 from core.recipe import Recipe
@@ -370,3 +371,61 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str] = Field(description='Dependency → "ok" or why it cannot be reached.')
+
+
+# --- uploaded models -------------------------------------------------------------------------------------
+
+
+class UploadedModelLinks(BaseModel):
+    self: str
+    file: str = Field(description="The exact bytes uploaded (their sha256 never changes).")
+
+
+class UploadedModel(BaseModel):
+    """A model you uploaded: ``inspecting`` until a worker has checked, loaded and measured it, then ``ready`` (with
+    its ``inspection``) or ``rejected`` (with the ``reason``)."""
+
+    id: str = Field(description="32 hex digits: what a recipe's `transfer.base_model_id` takes.")
+    filename: str
+    format: Literal["keras", "h5"]
+    status: Literal["inspecting", "ready", "rejected"]
+    reason: str | None = Field(description="Why it was rejected: the layer and its class, or what is wrong with the file.")
+    sha256: str
+    size_bytes: int
+    created_at: Timestamp
+    inspected_at: Timestamp | None
+    inspection: Annotated[ModelInspection | None, Lenient] = Field(
+        description="Once ready: input and output shapes (without the batch axis), every layer with its params and "
+        "whether TF-MOT can prune it."
+    )
+    links: UploadedModelLinks
+
+
+class UploadedModelList(BaseModel):
+    items: list[UploadedModel]
+
+
+def _uploaded_model(model: rows.UploadedModel) -> UploadedModel:
+    base = f"/v1/models/{model.id}"
+    return build(
+        UploadedModel,
+        id=model.id,
+        filename=model.filename,
+        format=model.format,
+        status=model.status,
+        reason=model.reason,
+        sha256=model.sha256,
+        size_bytes=model.size_bytes,
+        created_at=model.created_at,
+        inspected_at=model.inspected_at,
+        inspection=model.inspection,
+        links=UploadedModelLinks(self=base, file=f"{base}/file"),
+    )
+
+
+def uploaded_model_body(model: rows.UploadedModel) -> dict:
+    return _uploaded_model(model).model_dump(mode="json")
+
+
+def uploaded_model_list_body(models: list[rows.UploadedModel]) -> dict:
+    return build(UploadedModelList, items=[_uploaded_model(m) for m in models]).model_dump(mode="json")

@@ -13,7 +13,7 @@ import logging
 from celery import signals
 
 from core.db import Database
-from core.queue import TRAIN_TASK, make_celery
+from core.queue import INSPECT_TASK, TRAIN_TASK, make_celery
 from core.settings import load_settings
 
 settings = load_settings()
@@ -77,3 +77,12 @@ def train_job(job_id: str) -> str | None:
     from worker.runner import run_job
 
     return run_job(database(), settings, job_id, device=_state.get("device", "CPU:0"))
+
+
+@app.task(name=INSPECT_TASK, acks_late=True, reject_on_worker_lost=False)
+def inspect_model(model_id: str) -> str | None:
+    """Not redelivered when its child dies: a file that crashed it is rejected by the memory guard, a lost worker's
+    inspection is sent again by the reconciler."""
+    from worker.inspection import inspect_model as inspect
+
+    return inspect(database(), settings, model_id)

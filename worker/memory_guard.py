@@ -12,6 +12,10 @@ attempt (the reconciler would otherwise requeue it, and it would be killed again
 
 Any other SIGKILL (an operator, a test, a host going down) leaves the job to the reconciler: requeued
 and resumed from its checkpoint, as before.
+
+A child inspecting an uploaded model (``worker.inspection``) is watched the same way: killed for memory, or
+dead of any abnormal exit but a SIGKILL not for memory (a crash in a loader on a hostile file), its model is
+rejected with that reason instead of being inspected again into the same end.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
-from core import job_state
+from core import job_state, model_store
 from core.causes import Cause, JobError
 from core.db import Database
 from core.settings import Settings
@@ -130,6 +134,7 @@ class MemoryGuard:
         self._last_seen: dict[int, float] = {}
         self._killed: set[int] = set()
         self._unrecorded: list[tuple[int, JobError]] = []  # failures to write once the database answers
+        self._crashed: list[tuple[int, int]] = []  # (pid, exit code): children that died on their own
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="memory-guard", daemon=True)
 
@@ -189,6 +194,7 @@ class MemoryGuard:
                 self._killed.discard(pid)
                 continue
             if exitcode != -signal.SIGKILL:
+                self._crashed.append((pid, exitcode))
                 continue
             after = oom_kills(self.events)
             if before is not None and after is not None and after > before:
@@ -202,6 +208,20 @@ class MemoryGuard:
                 log.warning("child %d was SIGKILLed, not for memory: its job is left to the reconciler", pid)
 
     def _record(self) -> None:
+        while self._crashed:
+            pid, exitcode = self._crashed[0]
+            if self.db is None:
+                raise RuntimeError("start() opens the database the guard records in")
+            reason = f"the process inspecting it died (exit code {exitcode}) while reading or loading the file"
+            try:
+                with self.db.session() as session:
+                    model_id = model_store.reject_inspecting_on(session, worker_name(pid), reason)
+            except OperationalError as exc:
+                log.warning("could not record child %d's crash yet: %s", pid, str(exc).splitlines()[0])
+                return
+            self._crashed.pop(0)
+            if model_id:
+                log.error("model %s: rejected, %s", model_id, reason)
         while self._unrecorded:
             pid, error = self._unrecorded[0]
             if self.db is None:
@@ -209,12 +229,15 @@ class MemoryGuard:
             try:
                 with self.db.session() as session:
                     job_id = job_state.fail_running_on(session, worker_name(pid), error)
+                    model_id = None if job_id else model_store.reject_inspecting_on(session, worker_name(pid), error.message)
             except OperationalError as exc:  # the database is away: the next round tries again
                 log.warning("could not record child %d's job as out_of_memory yet: %s", pid, str(exc).splitlines()[0])
                 return
             self._unrecorded.pop(0)
             if job_id:
                 log.error("job %s: failed as out_of_memory", job_id)
+            if model_id:
+                log.error("model %s: rejected, its inspection ran out of memory", model_id)
 
     def _loop(self) -> None:
         while not self._stop.wait(WATCH_INTERVAL_S):

@@ -1,4 +1,5 @@
-"""Re-sends queued jobs nobody took and requeues (or fails) running jobs whose heartbeat went stale.
+"""Re-sends queued jobs nobody took and requeues (or fails) running jobs whose heartbeat went stale; re-sends
+uploaded models' inspections nobody took or finished (``core.model_store.reconcile``).
 
 A thread of the worker's parent process: the child is busy training, and the embedded SQLAlchemy
 transport has no redelivery of its own, so this loop is what makes "no job is lost" true.
@@ -11,8 +12,9 @@ import threading
 
 from celery import Celery
 
+from core import model_store
 from core.db import Database
-from core.queue import dispatch
+from core.queue import INSPECT_TASK, dispatch
 from core.reconcile import reconcile
 from core.settings import Settings
 
@@ -44,6 +46,13 @@ class Reconciler:
             raise RuntimeError("start() opens the database the reconciler works on")
         with self.db.session() as session:
             found = reconcile(session, self.settings)
+        with self.db.session() as session:
+            inspections = model_store.reconcile(session, self.settings)
+        for model_id in inspections["redispatch"]:
+            log.warning("model %s: sending its inspection again", model_id)
+            dispatch(self.celery, model_id, INSPECT_TASK)
+        for model_id in inspections["rejected"]:
+            log.error("model %s: rejected, its inspection never finished", model_id)
         for job_id in found["redispatch"]:
             log.warning("job %s: sending again", job_id)
             dispatch(self.celery, job_id)
