@@ -52,6 +52,34 @@ class TransferResult(TransferChoice):
     )
 
 
+class FlopCounts(BaseModel):
+    """Counted from the architecture without TensorFlow (``core.layers.LayerBase.flops``)."""
+
+    total: int = Field(description="FLOPs per sample of the exported model: a multiply-add is 2; dense and conv2d only.")
+    layers: dict[str, int] = Field(description="Per layer with a kernel, by name.")
+
+
+class StructuredLayer(BaseModel):
+    name: str
+    units: int = Field(description="Units (dense) or filters (conv2d) before the shrink.")
+    kept: int = Field(description="Of those, the ones the shrunk model keeps.")
+
+
+class StructuredResult(BaseModel):
+    """What structured pruning removed: the masked model before the shrink, the rebuilt one after."""
+
+    norm: str = Field(description="How units were ranked: l1 or l2 of their incoming weights.")
+    final_fraction: float
+    params_before: int = Field(description="Parameters before the shrink (the masked units still counted).")
+    params_after: int = Field(description="Parameters of the shrunk model (before any unstructured pruning).")
+    flops_before: int = Field(description="FLOPs per sample before the shrink.")
+    flops_after: int = Field(description="FLOPs per sample of the shrunk model.")
+    layers: list[StructuredLayer] = Field(description="Each pruned layer: units before and kept.")
+    max_shrink_difference: float = Field(
+        description="Max |masked − shrunk| over the outputs of a batch of training inputs, checked in the worker."
+    )
+
+
 class JobResult(BaseModel):
     """What a succeeded job made: test metrics, sparsity and sizes read back from the exported files."""
 
@@ -65,6 +93,8 @@ class JobResult(BaseModel):
         None, description="post_training_threshold jobs only: the test metrics before the weights were zeroed."
     )
     transfer: TransferResult | None = Field(None, description="Transfer jobs only: what was reused.")
+    flops: FlopCounts | None = Field(None, description="FLOPs per sample of the exported model (not for transfer jobs).")
+    structured: StructuredResult | None = Field(None, description="Structured pruning jobs only: what the shrink removed.")
 
     def stored(self) -> dict[str, Any]:
         """The JSON kept in ``Job.result``: keys that do not apply are absent, as they always were."""

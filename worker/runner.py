@@ -22,14 +22,14 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from core import artifacts, checkpoints, job_state, jobs
+from core import artifacts, checkpoints, job_state, jobs, structured
 from core.causes import Cause, JobError
 from core.db import Database
 from core.errors import JobStopped
 from core.models import Job, JobStatus, utcnow
 from core.plan import JobPlan, TransferChoice
 from core.recipe import Recipe
-from core.results import FileSize, JobResult, PlotName, TransferResult
+from core.results import FileSize, FlopCounts, JobResult, PlotName, StructuredLayer, StructuredResult, TransferResult
 from core.settings import Settings
 from worker import checkpoint
 
@@ -291,7 +291,10 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
         0 if splits.x_val is None else len(splits.x_val),
         len(splits.x_test),
     )
-    resume = _checkpoint(run) if run.attempt > 1 and not recipe.transfer else None
+    phase = _structured_phase(job_plan)
+    resume = _checkpoint(run) if run.attempt > 1 and not recipe.transfer and phase is None else None
+    if run.attempt > 1 and phase is not None:
+        log.info("attempt %d: structured pruning starts again from epoch 1 (its model changes at the shrink)", run.attempt)
     for warning in job_plan.warnings:
         log.warning("%s", warning)
     outcome = training.train(
@@ -303,10 +306,19 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
         pruned_layers=job_plan.pruned_layers,
         transfer=transfer,
         resume=resume,
+        structured_phase=phase,
     )
     _raise_if_stopped(run, recipe, outcome)
     _export_and_store(run, recipe, outcome, job_plan)
     return JobStatus.SUCCEEDED
+
+
+def _structured_phase(job_plan: JobPlan):
+    from worker.training import StructuredPhase
+
+    if job_plan.structured_layers is None or job_plan.structured_end_step is None or job_plan.structured_epochs is None:
+        return None
+    return StructuredPhase(job_plan.structured_layers, job_plan.structured_end_step, job_plan.structured_epochs)
 
 
 def _reused(run: JobRun, choice: TransferChoice):
@@ -329,7 +341,30 @@ def _raise_if_stopped(run: JobRun, recipe: Recipe, outcome) -> None:
         raise JobStopped(Cause.WORKER_LOST, "this worker no longer holds the job (it was requeued or cancelled)")
 
 
-def _result(outcome, files: dict[str, Path], job_plan: JobPlan) -> JobResult:
+def _flops_and_structured(recipe: Recipe, outcome) -> tuple[FlopCounts | None, StructuredResult | None]:
+    """FLOPs of the exported architecture (the shrunk one after structured pruning), counted by ``core``."""
+    if recipe.transfer is not None:
+        return None, None  # the reused layers are not recipe layers: core cannot count them
+    layers, start = recipe.all_layers(), tuple(recipe.model.input_shape)
+    before = structured.flops(layers, start)
+    report = outcome.structured
+    if report is None or recipe.pruning is None or recipe.pruning.structured is None:
+        return FlopCounts(total=sum(before.values()), layers=before), None
+    after = structured.flops(structured.shrunk_layers(layers, {n: kept for n, (_, kept) in report.units.items()}), start)
+    spec = recipe.pruning.structured
+    return FlopCounts(total=sum(after.values()), layers=after), StructuredResult(
+        norm=spec.norm,
+        final_fraction=spec.final_fraction,
+        params_before=report.params_before,
+        params_after=report.params_after,
+        flops_before=sum(before.values()),
+        flops_after=sum(after.values()),
+        layers=[StructuredLayer(name=n, units=units, kept=kept) for n, (units, kept) in report.units.items()],
+        max_shrink_difference=report.max_difference,
+    )
+
+
+def _result(outcome, files: dict[str, Path], job_plan: JobPlan, recipe: Recipe) -> JobResult:
     """What the job reports, read back from the exported files."""
     from worker import export
 
@@ -337,6 +372,7 @@ def _result(outcome, files: dict[str, Path], job_plan: JobPlan) -> JobResult:
     if outcome.transfer is not None and job_plan.transfer is not None:  # a transfer outcome comes from its plan
         transfer = TransferResult(**job_plan.transfer.model_dump(), **outcome.transfer)
     sizes = {fmt: FileSize(**size) for fmt, size in export.sizes(files).items()}
+    flops, structured_result = _flops_and_structured(recipe, outcome)
     return JobResult(
         test=outcome.test,
         **export.sparsity_report(outcome.model, outcome.pruned_layers),
@@ -345,6 +381,8 @@ def _result(outcome, files: dict[str, Path], job_plan: JobPlan) -> JobResult:
         train_seconds=round(outcome.seconds, 3),
         test_before_threshold=outcome.test_before_threshold,
         transfer=transfer,
+        flops=flops,
+        structured=structured_result,
     )
 
 
@@ -354,7 +392,7 @@ def _export_and_store(run: JobRun, recipe: Recipe, outcome, job_plan: JobPlan) -
 
     with tempfile.TemporaryDirectory(prefix=f"job-{run.job_id[:8]}-") as tmp:
         files = export.strip_and_export(outcome.model, recipe.export, Path(tmp))
-        result = _result(outcome, files, job_plan)
+        result = _result(outcome, files, job_plan, recipe)
         log.info("test %s; sparsity %.4f", outcome.test, result.sparsity.overall)
 
         pictures = _render_plots(run, recipe, outcome, result.stored(), job_plan)
