@@ -8,18 +8,20 @@ architecture, built the same way and measured the same way in the same run, so `
 numbers taken under the same load.
 
 How each runtime gets its thread count:
-- TFLite: ``tf.lite.Interpreter(num_threads=n)``, with the builtin kernels only
-  (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``: XNNPACK, the default delegate, would densify a sparse model's weights).
+- TFLite: ``tf.lite.Interpreter(num_threads=n)``, with the builtin kernels only (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``,
+  as the tests load sparse models): the builtin kernels are where TFLite's sparse paths are; the default XNNPACK
+  delegate would take over the ops it supports instead.
 - Keras: TF's global intra-op pool is fixed once the runtime has started (the worker trained on it), so the model's
   compiled call — a ``tf.function`` of ``model(x, training=False)``, its variables frozen into constants — runs in a
   ``tf.compat.v1.Session`` with its own pools (``use_per_session_threads``) of 1 or ``os.cpu_count()`` threads. That
   is TF's own graph executor with an honest thread count, without ``model.predict``'s milliseconds per call.
 
 Peak memory (Linux): the kernel's high-water mark of the worker's resident memory is reset by writing ``5`` to
-``/proc/self/clear_refs``; the format is loaded from its bytes and run at batch 1 and 256 with each thread count;
-``VmHWM`` minus ``VmRSS`` at the reset is its peak. Pages the process freed earlier and reuses are not counted, so
-this is a lower bound of what a fresh process would need. Elsewhere (no ``clear_refs``) it is the rise of
-``ru_maxrss``, 0 when an earlier peak was higher.
+``/proc/self/clear_refs``; the format is loaded from its file and run at batch 1 and 256 with each thread count;
+``VmHWM`` minus ``VmRSS`` at the reset is its peak (a TFLite file is mapped, so its pages count). Memory the
+process freed earlier and reuses is not counted, so this is a lower bound of what a fresh process would need
+(forking a child to measure in is not safe once TensorFlow's threads run). Elsewhere (no ``clear_refs``) it is the
+rise of ``ru_maxrss``, 0 when an earlier peak was higher.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import resource
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,7 +55,7 @@ TFLITE_OPTIMIZATIONS: dict[str, tuple[str, ...]] = {
 }
 WARMUP_CALLS = 20
 THROUGHPUT_BATCH = 256
-#: A batch-256 figure is the mean over at least this many calls and this much time.
+#: A batch-256 figure is the median of at least this many calls over at least this much time.
 THROUGHPUT_MIN_CALLS, THROUGHPUT_MIN_S = 3, 0.05
 
 Call = Callable[[np.ndarray], object]
@@ -172,7 +175,7 @@ def _tflite_files(model, formats: list[InferenceFormat]) -> dict[str, bytes]:
     graph (no model object given to the converter): ~0.1 s a conversion instead of ~0.5 s for ``from_keras_model``,
     which writes and reloads a SavedModel each time; the files differ only in their signature metadata."""
     concrete = _compiled_call(model)
-    out = {}
+    out: dict[str, bytes] = {}
     for fmt in formats:
         converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
         converter.optimizations = [getattr(tf.lite.Optimize, name) for name in TFLITE_OPTIMIZATIONS[fmt]]
@@ -182,8 +185,10 @@ def _tflite_files(model, formats: list[InferenceFormat]) -> dict[str, bytes]:
 
 def _measure_format(fmt: InferenceFormat, content: bytes, x1, x256, threads: list[int], calls: int) -> FormatInference:
     measures: list[RunMeasure] = []
-    with _peak_memory() as peak:
-        with _opened(fmt, content) as open_for:
+    with tempfile.TemporaryDirectory(prefix="inference-") as tmp:
+        path = Path(tmp) / ("model.keras" if fmt == "keras" else f"{fmt}.tflite")
+        path.write_bytes(content)
+        with _peak_memory() as peak, _opened(fmt, path) as open_for:
             for n in threads:
                 one, batch = open_for(n, 1), open_for(n, THROUGHPUT_BATCH)
                 measures.append(
@@ -200,15 +205,11 @@ def _measure_format(fmt: InferenceFormat, content: bytes, x1, x256, threads: lis
 
 
 @contextmanager
-def _opened(fmt: str, content: bytes) -> Iterator[Callable[[int, int], Call]]:
-    """``open_for(threads, batch)`` → a call running one batch; everything opened is dropped on exit."""
-    held: list = []
+def _opened(fmt: str, path: Path) -> Iterator[Callable[[int, int], Call]]:
+    """``open_for(threads, batch)`` → a call running one batch of the file at ``path``, loaded as a user would
+    (``load_model``; a TFLite interpreter maps the file); everything opened is dropped on exit."""
     if fmt == "keras":
-        with tempfile.TemporaryDirectory(prefix="inference-") as tmp:
-            path = Path(tmp) / "model.keras"
-            path.write_bytes(content)
-            loaded = keras.models.load_model(path, compile=False)
-        graph, feed, fetch = _frozen(loaded)
+        graph, feed, fetch = _frozen(keras.models.load_model(path, compile=False))
         sessions: dict[int, object] = {}
 
         def open_keras(threads: int, batch: int) -> Call:
@@ -225,30 +226,34 @@ def _opened(fmt: str, content: bytes) -> Iterator[Callable[[int, int], Call]]:
         finally:
             for session in sessions.values():
                 session.close()  # type: ignore[attr-defined]
-            del loaded, graph
-    else:
+        return
+    held: list = []
 
-        def open_tflite(threads: int, batch: int) -> Call:
+    def open_tflite(threads: int, batch: int) -> Call:
+        with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated" (for LiteRT's): same kernels
+            warnings.simplefilter("ignore", UserWarning)
             interpreter = tf.lite.Interpreter(
-                model_content=content,
+                model_path=str(path),
                 num_threads=threads,
                 experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
             )
-            inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-            if batch != 1:
-                interpreter.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]])
-            interpreter.allocate_tensors()
-            held.append(interpreter)
+        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        if batch != 1:
+            interpreter.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]])
+        interpreter.allocate_tensors()
+        held.append(interpreter)
 
-            def run(x):
-                interpreter.set_tensor(inp["index"], x)
-                interpreter.invoke()
-                return interpreter.get_tensor(out["index"])
+        def run(x):
+            interpreter.set_tensor(inp["index"], x)
+            interpreter.invoke()
+            return interpreter.get_tensor(out["index"])
 
-            return run
+        return run
 
+    try:
         yield open_tflite
-    held.clear()
+    finally:
+        held.clear()
 
 
 def _frozen(model):
@@ -278,12 +283,15 @@ def _latency(call: Call, x: np.ndarray, calls: int) -> Latency:
 
 
 def _throughput(call: Call, x: np.ndarray) -> float:
+    """Samples per second of the median call (a shared machine's hiccups move a mean, not a median)."""
     call(x)  # warm-up: the first call allocates
-    n, start = 0, time.perf_counter()
-    while n < THROUGHPUT_MIN_CALLS or time.perf_counter() - start < THROUGHPUT_MIN_S:
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < THROUGHPUT_MIN_CALLS or time.perf_counter() - started < THROUGHPUT_MIN_S:
+        start = time.perf_counter()
         call(x)
-        n += 1
-    return round(n * len(x) / (time.perf_counter() - start), 1)
+        times.append(time.perf_counter() - start)
+    return round(len(x) / statistics.median(times), 1)
 
 
 def _status_kib(field: str) -> int | None:
