@@ -29,7 +29,16 @@ from core.errors import JobStopped
 from core.models import Job, JobStatus, utcnow
 from core.plan import JobPlan, TransferChoice
 from core.recipe import Recipe
-from core.results import FileSize, FlopCounts, JobResult, PlotName, StructuredLayer, StructuredResult, TransferResult
+from core.results import (
+    FileSize,
+    FlopCounts,
+    InferenceReport,
+    JobResult,
+    PlotName,
+    StructuredLayer,
+    StructuredResult,
+    TransferResult,
+)
 from core.settings import Settings
 from worker import checkpoint
 
@@ -309,7 +318,7 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
         structured_phase=phase,
     )
     _raise_if_stopped(run, recipe, outcome)
-    _export_and_store(run, recipe, outcome, job_plan)
+    _export_and_store(run, recipe, outcome, job_plan, splits.x_test[:THROUGHPUT_ROWS])
     return JobStatus.SUCCEEDED
 
 
@@ -386,7 +395,7 @@ def _result(outcome, files: dict[str, Path], job_plan: JobPlan, recipe: Recipe) 
     )
 
 
-def _export_and_store(run: JobRun, recipe: Recipe, outcome, job_plan: JobPlan) -> None:
+def _export_and_store(run: JobRun, recipe: Recipe, outcome, job_plan: JobPlan, sample_x=None) -> None:
     """The model files, the result and the plots in one transaction with the job's success."""
     from worker import export
 
@@ -394,6 +403,8 @@ def _export_and_store(run: JobRun, recipe: Recipe, outcome, job_plan: JobPlan) -
         files = export.strip_and_export(outcome.model, recipe.export, Path(tmp))
         result = _result(outcome, files, job_plan, recipe)
         log.info("test %s; sparsity %.4f", outcome.test, result.sparsity.overall)
+        if run.settings.inference != "off" and sample_x is not None:
+            result.inference = _measure_inference(run, recipe, outcome, files, sample_x)
 
         pictures = _render_plots(run, recipe, outcome, result.stored(), job_plan)
 
@@ -429,6 +440,42 @@ def _export_and_store(run: JobRun, recipe: Recipe, outcome, job_plan: JobPlan) -
                     )
 
         with_retries(store, run.settings.db_retry_s, "storing the trained model")
+
+
+#: Test inputs handed to the inference measurement (tiled to its batch of 256).
+THROUGHPUT_ROWS = 256
+
+
+def _measure_inference(run: JobRun, recipe: Recipe, outcome, files: dict[str, Path], sample_x) -> InferenceReport | None:
+    """The job's progress says it is measuring; a model that cannot be measured (a conversion TFLite refuses) is
+    logged and reported without ``inference``, never a failed job: its training is done and stored."""
+    from worker import inference
+
+    started = time.perf_counter()
+    progress = {**run.base_progress, "epoch": outcome.epochs_run, "phase": "inference"}
+    try:
+        with run.db.session() as session:
+            job_state.update_running(session, run.job_id, run.attempt, progress=progress)
+    except OperationalError as exc:  # only a progress note: the measurement goes on
+        worker_log.warning("could not show the inference phase: %s", str(exc).splitlines()[0])
+    try:
+        twin = inference.dense_twin(outcome.model, recipe)
+        exported = inference.reusable_exports(files, recipe.export)
+        report = inference.measure(outcome.model, twin, sample_x, run.settings, exported)
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        log.warning("could not measure inference: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+    fmt = "tflite_sparse" if "tflite_sparse" in report.speedup else next(iter(report.speedup), None)
+    log.info(
+        "inference measured in %.1f s on %d CPUs; %s",
+        time.perf_counter() - started,
+        report.cpu_count,
+        f"{fmt} batch-1 median {report.model[fmt].single_thread.batch1.median_ms:.3f} ms, "
+        f"{report.speedup[fmt]:.2f}x the dense twin"
+        if fmt
+        else "no format",
+    )
+    return report
 
 
 def _render_plots(run: JobRun, recipe: Recipe, outcome, result: dict, job_plan: JobPlan) -> dict[PlotName, bytes]:
