@@ -3,6 +3,9 @@ the API (real TensorFlow, tiny digits models); the recipes it refuses and why.""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -248,3 +251,28 @@ def test_pruning_combinations_that_make_no_sense_are_refused(client, pruning, wo
     body = response.get_json()
     assert all(e["loc"][:1] == ["pruning"] for e in body["errors"]), body["errors"]
     assert words in body["detail"], body["detail"]
+
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "structured").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_the_comparison_recipes_are_admissible_and_structured_ones_halve_the_flops(path):
+    """examples/structured/ trains on Fashion-MNIST, too slow for the suite: checked here as admission checks it."""
+    from core import structured
+    from core.datasets import BUILTIN
+    from core.plan import plan_for
+    from core.selection import describe
+
+    recipe = Recipe.model_validate(json.loads(path.read_text()))
+    structured.check(recipe)
+    plan = plan_for(recipe, describe(BUILTIN["fashion_mnist"], recipe.dataset))
+    spec = recipe.pruning.structured if recipe.pruning else None
+    layers, start = recipe.all_layers(), tuple(recipe.model.input_shape)
+    before = sum(structured.flops(layers, start).values())
+    if spec is None:
+        assert plan.structured_end_step is None
+        return
+    after = sum(structured.flops(structured.shrunk_layers(layers, structured.kept_units(recipe, spec)), start).values())
+    assert before / 4 < after < before / 2 + before / 10  # halving both sides of a hidden kernel: about ¼…½
+    assert plan.structured_end_step is not None and plan.train_samples == 10_000
