@@ -78,7 +78,9 @@ def train_here(data: dict):
 
 
 def test_training_removes_half_the_units_of_every_hidden_layer_and_the_shrunk_model_matches_the_masked_one():
-    outcome, recorder, splits = train_here(digits_mlp())
+    data = digits_mlp()
+    data["dataset"]["standardize"] = True  # a Normalization layer first: rebuilt with its statistics
+    outcome, recorder, splits = train_here(data)
     report = outcome.structured
     assert report.units == {"dense_0": (24, 12), "dense_3": (16, 8)}
     assert report.max_difference <= 1e-5
@@ -86,11 +88,14 @@ def test_training_removes_half_the_units_of_every_hidden_layer_and_the_shrunk_mo
     assert [model.get_layer(n).units for n in ("dense_0", "dense_3", "dense_4")] == [12, 8, 10]
     assert model.get_layer("batch_normalization_1").gamma.shape == (12,)
     assert report.params_after == model.count_params() < report.params_before
+    assert np.asarray(model.get_layer("standardize").get_config()["mean"]).size == 64
     assert len(recorder.epochs) == 4 and 0 <= outcome.test["accuracy"] <= 1
 
 
 def test_a_cnn_loses_filters_through_batch_norm_pooling_and_flatten():
-    outcome, _, splits = train_here(digits_cnn())
+    data = digits_cnn()
+    data["model"]["layers"][3]["activation"] = {"type": "leaky_relu", "alpha": 0.2}  # a LeakyReLU layer after it
+    outcome, _, splits = train_here(data)
     assert outcome.structured.units == {"conv2d_0": (8, 4), "conv2d_3": (6, 3)}
     assert outcome.structured.max_difference <= 1e-5
     assert outcome.model.get_layer("dense_5").kernel.shape == (4 * 4 * 3, 10)
