@@ -13,6 +13,7 @@ from core.recipe import Recipe
 from tests.support import Recorder, wait_for
 
 STRUCTURED = {"final_fraction": 0.5, "frequency": 5}
+EXAMPLES_DIR = Path(__file__).parent.parent / "examples" / "structured"
 
 
 def digits_mlp(**pruning) -> dict:
@@ -92,13 +93,63 @@ def test_training_removes_half_the_units_of_every_hidden_layer_and_the_shrunk_mo
     assert len(recorder.epochs) == 4 and 0 <= outcome.test["accuracy"] <= 1
 
 
-def test_a_cnn_loses_filters_through_batch_norm_pooling_and_flatten():
+def test_a_shrunk_cnn_loses_filters_through_batch_norm_pooling_and_flatten_and_exports_in_every_format(tmp_path):
+    import zipfile
+
+    import tf_keras
+
+    from core.recipe import ExportSpec
+    from worker.export import strip_and_export
+    from worker.tf_env import tf
+
     data = digits_cnn()
     data["model"]["layers"][3]["activation"] = {"type": "leaky_relu", "alpha": 0.2}  # a LeakyReLU layer after it
     outcome, _, splits = train_here(data)
     assert outcome.structured.units == {"conv2d_0": (8, 4), "conv2d_3": (6, 3)}
     assert outcome.structured.max_difference <= 1e-5
     assert outcome.model.get_layer("dense_5").kernel.shape == (4 * 4 * 3, 10)
+
+    files = strip_and_export(outcome.model, ExportSpec(formats=["h5", "keras", "savedmodel", "tflite"]), tmp_path)
+    x = splits.x_test[:64].astype(np.float32)
+    expected = outcome.model.predict(x, verbose=0)
+    for fmt in ("h5", "keras"):
+        loaded = tf_keras.models.load_model(files[fmt])  # plain tf_keras, no custom objects
+        assert loaded.count_params() == outcome.structured.params_after
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+    with zipfile.ZipFile(files["savedmodel"]) as archive:
+        archive.extractall(tmp_path / "sm")
+    served = tf.saved_model.load(str(tmp_path / "sm" / "savedmodel")).signatures["serving_default"]
+    np.testing.assert_allclose(list(served(tf.constant(x)).values())[0].numpy(), expected, rtol=1e-4, atol=1e-5)
+    interpreter = tf.lite.Interpreter(model_path=str(files["tflite"]))
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(lite, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_flops_are_counted_per_layer_without_tensorflow():
+    """The gallery CNN on 28×28×1, by hand: a multiply-add is 2 FLOPs, only dense and conv2d kernels count."""
+    from core import structured
+
+    recipe = Recipe.model_validate(json.loads((EXAMPLES_DIR / "cnn-dense.json").read_text()))
+    assert structured.flops(recipe.all_layers(), (28, 28, 1)) == {
+        "conv2d_0": 2 * 28 * 28 * 3 * 3 * 1 * 32,
+        "conv2d_2": 2 * 14 * 14 * 3 * 3 * 32 * 64,
+        "dense_5": 2 * 7 * 7 * 64 * 128,
+        "dense_6": 2 * 128 * 10,
+    }
+    dense_on_rows = Recipe.model_validate(
+        {
+            **json.loads((EXAMPLES_DIR / "mlp-dense.json").read_text()),
+            "model": {
+                "input_shape": [28, 28],
+                "layers": [{"type": "dense", "units": 5}, {"type": "flatten"}, {"type": "dense", "units": 10}],
+            },
+        }
+    )
+    assert structured.flops(dense_on_rows.all_layers(), (28, 28)) == {"dense_0": 2 * 28 * 28 * 5, "dense_2": 2 * 140 * 10}
 
 
 # -- through the API ---------------------------------------------------------------------------------------
@@ -258,7 +309,7 @@ def test_pruning_combinations_that_make_no_sense_are_refused(client, pruning, wo
     assert words in body["detail"], body["detail"]
 
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "structured").glob("*.json"))
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
