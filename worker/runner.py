@@ -487,9 +487,9 @@ def _render_plots(run: JobRun, recipe: Recipe, outcome, result: dict, job_plan: 
         with run.db.session() as session:
             history = jobs.history(session, run.job_id)
         final = [layer.kernel.numpy() for layer in outcome.model.layers if getattr(layer, "kernel", None) is not None]
-        return plots.render(
-            history, recipe, result, job_plan.steps_per_epoch, job_plan.pruning_end_step, outcome.initial_kernels, final
-        )
+        # after structured pruning, TF-MOT's steps count from the shrink: its target curve would be drawn misplaced
+        end_step = None if job_plan.structured_epochs is not None else job_plan.pruning_end_step
+        return plots.render(history, recipe, result, job_plan.steps_per_epoch, end_step, outcome.initial_kernels, final)
     except Exception as exc:  # noqa: BLE001 - see docstring
         log.warning("could not draw the plots: %s", exc)
         return {}
