@@ -41,7 +41,7 @@ from typing import get_args
 
 import numpy as np
 
-from core.recipe import ExportSpec, Recipe
+from core.recipe import ExportSpec, Recipe, TFLiteOptions
 from core.results import FormatInference, InferenceFormat, InferenceReport, Latency, RunMeasure
 from core.settings import Settings
 from worker.tf_env import keras, tf
@@ -71,13 +71,17 @@ def measure(
 ) -> InferenceReport:
     """``model``: the stripped exported Keras model; ``twin``: the same architecture, untrained and dense
     (``dense_twin``). ``sample_x``: a few inputs (tiled to 256). ``exported``: files the export already made, by
-    inference format (``reusable_exports``), so nothing is converted twice. ``on_format`` is told what is measured."""
+    inference format (``reusable_exports``), so nothing is converted twice (the twin's files of those formats are made
+    the same way, so sizes compare). ``on_format`` is told what is measured."""
     threads = thread_counts()
     x1, x256 = _batches(sample_x)
     calls = settings.inference_calls
     tell = on_format or (lambda what: None)
-    ours = _measure_model(model, x1, x256, threads, calls, exported or {}, lambda fmt: tell(f"model {fmt}"))
-    theirs = _measure_model(twin, x1, x256, threads, calls, {}, lambda fmt: tell(f"dense twin {fmt}"))
+    exported = exported or {}
+    ours = _measure_model(model, x1, x256, threads, calls, exported, lambda fmt: tell(f"model {fmt}"))
+    theirs = _measure_model(
+        twin, x1, x256, threads, calls, _as_exported(twin, set(exported)), lambda fmt: tell(f"dense twin {fmt}")
+    )
     speedup = {
         fmt: round(theirs[fmt].single_thread.batch1.median_ms / ours[fmt].single_thread.batch1.median_ms, 4) for fmt in ours
     }
@@ -115,6 +119,20 @@ def reusable_exports(files: dict[str, Path], spec: ExportSpec) -> dict[str, byte
         fmt = match.get((bool(options.sparsity), bool(options.dynamic_range_int8)))
         if fmt is not None:
             out[fmt] = files["tflite"].read_bytes()
+    return out
+
+
+def _as_exported(twin, formats: set[str]) -> dict[str, bytes]:
+    """The twin's files of the formats the model's come from its export, made the export's way: ``from_keras_model``
+    stores signatures that the quicker conversion here does not (about 1 KiB, all of a tiny model's difference)."""
+    from worker import export
+
+    twin = export.portable(twin)
+    out = {"keras": _keras_bytes(twin)} if "keras" in formats else {}
+    for fmt in formats & set(TFLITE_OPTIMIZATIONS):
+        names = TFLITE_OPTIMIZATIONS[fmt]
+        options = TFLiteOptions(sparsity="EXPERIMENTAL_SPARSITY" in names, dynamic_range_int8="DEFAULT" in names)
+        out[fmt] = export.tflite_bytes(twin, options)
     return out
 
 
