@@ -9,8 +9,8 @@ numbers taken under the same load.
 
 How each runtime gets its thread count:
 - TFLite: ``tf.lite.Interpreter(num_threads=n)``, with the builtin kernels only (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``,
-  as the tests load sparse models): the builtin kernels are where TFLite's sparse paths are; the default XNNPACK
-  delegate would take over the ops it supports instead.
+  as the tests load sparse models): TF 2.21's default XNNPack delegate refuses the sparse int8 fully-connected op,
+  and the builtin kernels are where TFLite's sparse paths are. Every format runs the same way, so they compare.
 - Keras: TF's global intra-op pool is fixed once the runtime has started (the worker trained on it), so the model's
   compiled call — a ``tf.function`` of ``model(x, training=False)``, its variables frozen into constants — runs in a
   ``tf.compat.v1.Session`` with its own pools (``use_per_session_threads``) of 1 or ``os.cpu_count()`` threads. That
