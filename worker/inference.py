@@ -18,14 +18,16 @@ How each runtime gets its thread count:
 
 Peak memory (Linux): the kernel's high-water mark of the worker's resident memory is reset by writing ``5`` to
 ``/proc/self/clear_refs``; the format is loaded from its file and run at batch 1 and 256 with each thread count;
-``VmHWM`` minus ``VmRSS`` at the reset is its peak (a TFLite file is mapped, so its pages count). Memory the
-process freed earlier and reuses is not counted, so this is a lower bound of what a fresh process would need
-(forking a child to measure in is not safe once TensorFlow's threads run). Elsewhere (no ``clear_refs``) it is the
-rise of ``ru_maxrss``, 0 when an earlier peak was higher.
+``VmHWM`` minus ``VmRSS`` at the reset is its peak (a TFLite file is mapped, so its pages count). The heap's free
+pages are first returned to the kernel (glibc ``malloc_trim``); memory the process still holds and reuses is not
+counted, so this is a lower bound of what a fresh process would need (forking a child to measure in is not safe
+once TensorFlow's threads run, and a fresh interpreter per format costs seconds of TensorFlow import). Elsewhere
+(no ``clear_refs``) it is the rise of ``ru_maxrss``, 0 when an earlier peak was higher.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import os
 import platform
@@ -312,6 +314,13 @@ def _throughput(call: Call, x: np.ndarray) -> float:
     return round(len(x) / statistics.median(times), 1)
 
 
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure stays a lower bound
+        pass
+
+
 def _status_kib(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -324,7 +333,12 @@ def _status_kib(field: str) -> int | None:
 
 @contextmanager
 def _peak_memory() -> Iterator[Callable[[], int]]:
-    """Yields a function giving, after the block, how far resident memory rose within it (module docstring)."""
+    """Yields a function giving, after the block, how far resident memory rose within it (module docstring).
+
+    glibc's ``malloc_trim`` first hands the heap's free pages back to the kernel, so what the block allocates
+    needs pages that count again (without it a model loaded after training can show 0: it reuses the heap that
+    training freed)."""
+    _trim_heap()
     try:
         Path("/proc/self/clear_refs").write_text("5")
         base = _status_kib("VmRSS")

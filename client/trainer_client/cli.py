@@ -447,9 +447,10 @@ def byte_size(value: object) -> str:
     """Bytes as K or M (binary), 3 digits: file sizes and memory are compared by their order of magnitude."""
     if not isinstance(value, int):
         return "–"
-    for unit, scale in (("M", 1024 * 1024), ("K", 1024)):
-        if value >= scale:
-            return f"{value / scale:.3g}{unit}"
+    if value >= 1000 * 1024:
+        return f"{value / (1024 * 1024):.3g}M"
+    if value >= 1000:
+        return f"{value / 1024:.3g}K"
     return f"{value}B"
 
 
@@ -457,15 +458,19 @@ def duration(ms: object) -> str:
     """Milliseconds as µs below 1 ms, 3 significant digits: a tiny model's call takes microseconds."""
     if not isinstance(ms, (int, float)):
         return "–"
-    return f"{ms * 1000:.3g}µs" if ms < 1 else f"{ms:.3g}ms"
+    if ms < 0.9995:
+        return f"{ms * 1000:.3g}µs"
+    return f"{ms:.3g}ms" if ms < 999.5 else f"{ms / 1000:.3g}s"
 
 
 def rate(per_second: object) -> str:
+    """Samples per second as k or M, 3 digits."""
     if not isinstance(per_second, (int, float)):
         return "–"
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if per_second >= scale:
-            return f"{per_second / scale:.3g}{unit}"
+    if per_second >= 999_500:
+        return f"{per_second / 1e6:.3g}M"
+    if per_second >= 999.5:
+        return f"{per_second / 1e3:.3g}k"
     return f"{per_second:.3g}"
 
 
