@@ -9,8 +9,8 @@ numbers taken under the same load.
 
 How each runtime gets its thread count:
 - TFLite: ``tf.lite.Interpreter(num_threads=n)``, with the builtin kernels only (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``,
-  as the tests load sparse models): the builtin kernels are where TFLite's sparse paths are; the default XNNPACK
-  delegate would take over the ops it supports instead.
+  as the tests load sparse models): TF 2.21's default XNNPack delegate refuses the sparse int8 fully-connected op,
+  and the builtin kernels are where TFLite's sparse paths are. Every format runs the same way, so they compare.
 - Keras: TF's global intra-op pool is fixed once the runtime has started (the worker trained on it), so the model's
   compiled call — a ``tf.function`` of ``model(x, training=False)``, its variables frozen into constants — runs in a
   ``tf.compat.v1.Session`` with its own pools (``use_per_session_threads``) of 1 or ``os.cpu_count()`` threads. That
@@ -18,14 +18,16 @@ How each runtime gets its thread count:
 
 Peak memory (Linux): the kernel's high-water mark of the worker's resident memory is reset by writing ``5`` to
 ``/proc/self/clear_refs``; the format is loaded from its file and run at batch 1 and 256 with each thread count;
-``VmHWM`` minus ``VmRSS`` at the reset is its peak (a TFLite file is mapped, so its pages count). Memory the
-process freed earlier and reuses is not counted, so this is a lower bound of what a fresh process would need
-(forking a child to measure in is not safe once TensorFlow's threads run). Elsewhere (no ``clear_refs``) it is the
-rise of ``ru_maxrss``, 0 when an earlier peak was higher.
+``VmHWM`` minus ``VmRSS`` at the reset is its peak (a TFLite file is mapped, so its pages count). The heap's free
+pages are first returned to the kernel (glibc ``malloc_trim``); memory the process still holds and reuses is not
+counted, so this is a lower bound of what a fresh process would need (forking a child to measure in is not safe
+once TensorFlow's threads run, and a fresh interpreter per format costs seconds of TensorFlow import). Elsewhere
+(no ``clear_refs``) it is the rise of ``ru_maxrss``, 0 when an earlier peak was higher.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import os
 import platform
@@ -41,7 +43,7 @@ from typing import get_args
 
 import numpy as np
 
-from core.recipe import ExportSpec, Recipe
+from core.recipe import ExportSpec, Recipe, TFLiteOptions
 from core.results import FormatInference, InferenceFormat, InferenceReport, Latency, RunMeasure
 from core.settings import Settings
 from worker.tf_env import keras, tf
@@ -71,13 +73,17 @@ def measure(
 ) -> InferenceReport:
     """``model``: the stripped exported Keras model; ``twin``: the same architecture, untrained and dense
     (``dense_twin``). ``sample_x``: a few inputs (tiled to 256). ``exported``: files the export already made, by
-    inference format (``reusable_exports``), so nothing is converted twice. ``on_format`` is told what is measured."""
+    inference format (``reusable_exports``), so nothing is converted twice (the twin's files of those formats are made
+    the same way, so sizes compare). ``on_format`` is told what is measured."""
     threads = thread_counts()
     x1, x256 = _batches(sample_x)
     calls = settings.inference_calls
     tell = on_format or (lambda what: None)
-    ours = _measure_model(model, x1, x256, threads, calls, exported or {}, lambda fmt: tell(f"model {fmt}"))
-    theirs = _measure_model(twin, x1, x256, threads, calls, {}, lambda fmt: tell(f"dense twin {fmt}"))
+    exported = exported or {}
+    ours = _measure_model(model, x1, x256, threads, calls, exported, lambda fmt: tell(f"model {fmt}"))
+    theirs = _measure_model(
+        twin, x1, x256, threads, calls, _as_exported(twin, set(exported)), lambda fmt: tell(f"dense twin {fmt}")
+    )
     speedup = {
         fmt: round(theirs[fmt].single_thread.batch1.median_ms / ours[fmt].single_thread.batch1.median_ms, 4) for fmt in ours
     }
@@ -115,6 +121,20 @@ def reusable_exports(files: dict[str, Path], spec: ExportSpec) -> dict[str, byte
         fmt = match.get((bool(options.sparsity), bool(options.dynamic_range_int8)))
         if fmt is not None:
             out[fmt] = files["tflite"].read_bytes()
+    return out
+
+
+def _as_exported(twin, formats: set[str]) -> dict[str, bytes]:
+    """The twin's files of the formats the model's come from its export, made the export's way: ``from_keras_model``
+    stores signatures that the quicker conversion here does not (about 1 KiB, all of a tiny model's difference)."""
+    from worker import export
+
+    twin = export.portable(twin)
+    out = {"keras": _keras_bytes(twin)} if "keras" in formats else {}
+    for fmt in formats & set(TFLITE_OPTIMIZATIONS):
+        names = TFLITE_OPTIMIZATIONS[fmt]
+        options = TFLiteOptions(sparsity="EXPERIMENTAL_SPARSITY" in names, dynamic_range_int8="DEFAULT" in names)
+        out[fmt] = export.tflite_bytes(twin, options)
     return out
 
 
@@ -294,6 +314,13 @@ def _throughput(call: Call, x: np.ndarray) -> float:
     return round(len(x) / statistics.median(times), 1)
 
 
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure stays a lower bound
+        pass
+
+
 def _status_kib(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -306,7 +333,12 @@ def _status_kib(field: str) -> int | None:
 
 @contextmanager
 def _peak_memory() -> Iterator[Callable[[], int]]:
-    """Yields a function giving, after the block, how far resident memory rose within it (module docstring)."""
+    """Yields a function giving, after the block, how far resident memory rose within it (module docstring).
+
+    glibc's ``malloc_trim`` first hands the heap's free pages back to the kernel, so what the block allocates
+    needs pages that count again (without it a model loaded after training can show 0: it reuses the heap that
+    training freed)."""
+    _trim_heap()
     try:
         Path("/proc/self/clear_refs").write_text("5")
         base = _status_kib("VmRSS")
