@@ -65,6 +65,7 @@ bench: install wrk fashion-mnist
 	$(BIN)/python -m bench.throughput --fashion
 	$(BIN)/python -m bench.fixed_costs
 	$(BIN)/python -m bench.upload_scale
+	$(BIN)/python -m bench.inference
 
 ## 50 pollers + 10 submitters for 60 s with wrk while a job trains (installs wrk if missing).
 bench-load: install

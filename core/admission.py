@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from core import datasets, footprint, selection, storage, transfer
+from core import datasets, footprint, selection, storage, structured, transfer
 from core.datasets import DatasetInfo
 from core.errors import IdempotencyMismatch, LayerChoiceError, QueueFull, RecipeError, ShapeError
 from core.models import IdempotencyKey, Job, JobStatus, utcnow
@@ -43,6 +43,7 @@ def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> J
             f"dataset {info.name!r} has samples of shape {list(info.feature_shape)}, not {recipe.model.input_shape}",
         )
     params, output = _params_and_output(recipe, tp)
+    structured.check(recipe)
     _check_limits(recipe, params, settings)
     _check_output(recipe, info, output)
     job_plan = plan_for(recipe, info)
@@ -57,6 +58,8 @@ def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> J
             "pruned_layers": _pruned_layers(recipe, tp),
             "params": params,
             "n_classes": info.n_classes,
+            "structured_layers": structured.pruned_names(recipe) or None,
+            "flops": None if tp else sum(structured.flops(recipe.all_layers(), tuple(recipe.model.input_shape)).values()),
         }
     )
 

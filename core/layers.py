@@ -167,6 +167,12 @@ class LayerBase(Strict):
     def param_count(self, input_shape: Shape) -> int:
         return 0
 
+    def flops(self, input_shape: Shape) -> int:
+        """Floating-point operations per sample, a multiply-add counted as 2 (``flops`` in README). Only the
+        kernels of dense and conv2d layers count: bias adds, activations, batch normalization and pooling are
+        one operation per value they output, a few per cent at most of the models here, and are left out."""
+        return 0
+
     def activation_size(self, input_shape: Shape) -> int:
         """Values per sample this layer keeps from the forward pass until backprop has used them
         (``core.footprint`` multiplies by the batch); by default its output."""
@@ -205,6 +211,9 @@ class DenseLayer(KernelLayer):
 
     def param_count(self, input_shape: Shape) -> int:
         return input_shape[-1] * self.units + (self.units if self.use_bias else 0)
+
+    def flops(self, input_shape: Shape) -> int:
+        return 2 * math.prod(input_shape[:-1]) * input_shape[-1] * self.units  # applied along the last axis
 
 
 Size = Annotated[int, Field(ge=1, le=64)]
@@ -248,6 +257,11 @@ class Conv2DLayer(KernelLayer):
     def param_count(self, input_shape: Shape) -> int:
         kh, kw = _pair(self.kernel_size)
         return kh * kw * input_shape[-1] * self.filters + (self.filters if self.use_bias else 0)
+
+    def flops(self, input_shape: Shape) -> int:
+        h, w, _ = self.output_shape(input_shape)
+        kh, kw = _pair(self.kernel_size)
+        return 2 * h * w * kh * kw * input_shape[-1] * self.filters
 
 
 class MaxPooling2DLayer(LayerBase):

@@ -50,6 +50,16 @@ class JobPlan(BaseModel):
     pruned_layers: list[str] | None = Field(None, description="Pruning jobs only: names of the layers pruned.")
     params: int | None = Field(None, description="Parameters of the whole model, reused layers included.")
     n_classes: int | None = Field(None, description="Classes of the dataset as the recipe selects it.")
+    structured_end_step: int | None = Field(
+        None, description="Structured pruning only: the step its masks reach final_fraction (`end_step: auto` resolved)."
+    )
+    structured_epochs: int | None = Field(
+        None, description="Structured pruning only: epochs before the shrink (the rest fine-tune the shrunk model)."
+    )
+    structured_layers: list[str] | None = Field(None, description="Structured pruning only: layers that lose units.")
+    flops: int | None = Field(
+        None, description="FLOPs per sample of the model as built (a multiply-add is 2; dense and conv2d kernels only)."
+    )
 
     def stored(self) -> dict[str, Any]:
         """The JSON kept in ``progress["plan"]``: keys that do not apply are absent, as they always were."""
@@ -65,12 +75,21 @@ def plan_for(recipe: Recipe, info: DatasetInfo) -> JobPlan:
     counts = split_counts(info.n_samples, info.n_test_samples or None, recipe.dataset)
     steps = steps_per_epoch(counts.train, recipe.training.batch_size)
     total = steps * recipe.training.epochs
-    end_step = None
+    end_step = structured_end = structured_epochs = None
+    structured = recipe.pruning.structured if recipe.pruning else None
+    if structured is not None:  # the structured phase first; TF-MOT's schedule counts from the shrink
+        structured_epochs = structured.epochs or recipe.training.epochs
+        try:
+            structured_end = resolve_end_step(structured, steps * structured_epochs)
+        except ValueError as exc:
+            raise RecipeError(["pruning", "structured", "end_step"], str(exc)) from None
+        total = steps * (recipe.training.epochs - structured_epochs)
     if recipe.pruning and recipe.pruning.schedule:
         try:
             end_step = resolve_end_step(recipe.pruning.schedule, total)
         except ValueError as exc:
             raise RecipeError(["pruning", "schedule", "end_step"], str(exc)) from None
+    total = steps * recipe.training.epochs
     return JobPlan(
         train_samples=counts.train,
         validation_samples=counts.validation,
@@ -79,4 +98,6 @@ def plan_for(recipe: Recipe, info: DatasetInfo) -> JobPlan:
         total_steps=total,
         warnings=selu_warnings(recipe),
         pruning_end_step=end_step,
+        structured_end_step=structured_end,
+        structured_epochs=structured_epochs,
     )

@@ -9,6 +9,7 @@ oversized model without importing TensorFlow. Step arithmetic is in ``core.steps
 
 from __future__ import annotations
 
+import math
 from collections.abc import Set
 from typing import Annotated, Any, Literal, Self, Union
 
@@ -38,6 +39,16 @@ def layer_shapes(layers: list[Layer], start: Shape) -> list[tuple[Shape, Shape]]
             raise ShapeError(index, str(exc)) from None
         out.append((shape, nxt))
         shape = nxt
+    return out
+
+
+def layer_flops(layers: list[Layer], start: Shape) -> dict[str, int]:
+    """FLOPs per sample of each layer that has any (``LayerBase.flops``), by name; ShapeError at a bad shape."""
+    out: dict[str, int] = {}
+    for layer, (shape, _) in zip(layers, layer_shapes(layers, start)):
+        count = layer.flops(shape)
+        if count:
+            out[layer.given_name] = count
     return out
 
 
@@ -266,6 +277,39 @@ class ConstantSparsity(Strict):
 PruningSchedule = Annotated[Union[PolynomialDecay, ConstantSparsity], Field(discriminator="type")]
 
 
+class StructuredPruning(Strict):
+    """Remove whole units of dense layers and whole filters of conv2d layers, then shrink the model.
+
+    The share of each layer's units masked follows TF-MOT's polynomial decay from 0 to ``final_fraction``
+    (same arithmetic and argument names as ``PolynomialDecay``): ``final_fraction × (1 − (1 − p)^power)``,
+    p the progress from ``begin_step`` to ``end_step``, updated every ``frequency`` steps. Units are ranked by
+    the ``norm`` of their incoming weights (``worker.structured``). After the structured phase the model is
+    rebuilt without the masked units (the *shrink*). With ``pruning.schedule`` (or ``sparsity_m_by_n``) too,
+    the structured phase is the first ``epochs`` epochs and TF-MOT's unstructured pruning fine-tunes the
+    shrunk model for the rest; its schedule's steps count from the start of that second phase."""
+
+    final_fraction: float = Field(gt=0, lt=1, description="Share of units/filters removed from each pruned layer.")
+    norm: Literal["l1", "l2"] = Field("l1", description="How a unit's incoming weights are ranked.")
+    begin_step: int = Field(0, ge=0)
+    end_step: int | Literal["auto"] = Field("auto", description="auto: the structured phase's last mask update.")
+    power: float = Field(3.0, gt=0, le=100)
+    frequency: int = Field(100, ge=1)
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="With pruning.schedule or sparsity_m_by_n only (then required): epochs of the structured phase; "
+        "the rest of training.epochs fine-tune the shrunk model under TF-MOT's unstructured pruning.",
+    )
+    layers: list[str] | None = Field(
+        None, description="Dense/conv2d layers to prune; default every one but the output layer (its units are the classes)."
+    )
+
+    def removed(self, units: int, fraction: float | None = None) -> int:
+        """Units removed from a layer of ``units`` at ``fraction`` (default the final one), rounded half up."""
+        return math.floor(units * (self.final_fraction if fraction is None else fraction) + 0.5)
+
+
 class PruningSpec(Strict):
     """Gradual magnitude pruning during training (``schedule``), 2:4 structured sparsity, or the seed's naive
     baseline: zero the smallest weights after training, no fine-tuning (``post_training_threshold``)."""
@@ -278,13 +322,21 @@ class PruningSpec(Strict):
         None, description="e.g. [2, 4]: at most 2 non-zero weights in every 4 (TF-MOT structured pruning)"
     )
     post_training_threshold: float | None = Field(None, gt=0, lt=1)
+    structured: StructuredPruning | None = Field(
+        None, description="Remove whole units/filters, then rebuild a smaller dense model (see README)."
+    )
 
     @model_validator(mode="after")
     def _one_method(self) -> Self:
-        methods = [self.schedule is not None or self.sparsity_m_by_n is not None, self.post_training_threshold is not None]
+        if self.structured is not None:
+            self._structured_rules(self.structured)
+        methods = [
+            self.schedule is not None or self.sparsity_m_by_n is not None or self.structured is not None,
+            self.post_training_threshold is not None,
+        ]
         if sum(methods) != 1:
             raise ValueError(
-                "give a schedule (and/or sparsity_m_by_n) for pruning during training, or "
+                "give a schedule (and/or sparsity_m_by_n, and/or structured) for pruning during training, or "
                 "post_training_threshold for the naive baseline — exactly one of the two"
             )
         if self.sparsity_m_by_n and self.sparsity_m_by_n[0] >= self.sparsity_m_by_n[1]:
@@ -292,6 +344,30 @@ class PruningSpec(Strict):
         if self.sparsity_m_by_n and self.block_size != (1, 1):
             raise ValueError("block_size does not combine with sparsity_m_by_n")
         return self
+
+    def _structured_rules(self, structured: StructuredPruning) -> None:
+        if self.post_training_threshold is not None:
+            raise ValueError(
+                "structured pruning fine-tunes while it removes units; post_training_threshold is the baseline "
+                "without fine-tuning — give one or the other"
+            )
+        if self.unstructured and structured.epochs is None:
+            raise ValueError(
+                "with pruning.schedule (or sparsity_m_by_n) too, give structured.epochs: the epochs of the structured "
+                "phase, before the shrunk model is fine-tuned under unstructured pruning"
+            )
+        if not self.unstructured and structured.epochs is not None:
+            raise ValueError("structured.epochs splits the run with unstructured pruning; without pruning.schedule drop it")
+        if not self.unstructured and self.layers is not None:
+            raise ValueError(
+                "pruning.layers picks the layers of TF-MOT's unstructured pruning; "
+                "structured pruning alone takes pruning.structured.layers"
+            )
+
+    @property
+    def unstructured(self) -> bool:
+        """TF-MOT's pruning (a schedule or m:n) runs — after the shrink when ``structured`` is set too."""
+        return self.schedule is not None or self.sparsity_m_by_n is not None
 
     @property
     def during_training(self) -> bool:
@@ -449,7 +525,8 @@ class Recipe(Strict):
         return layer.regularization if layer.regularization is not None else self.regularization
 
     def pruned_layer_names(self) -> list[str]:
-        if not self.pruning:
+        """The layers TF-MOT (or the naive threshold) prunes; structured pruning's are ``core.structured``'s."""
+        if not self.pruning or (self.pruning.structured is not None and not self.pruning.unstructured):
             return []
         if self.pruning.layers is not None:
             return list(self.pruning.layers)

@@ -59,6 +59,76 @@ class Baseline(BaseModel):
     test: dict[str, float] = Field(description="Its metrics on the job's test split (the names of `test`).")
 
 
+class FlopCounts(BaseModel):
+    """Counted from the architecture without TensorFlow (``core.layers.LayerBase.flops``)."""
+
+    total: int = Field(description="FLOPs per sample of the exported model: a multiply-add is 2; dense and conv2d only.")
+    layers: dict[str, int] = Field(description="Per layer with a kernel, by name.")
+
+
+class StructuredLayer(BaseModel):
+    name: str
+    units: int = Field(description="Units (dense) or filters (conv2d) before the shrink.")
+    kept: int = Field(description="Of those, the ones the shrunk model keeps.")
+
+
+class StructuredResult(BaseModel):
+    """What structured pruning removed: the masked model before the shrink, the rebuilt one after."""
+
+    norm: str = Field(description="How units were ranked: l1 or l2 of their incoming weights.")
+    final_fraction: float
+    params_before: int = Field(description="Parameters before the shrink (the masked units still counted).")
+    params_after: int = Field(description="Parameters of the shrunk model (before any unstructured pruning).")
+    flops_before: int = Field(description="FLOPs per sample before the shrink.")
+    flops_after: int = Field(description="FLOPs per sample of the shrunk model.")
+    layers: list[StructuredLayer] = Field(description="Each pruned layer: units before and kept.")
+    max_shrink_difference: float = Field(
+        description="Max |masked − shrunk| over the outputs of a batch of training inputs, checked in the worker."
+    )
+
+
+InferenceFormat = Literal["keras", "tflite_float", "tflite_sparse", "tflite_sparse_int8"]
+
+
+class Latency(BaseModel):
+    median_ms: float = Field(description="Median wall time of one call, in milliseconds.")
+    p90_ms: float = Field(description="90th percentile of the same calls, in milliseconds.")
+    calls: int = Field(description="Timed calls (after warm-up calls that are not counted).")
+
+
+class RunMeasure(BaseModel):
+    threads: int = Field(description="Threads the runtime was allowed (1, or the worker's CPU count).")
+    batch1: Latency = Field(description="Latency of one sample per call.")
+    batch256_per_second: float = Field(description="Throughput at batch 256, in samples per second.")
+
+
+class FormatInference(BaseModel):
+    format: InferenceFormat
+    bytes: int = Field(description="Size of the file this format is loaded from.")
+    gzip_bytes: int = Field(description="Its size gzipped (level 9).")
+    peak_memory_bytes: int = Field(
+        description="How far the worker's resident memory rose while loading the file and running it at batch 1 "
+        "and 256 (Linux: peak VmHWM, reset through /proc/self/clear_refs, minus VmRSS at the reset)."
+    )
+    single_thread: RunMeasure = Field(description="Measured with one thread.")
+    all_threads: RunMeasure | None = Field(None, description="Measured with all the worker's CPUs (absent if not).")
+
+
+class InferenceReport(BaseModel):
+    """Inference measured in the worker on its own CPU, for the trained model and its untrained dense twin."""
+
+    cpu: str = Field(description="The worker's CPU model name (from /proc/cpuinfo).")
+    cpu_count: int = Field(description="CPUs the worker sees; the all-threads figures use this many.")
+    model: dict[str, FormatInference] = Field(description="The job's model, per format.")
+    dense_twin: dict[str, FormatInference] = Field(
+        description="The same architecture built by the same builder, untrained and unpruned, per format."
+    )
+    speedup: dict[str, float] = Field(
+        description="Per format: the twin's batch-1 median / the model's batch-1 median, single-thread "
+        "(above 1: the model is faster)."
+    )
+
+
 class JobResult(BaseModel):
     """What a succeeded job made: test metrics, sparsity and sizes read back from the exported files."""
 
@@ -73,6 +143,11 @@ class JobResult(BaseModel):
     )
     transfer: TransferResult | None = Field(None, description="Transfer jobs only: what was reused.")
     baseline: Baseline | None = Field(None, description="Jobs on an uploaded base model: the model before training.")
+    flops: FlopCounts | None = Field(None, description="FLOPs per sample of the exported model (not for transfer jobs).")
+    structured: StructuredResult | None = Field(None, description="Structured pruning jobs only: what the shrink removed.")
+    inference: InferenceReport | None = Field(
+        None, description="Measured inference per format, with the dense twin (absent when TRAINER_INFERENCE=off)."
+    )
 
     def stored(self) -> dict[str, Any]:
         """The JSON kept in ``Job.result``: keys that do not apply are absent, as they always were."""

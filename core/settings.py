@@ -27,6 +27,9 @@ def _float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
+INFERENCE_MODES = ("full", "off")
+
+
 class ConfigError(ValueError):
     """Settings that contradict each other: the process refuses to start rather than guess."""
 
@@ -90,8 +93,15 @@ class Settings:
     inspect_timeout_s: float = 600.0
     #: Where Debian's package dataset-fashion-mnist puts the four IDX .gz files of the built-in fashion_mnist.
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+    #: ``full``: every succeeded job measures its inference (``worker.inference``) and its dense twin's; ``off``: none
+    #: (the test suite's default, where hundreds of jobs would each pay a few seconds for it).
+    inference: str = "full"
+    #: Timed batch-1 calls per format and thread count (after warm-up calls that are not counted).
+    inference_calls: int = 200
 
     def __post_init__(self) -> None:
+        if self.inference not in INFERENCE_MODES:
+            raise ConfigError(f"TRAINER_INFERENCE is {self.inference!r}; it must be one of {', '.join(INFERENCE_MODES)}")
         if self.single_user and self.api_tokens.strip():
             raise ConfigError(
                 "TRAINER_SINGLE_USER is set but so is TRAINER_API_TOKENS: single-user mode would "
@@ -139,6 +149,8 @@ def load_settings(**overrides: Any) -> Settings:
         max_model_bytes=_int("TRAINER_MAX_MODEL_BYTES", 256 * 1024 * 1024),
         inspect_timeout_s=_float("TRAINER_INSPECT_TIMEOUT_S", 600.0),
         fashion_mnist_dir=os.environ.get("TRAINER_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
+        inference=os.environ.get("TRAINER_INFERENCE", "full"),
+        inference_calls=_int("TRAINER_INFERENCE_CALLS", 200),
     )
     values.update(overrides)
     if values["database_url"].startswith("sqlite:///"):

@@ -124,7 +124,10 @@ class Progress(BaseModel):
 
     epoch: int = Field(description="Epochs finished so far (of every phase of a transfer job).")
     epochs: int = Field(description="Epochs asked for (`training.epochs`).")
-    phase: str = Field(description="queued, starting, train, frozen, fine_tune, or the status it ended in.")
+    phase: str = Field(
+        description="queued, starting, train, frozen, fine_tune, inference (measuring it after export), or the status "
+        "it ended in."
+    )
     plan: JobPlan | None = None
     sparsity: float | None = Field(None, description="The pruned kernels' share of zeros at the last epoch.")
 

@@ -50,6 +50,7 @@ def settings_env(settings: Settings, **extra) -> dict[str, str]:
             "TRAINER_REDISPATCH_AFTER_S": settings.redispatch_after_s,
             "TRAINER_MAX_ATTEMPTS": settings.max_attempts,
             "TRAINER_CHECKPOINT_INTERVAL_S": settings.checkpoint_interval_s,
+            "TRAINER_INFERENCE": settings.inference,
             **extra,
         }
     )

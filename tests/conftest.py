@@ -24,6 +24,9 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 #: The database of tests that flush their broker themselves; two suites run at once need two pairs of these.
 ISOLATED_REDIS_DB = os.environ.get("TEST_REDIS_ISOLATED_DB", "14")
 FAST = dict(heartbeat_interval_s=0.5, reconcile_interval_s=1.0, single_user=True)
+#: Every ``load_settings()`` of the suite (and so every worker it starts, see ``stack.processes.settings_env``) skips
+#: the inference measurement, a few seconds per job over hundreds of jobs; tests of it ask for ``inference="full"``.
+os.environ["TRAINER_INFERENCE"] = "off"
 
 
 def pytest_configure(config):

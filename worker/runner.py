@@ -22,14 +22,24 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from core import artifacts, checkpoints, job_state, jobs
+from core import artifacts, checkpoints, job_state, jobs, structured
 from core.causes import Cause, JobError
 from core.db import Database
 from core.errors import JobStopped
 from core.models import Job, JobStatus, utcnow
 from core.plan import JobPlan, TransferChoice
 from core.recipe import Recipe
-from core.results import Baseline, FileSize, JobResult, PlotName, TransferResult
+from core.results import (
+    Baseline,
+    FileSize,
+    FlopCounts,
+    InferenceReport,
+    JobResult,
+    PlotName,
+    StructuredLayer,
+    StructuredResult,
+    TransferResult,
+)
 from core.settings import Settings
 from worker import checkpoint
 
@@ -297,7 +307,10 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
         len(splits.x_test),
     )
     restarts = recipe.transfer is not None and not recipe.transfer.whole  # a head's phases start again
-    resume = _checkpoint(run) if run.attempt > 1 and not restarts else None
+    phase = _structured_phase(job_plan)
+    resume = _checkpoint(run) if run.attempt > 1 and not restarts and phase is None else None
+    if run.attempt > 1 and phase is not None:
+        log.info("attempt %d: structured pruning starts again from epoch 1 (its model changes at the shrink)", run.attempt)
     for warning in job_plan.warnings:
         log.warning("%s", warning)
     outcome = training.train(
@@ -309,10 +322,19 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
         pruned_layers=job_plan.pruned_layers,
         transfer=transfer,
         resume=resume,
+        structured_phase=phase,
     )
     _raise_if_stopped(run, recipe, outcome)
-    _export_and_store(run, recipe, outcome, job_plan)
+    _export_and_store(run, recipe, outcome, job_plan, splits.x_test[:THROUGHPUT_ROWS])
     return JobStatus.SUCCEEDED
+
+
+def _structured_phase(job_plan: JobPlan):
+    from worker.training import StructuredPhase
+
+    if job_plan.structured_layers is None or job_plan.structured_end_step is None or job_plan.structured_epochs is None:
+        return None
+    return StructuredPhase(job_plan.structured_layers, job_plan.structured_end_step, job_plan.structured_epochs)
 
 
 def _reused(run: JobRun, choice: TransferChoice):
@@ -344,7 +366,30 @@ def _raise_if_stopped(run: JobRun, recipe: Recipe, outcome) -> None:
         raise JobStopped(Cause.WORKER_LOST, "this worker no longer holds the job (it was requeued or cancelled)")
 
 
-def _result(outcome, files: dict[str, Path], job_plan: JobPlan) -> JobResult:
+def _flops_and_structured(recipe: Recipe, outcome) -> tuple[FlopCounts | None, StructuredResult | None]:
+    """FLOPs of the exported architecture (the shrunk one after structured pruning), counted by ``core``."""
+    if recipe.transfer is not None:
+        return None, None  # the reused layers are not recipe layers: core cannot count them
+    layers, start = recipe.all_layers(), tuple(recipe.model.input_shape)
+    before = structured.flops(layers, start)
+    report = outcome.structured
+    if report is None or recipe.pruning is None or recipe.pruning.structured is None:
+        return FlopCounts(total=sum(before.values()), layers=before), None
+    after = structured.flops(structured.shrunk_layers(layers, {n: kept for n, (_, kept) in report.units.items()}), start)
+    spec = recipe.pruning.structured
+    return FlopCounts(total=sum(after.values()), layers=after), StructuredResult(
+        norm=spec.norm,
+        final_fraction=spec.final_fraction,
+        params_before=report.params_before,
+        params_after=report.params_after,
+        flops_before=sum(before.values()),
+        flops_after=sum(after.values()),
+        layers=[StructuredLayer(name=n, units=units, kept=kept) for n, (units, kept) in report.units.items()],
+        max_shrink_difference=report.max_difference,
+    )
+
+
+def _result(outcome, files: dict[str, Path], job_plan: JobPlan, recipe: Recipe) -> JobResult:
     """What the job reports, read back from the exported files."""
     from worker import export
 
@@ -352,6 +397,7 @@ def _result(outcome, files: dict[str, Path], job_plan: JobPlan) -> JobResult:
     if outcome.transfer is not None and job_plan.transfer is not None:  # a transfer outcome comes from its plan
         transfer = TransferResult(**job_plan.transfer.model_dump(), **outcome.transfer)
     sizes = {fmt: FileSize(**size) for fmt, size in export.sizes(files).items()}
+    flops, structured_result = _flops_and_structured(recipe, outcome)
     return JobResult(
         test=outcome.test,
         **export.sparsity_report(outcome.model, outcome.pruned_layers),
@@ -363,17 +409,21 @@ def _result(outcome, files: dict[str, Path], job_plan: JobPlan) -> JobResult:
         baseline=Baseline(model_id=job_plan.transfer.base_model_id, test=outcome.baseline)
         if outcome.baseline is not None and job_plan.transfer is not None and job_plan.transfer.base_model_id
         else None,
+        flops=flops,
+        structured=structured_result,
     )
 
 
-def _export_and_store(run: JobRun, recipe: Recipe, outcome, job_plan: JobPlan) -> None:
+def _export_and_store(run: JobRun, recipe: Recipe, outcome, job_plan: JobPlan, sample_x=None) -> None:
     """The model files, the result and the plots in one transaction with the job's success."""
     from worker import export
 
     with tempfile.TemporaryDirectory(prefix=f"job-{run.job_id[:8]}-") as tmp:
         files = export.strip_and_export(outcome.model, recipe.export, Path(tmp))
-        result = _result(outcome, files, job_plan)
+        result = _result(outcome, files, job_plan, recipe)
         log.info("test %s; sparsity %.4f", outcome.test, result.sparsity.overall)
+        if run.settings.inference != "off" and sample_x is not None:
+            result.inference = _measure_inference(run, recipe, outcome, files, sample_x)
 
         pictures = _render_plots(run, recipe, outcome, result.stored(), job_plan)
 
@@ -411,6 +461,42 @@ def _export_and_store(run: JobRun, recipe: Recipe, outcome, job_plan: JobPlan) -
         with_retries(store, run.settings.db_retry_s, "storing the trained model")
 
 
+#: Test inputs handed to the inference measurement (tiled to its batch of 256).
+THROUGHPUT_ROWS = 256
+
+
+def _measure_inference(run: JobRun, recipe: Recipe, outcome, files: dict[str, Path], sample_x) -> InferenceReport | None:
+    """The job's progress says it is measuring; a model that cannot be measured (a conversion TFLite refuses) is
+    logged and reported without ``inference``, never a failed job: its training is done and stored."""
+    from worker import inference
+
+    started = time.perf_counter()
+    progress = {**run.base_progress, "epoch": outcome.epochs_run, "phase": "inference"}
+    try:
+        with run.db.session() as session:
+            job_state.update_running(session, run.job_id, run.attempt, progress=progress)
+    except OperationalError as exc:  # only a progress note: the measurement goes on
+        worker_log.warning("could not show the inference phase: %s", str(exc).splitlines()[0])
+    try:
+        twin = inference.dense_twin(outcome.model, recipe)
+        exported = inference.reusable_exports(files, recipe.export)
+        report = inference.measure(outcome.model, twin, sample_x, run.settings, exported)
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        log.warning("could not measure inference: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+    fmt = "tflite_sparse" if "tflite_sparse" in report.speedup else next(iter(report.speedup), None)
+    log.info(
+        "inference measured in %.1f s on %d CPUs; %s",
+        time.perf_counter() - started,
+        report.cpu_count,
+        f"{fmt} batch-1 median {report.model[fmt].single_thread.batch1.median_ms:.3f} ms, "
+        f"{report.speedup[fmt]:.2f}x the dense twin"
+        if fmt
+        else "no format",
+    )
+    return report
+
+
 def _render_plots(run: JobRun, recipe: Recipe, outcome, result: dict, job_plan: JobPlan) -> dict[PlotName, bytes]:
     """Pictures are a courtesy: a failure to draw them is logged, never a failed job."""
     try:
@@ -420,9 +506,9 @@ def _render_plots(run: JobRun, recipe: Recipe, outcome, result: dict, job_plan: 
         with run.db.session() as session:
             history = jobs.history(session, run.job_id)
         final = [layer.kernel.numpy() for layer in outcome.model.layers if getattr(layer, "kernel", None) is not None]
-        return plots.render(
-            history, recipe, result, job_plan.steps_per_epoch, job_plan.pruning_end_step, outcome.initial_kernels, final
-        )
+        # after structured pruning, TF-MOT's steps count from the shrink: its target curve would be drawn misplaced
+        end_step = None if job_plan.structured_epochs is not None else job_plan.pruning_end_step
+        return plots.render(history, recipe, result, job_plan.steps_per_epoch, end_step, outcome.initial_kernels, final)
     except Exception as exc:  # noqa: BLE001 - see docstring
         log.warning("could not draw the plots: %s", exc)
         return {}

@@ -18,7 +18,7 @@ import numpy as np
 from core.errors import Diverged
 from core.plan import TransferChoice
 from core.recipe import Recipe, ReduceOnPlateau
-from worker import builder, checkpoint, pruning, reuse
+from worker import builder, checkpoint, pruning, reuse, structured
 from worker.data import Splits, shaped_for_output, standardization, to_dataset
 from worker.diagnostics import Probe
 from worker.tf_env import keras, tf
@@ -56,6 +56,16 @@ class Outcome:
     transfer: dict | None = None
     initial_kernels: list = field(default_factory=list)
     baseline: dict | None = None  # an uploaded base's test metrics before training
+    structured: structured.Report | None = None
+
+
+@dataclass
+class StructuredPhase:
+    """What the plan fixed for structured pruning: the layers, its resolved end step and its epochs."""
+
+    layers: list[str]
+    end_step: int
+    epochs: int
 
 
 class _Progress(keras.callbacks.Callback):
@@ -212,9 +222,11 @@ def train(
     pruned_layers: list[str] | None = None,
     transfer: Transfer | None = None,
     resume: checkpoint.State | None = None,
+    structured_phase: StructuredPhase | None = None,
 ) -> Outcome:
-    """``resume``: continue after the checkpoint's epoch (not for transfer jobs with a head, whose phases restart;
-    a job on a whole uploaded model resumes like any)."""
+    """``resume``: continue after the checkpoint's epoch (not for transfer jobs with a head, whose phases restart,
+    nor structured pruning, whose model changes at the shrink; a job on a whole uploaded model resumes like any).
+    ``structured_phase``: for ``pruning.structured``."""
     started = time.perf_counter()
     keras.utils.set_random_seed(recipe.seed)
     tf.config.experimental.enable_op_determinism()
@@ -230,6 +242,10 @@ def train(
         else:
             model = builder.build_model(recipe, standardize=stats, reused=transfer.layers if transfer else None)
         splits = shaped_for_output(splits, model.output_shape)
+        if structured_phase is not None:
+            return _train_structured(
+                model, recipe, splits, hooks, stats, strategy, structured_phase, end_step, pruned_layers, started
+            )
         model, pruned_names, callbacks, measure = _prune_during_training(model, recipe, end_step, pruned_layers)
         initial_kernels = [k.numpy() for k in _kernels(model)]
         run = _fitting(model, recipe, splits, stats, _Progress(hooks, measure, None), callbacks, strategy)
@@ -283,6 +299,64 @@ def _prune_during_training(model, recipe: Recipe, end_step: int | None, pruned_l
     names = pruned_layers if pruned_layers is not None else recipe.pruned_layer_names()
     model, pruned = pruning.apply(model, recipe, end_step, names)
     return model, pruned, pruning.callbacks(), _kernel_sparsity(pruning.wrapped_kernels(model))
+
+
+def _train_structured(
+    model,
+    recipe: Recipe,
+    splits: Splits,
+    hooks: Hooks,
+    stats,
+    strategy,
+    phase: StructuredPhase,
+    end_step: int | None,
+    pruned_layers: list[str] | None,
+    started: float,
+) -> Outcome:
+    """Phase "structured": masks grow along the schedule while the model trains; then the shrink; then, with
+    ``pruning.schedule`` (or m:n) too, phase "unstructured": TF-MOT prunes the shrunk model for the epochs left."""
+    spec = recipe.pruning.structured if recipe.pruning else None
+    if spec is None:
+        raise ValueError("_train_structured is for a recipe with pruning.structured")
+    masked, groups = structured.insert_masks(model, phase.layers)
+    initial_kernels = [k.numpy() for k in _kernels(masked)]
+    schedule = structured.MaskSchedule(groups, spec, phase.end_step)
+    progress = _Progress(hooks, lambda: None, None)
+    progress.phase = "structured"
+    run = _fitting(masked, recipe, splits, stats, progress, [schedule], strategy)
+    _compile(masked, recipe, steps=run.steps)
+    epochs_run = len(masked.fit(epochs=phase.epochs, **run.fit).epoch)
+    schedule.finish()
+    shrunk = structured.shrink(masked, groups)
+    report = structured.report(masked, shrunk, groups, splits.x_train[:256])
+    log.info(
+        "shrink: %s; %d → %d parameters; max |masked − shrunk| on %d training rows = %.2g",
+        ", ".join(f"{name} {units} → {kept}" for name, (units, kept) in report.units.items()),
+        report.params_before,
+        report.params_after,
+        min(256, len(splits.x_train)),
+        report.max_difference,
+    )
+    final, pruned_names = shrunk, []
+    if recipe.pruning and recipe.pruning.unstructured and progress.stopped is None and epochs_run == phase.epochs:
+        names = pruned_layers if pruned_layers is not None else recipe.pruned_layer_names()
+        wrapped, pruned_names = pruning.apply(shrunk, recipe, end_step, names)
+        progress.measure_sparsity = _kernel_sparsity(pruning.wrapped_kernels(wrapped))
+        progress.phase = "unstructured"
+        run = _fitting(wrapped, recipe, splits, stats, progress, pruning.callbacks(), strategy)
+        _compile(wrapped, recipe, steps=run.steps)
+        epochs_run += len(wrapped.fit(epochs=recipe.training.epochs, initial_epoch=phase.epochs, **run.fit).epoch)
+        final = pruning.strip(wrapped)
+    return Outcome(
+        model=final,
+        test=_evaluate(final, recipe, splits, stats),
+        epochs_run=epochs_run,
+        stopped=progress.stopped,
+        pruned_layers=pruned_names,
+        seconds=time.perf_counter() - started,
+        initial_kernels=initial_kernels,
+        structured=report,
+    )
 
 
 @dataclass

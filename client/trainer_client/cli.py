@@ -525,7 +525,7 @@ def job_view(job: Job) -> Group:
     """The summary grid, then the result tables once there is a result."""
     parts: list[Table | None] = [summary_grid(job)]
     if job.result:
-        parts += [result_table(job.result), sizes_table(job.result), layers_table(job.result)]
+        parts += [result_table(job.result), sizes_table(job.result), layers_table(job.result), inference_table(job.result)]
     return Group(*[part for part in parts if part is not None])
 
 
@@ -603,6 +603,79 @@ def layers_table(result: dict[str, Any]) -> Table | None:
             fmt(layer.get("params")),
             fmt(layer.get("pruned")),
         )
+    return table
+
+
+def byte_size(value: object) -> str:
+    """Bytes as K or M (binary), 3 digits: file sizes and memory are compared by their order of magnitude."""
+    if not isinstance(value, int):
+        return "–"
+    if value >= 1000 * 1024:
+        return f"{value / (1024 * 1024):.3g}M"
+    if value >= 1000:
+        return f"{value / 1024:.3g}K"
+    return f"{value}B"
+
+
+def duration(ms: object) -> str:
+    """Milliseconds as µs below 1 ms, 3 significant digits: a tiny model's call takes microseconds."""
+    if not isinstance(ms, (int, float)):
+        return "–"
+    if ms < 0.9995:
+        return f"{ms * 1000:.3g}µs"
+    return f"{ms:.3g}ms" if ms < 999.5 else f"{ms / 1000:.3g}s"
+
+
+def rate(per_second: object) -> str:
+    """Samples per second as k or M, 3 digits."""
+    if not isinstance(per_second, (int, float)):
+        return "–"
+    if per_second >= 999_500:
+        return f"{per_second / 1e6:.3g}M"
+    if per_second >= 999.5:
+        return f"{per_second / 1e3:.3g}k"
+    return f"{per_second:.3g}"
+
+
+def inference_table(result: dict[str, Any]) -> Table | None:
+    """The measured inference in 80 columns: each format of the model, then its untrained dense twin's (what a
+    speed-up is relative to)."""
+    report = result.get("inference")
+    if not report:
+        return None
+    table = Table(
+        title=f"Inference on {report.get('cpu')}, {report.get('cpu_count')} CPUs",
+        title_justify="left",
+        caption="batch-1: median/p90 of one sample per call, 1 thread; batch-256: samples/s with 1/all threads; "
+        "speed-up: the dense twin's batch-1 median over the model's",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    table.add_column("format", no_wrap=True)
+    for name in ("size", "gzip", "batch-1", "batch-256/s", "memory", "speed-up"):
+        table.add_column(name, justify="right", no_wrap=True)
+    speedup = report.get("speedup") or {}
+    for twin, formats in ((False, report.get("model") or {}), (True, report.get("dense_twin") or {})):
+        if twin and formats:
+            table.add_section()
+            table.add_row("dense twin:", style="dim")
+        for name, entry in formats.items():
+            one = entry.get("single_thread") or {}
+            every = entry.get("all_threads") or {}
+            batch1 = one.get("batch1") or {}
+            table.add_row(
+                name,
+                byte_size(entry.get("bytes")),
+                byte_size(entry.get("gzip_bytes")),
+                f"{duration(batch1.get('median_ms'))}/{duration(batch1.get('p90_ms'))}",
+                f"{rate(one.get('batch256_per_second'))}/{rate(every.get('batch256_per_second'))}",
+                byte_size(entry.get("peak_memory_bytes")),
+                "" if twin or name not in speedup else f"{speedup[name]:.2f}×",
+                style="dim" if twin else None,
+            )
     return table
 
 
