@@ -59,7 +59,7 @@ def check(session: Session, recipe: Recipe, owner: str, settings: Settings) -> J
             "params": params,
             "n_classes": info.n_classes,
             "structured_layers": structured.pruned_names(recipe) or None,
-            "flops": None if tp else sum(structured.flops(recipe.all_layers(), tuple(recipe.model.input_shape)).values()),
+            "flops": None if tp else sum(structured.flops(recipe.all_layers(), recipe.model.start).values()),
         }
     )
 

@@ -80,7 +80,7 @@ def check(recipe: Recipe) -> None:
     names = pruned_names(recipe)
     if not names:
         raise RecipeError([*_LOC, "layers"], "no dense or conv2d layer but the output layer: nothing to prune")
-    shapes = layer_shapes(layers, tuple(recipe.model.input_shape))
+    shapes = layer_shapes(layers, recipe.model.start)
     for k, name in enumerate(names):
         loc: list[str | int] = [*_LOC, "layers", k]
         if name not in by_name:
@@ -134,7 +134,7 @@ def shrunk_layers(layers: list[Layer], kept: dict[str, int]) -> list[Layer]:
 def kept_units(recipe: Recipe, spec: StructuredPruning) -> dict[str, int]:
     """Units/filters each pruned layer keeps at ``final_fraction`` (what the worker's masks reach)."""
     layers = recipe.all_layers()
-    shapes = dict(zip((layer.given_name for layer in layers), layer_shapes(layers, tuple(recipe.model.input_shape))))
+    shapes = dict(zip((layer.given_name for layer in layers), layer_shapes(layers, recipe.model.start)))
     return {name: shapes[name][1][-1] - spec.removed(shapes[name][1][-1]) for name in pruned_names(recipe)}
 
 

@@ -370,7 +370,7 @@ def _flops_and_structured(recipe: Recipe, outcome) -> tuple[FlopCounts | None, S
     """FLOPs of the exported architecture (the shrunk one after structured pruning), counted by ``core``."""
     if recipe.transfer is not None:
         return None, None  # the reused layers are not recipe layers: core cannot count them
-    layers, start = recipe.all_layers(), tuple(recipe.model.input_shape)
+    layers, start = recipe.all_layers(), recipe.model.start
     before = structured.flops(layers, start)
     report = outcome.structured
     if report is None or recipe.pruning is None or recipe.pruning.structured is None:
