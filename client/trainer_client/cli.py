@@ -384,7 +384,10 @@ def sweep_table(experiment: Experiment) -> Table:
             mean_spread(row.get("tflite_latency_ms"), 3),
         )
     if formats:
-        table.caption = f"TFLite: {', '.join(sorted(formats))}; latency: median, one thread, this server's CPU"
+        timed = any(row.get("tflite_latency_ms") for row in rows)
+        table.caption = f"TFLite: {', '.join(sorted(formats))}" + (
+            "; latency: median, one thread, the server's CPU" if timed else ""
+        )
     return table
 
 

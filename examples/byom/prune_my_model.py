@@ -77,7 +77,7 @@ def hand_trained(dataset: str, epochs: int, path: Path):
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
-    from trainer_client import Client
+    from trainer_client import Client, TrainerClientError
     from trainer_client.cli import sweep_table
     from trainer_client.sdk import base_model_recipe, sparsity_sweep
 
@@ -114,7 +114,14 @@ def main(argv: list[str] | None = None) -> int:
                 seen = e.finished
                 print(f"  {e.finished}/{e.jobs} jobs done ({time.perf_counter() - started:.0f} s)", flush=True)
 
-        experiment.wait(poll=2.0, on_update=progress)
+        while True:
+            try:
+                experiment.wait(poll=2.0, on_update=progress)
+                break
+            except TrainerClientError as exc:  # a dropped connection while polling: the sweep goes on, poll again
+                if exc.status is not None:
+                    raise
+                time.sleep(2)
         Console(width=120).print(sweep_table(experiment))
         plot = args.out / "tradeoff.png"
         for _ in range(15):  # drawn by the worker that finished the last job, just after it committed
