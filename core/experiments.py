@@ -291,7 +291,7 @@ def _target_sparsity(mine: list[Job]) -> float | None:
 def _tflite(results: list[JobResult]) -> dict[str, Any]:
     """TFLite size and batch-1 latency: from the measured inference report when the job has one, else the size
     of the exported ``tflite`` file (no latency then)."""
-    reports = [report for report in (getattr(r, "inference", None) for r in results) if report is not None]
+    reports = [r.inference for r in results if r.inference is not None]
     for fmt in TFLITE_FORMATS:
         measured = [report.model[fmt] for report in reports if fmt in report.model]
         if measured:
