@@ -47,6 +47,9 @@ class JobPlan(BaseModel):
     pruned_layers: list[str] | None = Field(None, description="Pruning jobs only: names of the layers pruned.")
     params: int | None = Field(None, description="Parameters of the whole model, reused layers included.")
     n_classes: int | None = Field(None, description="Classes of the dataset as the recipe selects it.")
+    request_id: str | None = Field(
+        None, description="The X-Request-Id of the request that submitted the job: the worker logs its lines with it."
+    )
 
     def stored(self) -> dict[str, Any]:
         """The JSON kept in ``progress["plan"]``: keys that do not apply are absent, as they always were."""
