@@ -38,6 +38,11 @@ class VersionWatch:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
+    def waiting(self) -> int:
+        """Requests held now, in this process."""
+        with self._cond:
+            return sum(self._waiting.values())
+
     def wait(self, job_id: str, seen: int, timeout: float) -> bool:
         """True as soon as the job's version is above ``seen`` (or the job is gone), False after ``timeout`` s."""
         deadline = time.monotonic() + timeout
@@ -73,7 +78,8 @@ class VersionWatch:
                 ids = list(self._waiting)
             try:
                 with self.db.session() as session:
-                    found = dict(session.execute(select(Job.id, Job.version).where(Job.id.in_(ids))).tuples().all())
+                    rows = session.execute(select(Job.id, Job.version).where(Job.id.in_(ids))).all()
+                found = {job_id: version for job_id, version in rows}
             except SQLAlchemyError as exc:  # the waiters time out into 304s and ask again; this retries
                 log.warning("could not read job versions: %s", str(exc).splitlines()[0])
                 found = None
