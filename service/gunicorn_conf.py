@@ -36,6 +36,7 @@ if _settings.log_format == "json":
         "formatters": {"json": {"()": "core.log_context.formatter", "log_format": "json"}},
         "filters": {"context": {"()": "core.log_context.ContextFilter"}},
         "handlers": {"json": _handler},
+        "root": {"level": "INFO", "handlers": []},  # the app's own handler (core.log_context) goes there
         "loggers": {
             "gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False},
             "gunicorn.access": {"level": "INFO", "handlers": ["json"], "propagate": False},
