@@ -44,10 +44,11 @@ def test_the_api_and_the_worker_export_metrics_that_move_with_real_jobs(isolated
     port = free_port()
     worker = start_worker(settings, tmp_path / "worker.log", TRAINER_WORKER_METRICS_PORT=port, TRAINER_REDISPATCH_AFTER_S=1)
     env = worker_env(settings, TRAINER_API_TOKENS="alice-secret:alice", TRAINER_METRICS_TOKEN="scrape-secret")
-    api, url = start_gunicorn(env, tmp_path / "api.log", ["--workers", "2"])
     alice, scraper = {"Authorization": "Bearer alice-secret"}, {"Authorization": "Bearer scrape-secret"}
     worker_url = f"http://127.0.0.1:{port}/metrics"
+    api = None
     try:
+        api, url = start_gunicorn(env, tmp_path / "api.log", ["--workers", "2"])
         # not public: no token, or an owner's token, is refused; the scrape token is refused by /v1
         assert httpx.get(f"{url}/metrics").status_code == 401
         assert httpx.get(f"{url}/metrics", headers=alice).status_code == 401
@@ -68,7 +69,8 @@ def test_the_api_and_the_worker_export_metrics_that_move_with_real_jobs(isolated
                 assert wait_for(http, job_id, timeout=180)["status"] == "succeeded"
         api_after, worker_after = scrape(f"{url}/metrics", **scraper), scrape(worker_url)
     finally:
-        api.stop()
+        if api is not None:
+            api.stop()
         worker.stop()
 
     def moved(before, after, name, **labels):

@@ -29,8 +29,9 @@ def test_a_requests_id_is_answered_and_on_the_workers_json_lines_for_its_job(iso
     settings = isolated_backend
     worker = start_worker(settings, tmp_path / "worker.log", TRAINER_LOG_FORMAT="json")
     env = worker_env(settings, TRAINER_LOG_FORMAT="json", TRAINER_SINGLE_USER="1")
-    api, url = start_gunicorn(env, tmp_path / "api.log", ["--workers", "1"])
+    api = None
     try:
+        api, url = start_gunicorn(env, tmp_path / "api.log", ["--workers", "1"])
         with httpx.Client(base_url=url, timeout=30) as http:
             sent = http.post("/v1/jobs", json=small_recipe(), headers={"X-Request-Id": "client-7f3a.42"})
             assert sent.status_code == 202 and sent.headers["X-Request-Id"] == "client-7f3a.42"
@@ -42,7 +43,8 @@ def test_a_requests_id_is_answered_and_on_the_workers_json_lines_for_its_job(iso
                 made = http.get("/healthz", headers=header).headers["X-Request-Id"]
                 assert re.fullmatch(r"[0-9a-f]{32}", made)
     finally:
-        api.stop()
+        if api is not None:
+            api.stop()
         worker.stop()
 
     worker_text = (tmp_path / "worker.log").read_text()
