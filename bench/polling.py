@@ -7,13 +7,24 @@ constant JSON (``bench/bare_app.py``) under the same gunicorn flags, measured ri
 On the embedded SQLite and on PostgreSQL. Target: (a) ≥ 50 % of (c)'s requests/s.
 
 ``--py-spy PATH`` adds a profiled 10 s run of (a) per backend (not part of the measured figures).
-Writes ``bench/results/polling.json``.
+
+Held requests (``?wait=``), with the API as deployed (``service/gunicorn_conf.py``: 2 gthread workers):
+(d) 50 clients follow one training job (20 epochs of ~0.3 s) by plain conditional polling every 0.5 s, then 50
+follow a second one with ``?wait=30``: requests per job per client, and the delay from each epoch's record
+(``job_epochs.finished_at``) to each client seeing it; (e) 8 clients send plain GETs for 10 s alone, then
+while 200 clients hold ``?wait=30`` requests, under the deployed threads and under ``--threads 4``.
+
+``--sections`` picks among classic (a-c, needs wrk) and held (d, e).
+Writes ``bench/results/polling.json`` (a-c) and ``bench/results/polling-wait.json`` (d, e).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import random
+import time
 
 import httpx
 
@@ -99,6 +110,153 @@ def breakdown(b: h.Backend, job_id: str, etag: str, repeat: int = 300) -> dict:
     return out
 
 
+FOLLOWERS, HELD, PLAIN_CLIENTS, PLAIN_SECONDS = 50, 200, 8, 10
+FOLLOW_RECIPE = {"name": "followed", "training.epochs": 20, "training.batch_size": 1}
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+async def _follow(client, path: str, mode: str, seen: dict[int, float]) -> int:
+    """One client following a job to its end; returns its request count, fills ``seen`` (epoch -> wall time)."""
+    etag, requests = None, 0
+    if mode == "plain":
+        await asyncio.sleep(random.uniform(0, 0.5))  # pollers are not in step with each other
+    while True:
+        headers = {"If-None-Match": etag} if etag else {}
+        params = {"wait": 30} if mode == "wait" and etag else None
+        answer = await client.get(path, headers=headers, params=params)
+        requests += 1
+        if answer.status_code == 200:
+            now, body = time.time(), answer.json()
+            etag = answer.headers["ETag"]
+            for row in body["history"]:
+                seen.setdefault(row["epoch"], now)
+            if body["status"] in TERMINAL:
+                return requests
+        if mode == "plain":
+            await asyncio.sleep(0.5)
+
+
+def follow(b: h.Backend, url: str, mode: str) -> dict:
+    """(d): FOLLOWERS clients follow one fresh job."""
+    from sqlalchemy import select
+
+    from core.db import Database
+    from core.models import EpochRecord
+
+    async def run() -> tuple[str, list[int], list[dict[int, float]]]:
+        limits = httpx.Limits(max_connections=FOLLOWERS + 10, max_keepalive_connections=FOLLOWERS + 10)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+            job = (await client.post("/v1/jobs", json=small_recipe(**FOLLOW_RECIPE))).json()
+            seen: list[dict[int, float]] = [{} for _ in range(FOLLOWERS)]
+            counts = await asyncio.gather(*(_follow(client, f"/v1/jobs/{job['id']}", mode, s) for s in seen))
+            return job["id"], list(counts), seen
+
+    job_id, counts, seen = asyncio.run(run())
+    db = Database(b.settings())
+    with db.session() as session:
+        recorded = {
+            e: t.timestamp()
+            for e, t in session.execute(
+                select(EpochRecord.epoch, EpochRecord.finished_at).where(EpochRecord.job_id == job_id)
+            )
+        }
+    db.engine.dispose()
+    delays = [1000 * (client[e] - at) for client in seen for e, at in recorded.items() if e in client]
+    return {
+        "mode": "plain conditional GET every 0.5 s" if mode == "plain" else "?wait=30 with If-None-Match",
+        "epochs": len(recorded),
+        "requests_per_client_per_job": round(h.median(counts), 1),
+        "requests_total": sum(counts),
+        "delay_ms_p50": round(h.pct(delays, 50), 1),
+        "delay_ms_p90": round(h.pct(delays, 90), 1),
+        "delay_ms_max": round(max(delays), 1),
+        "epochs_missed_per_client": round(h.median([len(recorded) - len(c) for c in seen]), 1),
+    }
+
+
+async def _plain_load(client, path: str, seconds: float) -> list[float]:
+    """Latencies in ms; a request not answered within 35 s (starved) counts as 35 s."""
+    latencies: list[float] = []
+    stop = time.monotonic() + seconds
+
+    async def one():
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            try:
+                answer = await client.get(path, timeout=35)
+                assert answer.status_code == 200, answer.status_code
+            except httpx.TimeoutException:
+                pass
+            latencies.append(1000 * (time.perf_counter() - t))
+
+    await asyncio.gather(*(one() for _ in range(PLAIN_CLIENTS)))
+    return latencies
+
+
+def starve(url: str, job_id: str) -> dict:
+    """(e): plain GET latency alone, then while HELD requests are held on the same (finished) job."""
+
+    path = f"/v1/jobs/{job_id}"
+
+    def summary(lat: list[float]) -> dict:
+        return {
+            "requests": len(lat),
+            "requests_per_s": round(len(lat) / PLAIN_SECONDS, 1),
+            "p50_ms": round(h.pct(lat, 50), 1),
+            "p99_ms": round(h.pct(lat, 99), 1),
+            "max_ms": round(max(lat), 1),
+        }
+
+    async def run() -> dict:
+        limits = httpx.Limits(max_connections=HELD + PLAIN_CLIENTS + 10, max_keepalive_connections=HELD + PLAIN_CLIENTS + 10)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+            etag = (await client.get(path)).headers["ETag"]
+            alone = await _plain_load(client, path, PLAIN_SECONDS)
+            stop = asyncio.Event()
+
+            async def hold():
+                while not stop.is_set():
+                    try:
+                        await client.get(path, params={"wait": 30}, headers={"If-None-Match": etag})
+                    except httpx.HTTPError:  # starved past the client's timeout (the 2 x 4 threads case)
+                        pass
+
+            holders = [asyncio.create_task(hold()) for _ in range(HELD)]
+            await asyncio.sleep(3)  # every held request is in
+            loaded = await _plain_load(client, path, PLAIN_SECONDS)
+            stop.set()
+            for task in holders:
+                task.cancel()
+            await asyncio.gather(*holders, return_exceptions=True)
+            return {"plain_alone": summary(alone), f"plain_while_{HELD}_held": summary(loaded)}
+
+    return asyncio.run(run())
+
+
+def run_held(name: str) -> dict:
+    """(d) and (e) on one backend, the API as deployed (and (e) once more with ``--threads 4``)."""
+    out: dict = {}
+    with h.backend(name) as b:
+        worker = h.start_worker(b, "follow")
+        api, url = start_gunicorn(b.env, b.tmp / "api-deployed.log", [])
+        try:
+            out["d_follow_plain"] = follow(b, url, "plain")
+            out["d_follow_wait"] = follow(b, url, "wait")
+            worker.stop()
+            with httpx.Client(base_url=url) as http:
+                job_id = http.get("/v1/jobs?limit=1").json()["items"][0]["id"]
+            out["e_deployed_gthread_2x128"] = starve(url, job_id)
+        finally:
+            worker.stop()
+            api.stop()
+        api, url = start_gunicorn(b.env, b.tmp / "api-threads4.log", ["--threads", "4"])
+        try:
+            out["e_threads_2x4"] = starve(url, job_id)
+        finally:
+            api.stop()
+    return out
+
+
 def run_backend(name: str, seconds: int, py_spy: str | None) -> dict:
     with h.backend(name) as b:
         worker = h.start_worker(b, "poll")
@@ -146,7 +304,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--py-spy", help="path of a py-spy binary: profile (a) once more per backend")
+    parser.add_argument("--sections", default="classic,held")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    if "classic" in sections:
+        classic(args)
+    if "held" in sections:
+        held_only(args.backends.split(","))
+
+
+def classic(args) -> None:
     results = {
         **h.machine(),
         "gunicorn": " ".join(h.GUNICORN_FLAGS),
@@ -192,6 +359,51 @@ def main() -> None:
         if results[name].get("profile_a"):
             h.print_profile(f"{name} (a)", results[name]["profile_a"])
     print(f"\nwritten to {out.relative_to(h.ROOT)}")
+
+
+def held_only(names: list[str]) -> None:
+    """(d) and (e) (no wrk needed): ``--sections held``; written to bench/results/polling-wait.json."""
+    results: dict = {**h.machine(), "gunicorn": "service/gunicorn_conf.py (2 gthread workers x 128 threads)"}
+    for name in names:
+        results[name] = run_held(name)
+    out = h.write("polling-wait", results)
+    print_held(results, names)
+    print(f"\nwritten to {out.relative_to(h.ROOT)}")
+
+
+def print_held(results: dict, names: list[str]) -> None:
+    rows = []
+    for name in names:
+        for key in ("d_follow_plain", "d_follow_wait"):
+            r = results[name][key]
+            rows.append(
+                [
+                    f"{name} {r['mode']}",
+                    r["requests_per_client_per_job"],
+                    r["delay_ms_p50"],
+                    r["delay_ms_p90"],
+                    r["delay_ms_max"],
+                ]
+            )
+    h.table(
+        f"(d) {FOLLOWERS} clients follow a {FOLLOW_RECIPE['training.epochs']}-epoch job "
+        f"(load avg at start {results['load_avg_at_start']})",
+        ["", "requests/client/job", "delay p50 ms", "p90 ms", "max ms"],
+        rows,
+    )
+    rows = []
+    for name in names:
+        for key, label in (
+            ("e_deployed_gthread_2x128", "2 workers x 128 threads"),
+            ("e_threads_2x4", "2 workers x 4 threads"),
+        ):
+            for phase, r in results[name][key].items():
+                rows.append([f"{name} {label}: {phase}", r["requests_per_s"], r["p50_ms"], r["p99_ms"], r["max_ms"]])
+    h.table(
+        f"(e) {PLAIN_CLIENTS} clients sending plain GETs for {PLAIN_SECONDS} s, alone and while {HELD} requests are held",
+        ["", "req/s", "p50 ms", "p99 ms", "max ms"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

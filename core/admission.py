@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from core import datasets, footprint, selection, storage, structured, transfer
+from core import datasets, footprint, log_context, selection, storage, structured, transfer
 from core.datasets import DatasetInfo
 from core.errors import IdempotencyMismatch, LayerChoiceError, QueueFull, RecipeError, ShapeError
 from core.models import IdempotencyKey, Job, JobStatus, utcnow
@@ -141,7 +141,8 @@ def create(session: Session, recipe: Recipe, owner: str, settings: Settings) -> 
             retry_after_s=30,
         )
     storage.admit_job(session, owner, settings)
-    job_plan = check(session, recipe, owner, settings)
+    # the submitting request's id (core.log_context), for the worker's log lines: the queue carries only the job id
+    job_plan = check(session, recipe, owner, settings).model_copy(update={"request_id": log_context.current("request_id")})
     job = Job(
         id=uuid.uuid4().hex,
         owner=owner,

@@ -110,6 +110,13 @@ def counts(session: Session) -> dict[str, int]:
     return dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
 
 
+def failures_by_type(session: Session) -> dict[str, int]:
+    """Failed jobs by ``error.type``, every owner's, grouped in the database (JSON path on SQLite and PostgreSQL)."""
+    kind = Job.error["type"].as_string()
+    rows = session.execute(select(kind, func.count()).where(Job.status == JobStatus.FAILED.value).group_by(kind)).all()
+    return {str(cause or "unknown"): int(n) for cause, n in rows}
+
+
 # --- writing ----------------------------------------------------------------------------------------------
 
 

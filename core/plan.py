@@ -60,6 +60,9 @@ class JobPlan(BaseModel):
     flops: int | None = Field(
         None, description="FLOPs per sample of the model as built (a multiply-add is 2; dense and conv2d kernels only)."
     )
+    request_id: str | None = Field(
+        None, description="The X-Request-Id of the request that submitted the job: the worker logs its lines with it."
+    )
 
     def stored(self) -> dict[str, Any]:
         """The JSON kept in ``progress["plan"]``: keys that do not apply are absent, as they always were."""

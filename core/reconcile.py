@@ -21,11 +21,11 @@ from core.settings import Settings
 def reconcile(session: Session, settings: Settings, now: datetime | None = None) -> dict[str, list[str]]:
     """Find queued jobs nobody took and running jobs whose worker went silent.
 
-    Returns ``{"redispatch": [...], "failed": [...]}``; the caller sends the redispatched ids again
-    after this transaction commits.
+    Returns ``{"redispatch": [...], "failed": [...], "requeued": [...]}``; the caller sends the redispatch ids
+    again after this transaction commits (``requeued``: those of them a silent worker held, for the metrics).
     """
     now = now or utcnow()
-    out: dict[str, list[str]] = {"redispatch": [], "failed": []}
+    out: dict[str, list[str]] = {"redispatch": [], "failed": [], "requeued": []}
     stale_queue = now - timedelta(seconds=settings.redispatch_after_s)
     for job_id in session.execute(
         select(Job.id).where(Job.status == JobStatus.QUEUED.value, Job.dispatched_at < stale_queue)
@@ -39,6 +39,7 @@ def reconcile(session: Session, settings: Settings, now: datetime | None = None)
         if attempt < settings.max_attempts:
             if job_state.requeue_silent(session, job_id, attempt, stale_beat, now):
                 out["redispatch"].append(job_id)
+                out["requeued"].append(job_id)
                 jobs.append_logs(
                     session,
                     job_id,

@@ -98,10 +98,26 @@ class Settings:
     inference: str = "full"
     #: Timed batch-1 calls per format and thread count (after warm-up calls that are not counted).
     inference_calls: int = 200
+    #: ``text`` (human-readable, ``make run``) or ``json`` (one JSON object a line, compose): see ``core.log_context``.
+    log_format: str = "text"
+    #: The bearer token Prometheus sends to read the API's /metrics when tokens are on; "": /metrics is refused.
+    metrics_token: str = ""
+    #: The worker serves its own /metrics (per-job training and checkpoint seconds, …) on this port; 0: off.
+    worker_metrics_port: int = 0
+    #: …on this address: no token is asked there, so keep it on a private network (compose: not published).
+    worker_metrics_addr: str = "127.0.0.1"
+    #: PROMETHEUS_MULTIPROC_DIR: where one process tree (gunicorn's workers, or a Celery worker's children) keeps
+    #: prometheus-client's multiprocess files; wiped when that tree starts, so one directory per tree. "": a fresh
+    #: temporary directory per start, which the starting process puts into PROMETHEUS_MULTIPROC_DIR itself.
+    metrics_dir: str = ""
+    #: How often a process re-reads the versions of the jobs its ``?wait=`` requests wait on (one query for all).
+    wait_poll_interval_s: float = 0.1
 
     def __post_init__(self) -> None:
         if self.inference not in INFERENCE_MODES:
             raise ConfigError(f"TRAINER_INFERENCE is {self.inference!r}; it must be one of {', '.join(INFERENCE_MODES)}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"TRAINER_LOG_FORMAT is {self.log_format!r}; it is text or json")
         if self.single_user and self.api_tokens.strip():
             raise ConfigError(
                 "TRAINER_SINGLE_USER is set but so is TRAINER_API_TOKENS: single-user mode would "
@@ -151,6 +167,12 @@ def load_settings(**overrides: Any) -> Settings:
         fashion_mnist_dir=os.environ.get("TRAINER_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
         inference=os.environ.get("TRAINER_INFERENCE", "full"),
         inference_calls=_int("TRAINER_INFERENCE_CALLS", 200),
+        log_format=os.environ.get("TRAINER_LOG_FORMAT", "text"),
+        metrics_token=os.environ.get("TRAINER_METRICS_TOKEN", ""),
+        worker_metrics_port=_int("TRAINER_WORKER_METRICS_PORT", 0),
+        worker_metrics_addr=os.environ.get("TRAINER_WORKER_METRICS_ADDR", "127.0.0.1"),
+        metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""),
+        wait_poll_interval_s=_float("TRAINER_WAIT_POLL_INTERVAL_S", 0.1),
     )
     values.update(overrides)
     if values["database_url"].startswith("sqlite:///"):

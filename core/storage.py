@@ -149,3 +149,9 @@ def delete_dataset(session: Session, dataset_id: str, owner: str) -> None:
         )
     artifacts.delete_for(session, dataset_id=dataset_id)
     session.execute(delete(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner))
+
+
+def bytes_by_kind(session: Session) -> dict[str, int]:
+    """Every owner's stored bytes by artifact kind (dataset, model, plot, checkpoint, …): what /metrics reports."""
+    rows = session.execute(select(Artifact.kind, func.coalesce(func.sum(Artifact.size), 0)).group_by(Artifact.kind)).all()
+    return {kind: int(total) for kind, total in rows}

@@ -18,8 +18,9 @@ fi
 
 $BIN/celery -A worker.celery_app worker --loglevel INFO --concurrency 1 --hostname "worker@%h" &
 WORKER=$!
-$BIN/gunicorn --bind "127.0.0.1:${PORT}" --workers 2 --threads 4 --access-logfile - \
-    --graceful-timeout 10 'service.app:create_app()' &
+# workers, threads (gthread, for ?wait= polling) and the metrics/logging hooks: service/gunicorn_conf.py;
+# one log line per request comes from the app (service/request_log.py), with its request id
+$BIN/gunicorn --config python:service.gunicorn_conf --bind "127.0.0.1:${PORT}" 'service.app:create_app()' &
 API=$!
 
 stop() {

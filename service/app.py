@@ -5,17 +5,16 @@ This process never imports TensorFlow (about 4 s and 700 MB); it validates, stor
 
 from __future__ import annotations
 
-import logging
-
 from flask import Request, redirect, request
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 from flask_openapi3.models import Schema
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from core import log_context
 from core.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
 from core.settings import Settings, load_settings
-from service import auth, extensions, problems, representation
+from service import auth, extensions, metrics, problems, representation, request_log
 from service.datasets_api import api as datasets_api
 from service.experiments_api import api as experiments_api
 from service.extensions import services
@@ -32,7 +31,7 @@ MULTIPART_ENVELOPE_BYTES = 64 * 1024
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or load_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_context.configure(settings)
     app = OpenAPI(
         __name__,
         info=Info(
@@ -53,6 +52,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     extensions.init_app(app, settings)
 
     problems.install(app)
+    request_log.install(app)  # before auth: a refused request's lines carry its id too
+    metrics.install(app)
     auth.install(app)
     _install_body_checks(app, settings)
 

@@ -17,7 +17,7 @@ import logging
 from flask import Flask, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import tokens
+from core import log_context, tokens
 from core.db import Database
 from core.errors import MalformedRequest, Unauthorized
 from core.settings import ConfigError, Settings
@@ -26,7 +26,8 @@ from service.extensions import services
 
 log = logging.getLogger(__name__)
 SINGLE_USER_OWNER = "default"
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/docs", "/openapi.json", "/jobs/")  # pages fetch data with the token
+# pages fetch data with the token; /metrics asks for its own (service/metrics.py)
+PUBLIC_PREFIXES = ("/healthz", "/readyz", "/docs", "/openapi.json", "/jobs/", "/metrics")
 HOW_TO_CREATE = (
     "create one with `python -m core.tokens create OWNER` (in the compose stack: "
     "`docker compose exec api python -m core.tokens create OWNER`) or set TRAINER_API_TOKENS=token:owner "
@@ -66,6 +67,7 @@ def install(app: Flask) -> None:
                     f"TRAINER_ALLOWED_HOSTS ({settings.allowed_hosts}), not {request.host!r}"
                 )
             g.owner = SINGLE_USER_OWNER
+            log_context.bind(owner=g.owner)
             return None
         if request.path.startswith(PUBLIC_PREFIXES) or request.path == "/":
             return None
@@ -76,6 +78,7 @@ def install(app: Flask) -> None:
             caller = tokens.identify(session, settings, token.strip())
             rate_limit.check(limiter, settings.rate_limit_per_minute, session, caller.token_sha256)
         g.owner = caller.owner
+        log_context.bind(owner=g.owner)
         return None
 
 

@@ -12,6 +12,7 @@ from celery import Celery
 from flask import Flask, current_app
 
 from core.db import Database
+from core.job_watch import VersionWatch
 from core.queue import make_celery
 from core.settings import Settings
 
@@ -23,11 +24,15 @@ class Services:
     settings: Settings
     db: Database
     celery: Celery
+    #: What ``GET /v1/jobs/{id}?wait=`` requests wait on: one reader thread per process.
+    watch: VersionWatch
 
 
 def init_app(app: Flask, settings: Settings) -> Services:
     """One database engine and one Celery app per Flask app: tests build several apps over different settings."""
-    made = app.extensions[KEY] = Services(settings, Database(settings), make_celery(settings))
+    db = Database(settings)
+    watch = VersionWatch(db, settings.wait_poll_interval_s)
+    made = app.extensions[KEY] = Services(settings, db, make_celery(settings), watch)
     return made
 
 

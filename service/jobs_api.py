@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from core import admission, artifacts, job_state, jobs
 from core.errors import Conflict, MalformedRequest, NotFound
+from core.job_watch import MAX_WAIT_S
 from core.layers import Strict
 from core.models import JobStatus
 from core.queue import dispatch
@@ -64,6 +65,15 @@ class ListQuery(Strict):
     cursor: str | None = Field(None, max_length=200)
 
 
+class JobQuery(Strict):
+    wait: QueryInt = Field(
+        0,
+        ge=0,
+        le=MAX_WAIT_S,
+        description="With If-None-Match: hold the request until the job changes (200) or this many seconds pass (304).",
+    )
+
+
 class ModelQuery(Strict):
     format: ExportFormat = "h5"
 
@@ -100,13 +110,21 @@ def list_jobs(query: ListQuery):
 
 
 @api.get("/<job_id>", responses={200: documented("The job", Job), 304: NOT_MODIFIED})
-def get_job(path: JobPath):
-    """The job with its history so far; send If-None-Match with the ETag to poll cheaply."""
-    return _job_response(path.job_id)
+def get_job(path: JobPath, query: JobQuery):
+    """The job with its history so far; send If-None-Match with the ETag to poll cheaply, and ``?wait=N`` to be
+    answered the moment it changes (or 304 after N seconds) — one request per change."""
+    return _job_response(path.job_id, wait=query.wait)
 
 
-def _job_response(job_id: str, status: int = 200) -> Response:
+def _job_response(job_id: str, status: int = 200, wait: int = 0) -> Response:
     svc = services()
+    if wait and status == 200 and request.if_none_match:
+        with svc.db.session() as session:
+            seen = jobs.version(session, job_id, current_owner())
+        # held with no database connection (core.job_watch); once the version moves past ``seen`` the If-None-Match
+        # below no longer matches and the job is sent as it is now (or 404 if it was deleted meanwhile)
+        if request.if_none_match.contains_weak(f"{job_id}-{seen}") and not svc.watch.wait(job_id, seen, wait):
+            return Response(status=304, headers={"ETag": f'"{job_id}-{seen}"'})
     with svc.db.session() as session:
         if status == 200 and request.if_none_match:
             version = jobs.version(session, job_id, current_owner())  # one indexed column, nothing else

@@ -20,6 +20,8 @@ from core.settings import ROOT, Settings
 BIN = Path(sys.executable).parent
 SERVICE_VARIABLES = ("TRAINER_", "DATABASE_URL", "CELERY_")
 API_APP = "service.app:create_app()"
+#: The API's gunicorn configuration as deployed (worker class, threads, the metrics and logging hooks).
+API_CONFIG = ["--config", "python:service.gunicorn_conf"]
 
 
 def free_port() -> int:
@@ -161,11 +163,13 @@ def start_gunicorn(
     env: dict[str, str], log_path: Path, flags: list[str], app: str = API_APP, timeout: float = 60, poll: float = 0.05
 ) -> tuple[Proc, str]:
     """``app`` under gunicorn on a free loopback port, returned with its URL once /healthz answers and every
-    worker process named by ``--workers`` (default 1) has been forked, so nothing measured waits on imports."""
+    worker process named by ``--workers`` (the API's config says 2; else 1) has been forked, so nothing measured
+    waits on imports. The API gets its deployed configuration (``API_CONFIG``); ``flags`` override it."""
     port = free_port()
-    proc = Proc([str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", *flags, app], env, log_path)
+    config = API_CONFIG if app == API_APP else []
+    proc = Proc([str(BIN / "gunicorn"), *config, "--bind", f"127.0.0.1:{port}", *flags, app], env, log_path)
     url = f"http://127.0.0.1:{port}"
-    workers = int(flags[flags.index("--workers") + 1]) if "--workers" in flags else 1
+    workers = int(flags[flags.index("--workers") + 1]) if "--workers" in flags else 2 if config else 1
     _wait_until_up(proc, app, lambda: _healthy(url) and len(proc.children()) >= workers, timeout, poll)
     return proc, url
 

@@ -12,11 +12,14 @@ import logging
 
 from celery import signals
 
+from core import log_context, multiprocess_metrics
 from core.db import Database
 from core.queue import INSPECT_TASK, TRAIN_TASK, make_celery
 from core.settings import load_settings
 
 settings = load_settings()
+if settings.worker_metrics_port:  # before anything imports prometheus_client (see core.multiprocess_metrics)
+    _metrics_dir = multiprocess_metrics.prepare(settings, "worker")
 app = make_celery(settings)
 # Prefork, with the next child forked right after the last one exits (see worker.pool).
 app.conf.worker_pool = "worker.pool:TaskPool"
@@ -28,6 +31,12 @@ def database() -> Database:
     if "db" not in _state:
         _state["db"] = Database(settings)
     return _state["db"]
+
+
+@signals.setup_logging.connect
+def _logging(**_):
+    """Celery's own lines too go through ``core.log_context``'s handler (JSON or text, TRAINER_LOG_FORMAT)."""
+    log_context.configure(settings)
 
 
 @signals.worker_init.connect
@@ -63,6 +72,19 @@ def _start_reconciler(sender=None, **_):
     _state["memory_guard"] = guard = MemoryGuard(settings)
     pool.lost_child_listeners.append(guard.child_lost)
     guard.start()
+    if settings.worker_metrics_port:
+        from worker import metrics
+
+        metrics.serve(settings, str(_metrics_dir[0]))
+
+
+@signals.worker_process_shutdown.connect
+def _child_exit(pid=None, **_):
+    """Nothing here is a live gauge, but a child that exits is marked dead as prometheus-client asks."""
+    if settings.worker_metrics_port:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
 
 
 @signals.worker_shutdown.connect
@@ -70,6 +92,8 @@ def _stop_reconciler(**_):
     for name in ("reconciler", "memory_guard"):
         if name in _state:
             _state[name].stop()
+    if settings.worker_metrics_port and _metrics_dir[1]:
+        multiprocess_metrics.remove(_metrics_dir[0])
 
 
 @app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)

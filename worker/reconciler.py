@@ -58,6 +58,7 @@ class Reconciler:
             dispatch(self.celery, job_id)
         for job_id in found["failed"]:
             log.error("job %s: failed as worker_lost", job_id)
+        _count(found)
         return found
 
     def _loop(self) -> None:
@@ -66,3 +67,16 @@ class Reconciler:
                 self.run_once()
             except Exception as exc:  # a database or broker blip: try again next round
                 log.warning("reconcile failed: %s", exc)
+
+
+def _count(found: dict[str, list[str]]) -> None:
+    from worker import metrics  # after worker.celery_app chose the metrics' directory
+
+    requeued = len(found.get("requeued", []))
+    for action, n in (
+        ("redispatched", len(found["redispatch"]) - requeued),
+        ("requeued", requeued),
+        ("failed_worker_lost", len(found["failed"])),
+    ):
+        if n:
+            metrics.RECONCILER.labels(action).inc(n)

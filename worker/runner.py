@@ -8,6 +8,7 @@ logger), never the worker's own lines about the database or the broker.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from core import artifacts, checkpoints, job_state, jobs, structured
+from core import artifacts, checkpoints, job_state, jobs, log_context, structured
 from core.causes import Cause, JobError
 from core.db import Database
 from core.errors import JobStopped
@@ -42,6 +43,7 @@ from core.results import (
 )
 from core.settings import Settings
 from worker import checkpoint
+from worker import metrics as worker_metrics
 
 #: What a client reads at GET /v1/jobs/{id}/logs: lines of this logger (and its children) only.
 log = logging.getLogger("trainer.job")
@@ -115,7 +117,10 @@ class JobRun:
         self.deadline = time.monotonic() + (recipe.training.max_runtime_s or settings.max_runtime_s)
         self._stop: str | None = None
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+        # the job's log context (core.log_context) goes with it: a thread does not inherit context variables
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._beat,), name=f"heartbeat-{job_id[:8]}", daemon=True
+        )
 
     # -- hooks for worker.training --
     def on_epoch(
@@ -126,6 +131,7 @@ class JobRun:
             progress["sparsity"] = metrics["sparsity"]
         self.last_progress = {k: progress[k] for k in ("epoch", "sparsity") if k in progress}
         self.pending.append((epoch, phase, metrics, progress, diagnostics))
+        worker_metrics.EPOCHS.inc()
         try:
             self._write_epochs(state)
         except OperationalError as exc:  # the database is away: keep training, write these epochs later
@@ -151,6 +157,7 @@ class JobRun:
         self.pending = []
         if written is not None:  # timed to the commit: that is what the next one will cost too
             self.checkpoints.record(started, len(written))
+            worker_metrics.CHECKPOINT_SECONDS.observe(self.checkpoints.last_seconds)
             if self.checkpoints.written == 1:
                 spacing = self.checkpoints.spacing_s()
                 log.info(
@@ -198,7 +205,17 @@ class JobRun:
 
 
 def run_job(db: Database, settings: Settings, job_id: str, device: str = "CPU:0") -> str | None:
-    """Returns the job's final status, or None when the job was not ours to run (duplicate delivery)."""
+    """Returns the job's final status, or None when the job was not ours to run (duplicate delivery). Every log
+    line meanwhile carries the job's id (and, once claimed, its owner, attempt and submitting request's id)."""
+    started = time.monotonic()
+    with log_context.bound(job_id=job_id):
+        status = _run_job(db, settings, job_id, device)
+    if status is not None:
+        worker_metrics.JOB_SECONDS.labels(status).observe(time.monotonic() - started)
+    return status
+
+
+def _run_job(db: Database, settings: Settings, job_id: str, device: str) -> str | None:
     name = worker_name()
     with db.session() as session:
         attempt = job_state.claim(session, job_id, name)
@@ -210,6 +227,10 @@ def run_job(db: Database, settings: Settings, job_id: str, device: str = "CPU:0"
         progress = dict(job.progress or {})
         job_state.update_running(session, job_id, attempt, device=device, progress={**progress, "phase": "starting"})
         kept_lines = jobs.log_line_count(session, job_id)
+        plan = JobPlan.model_validate(progress["plan"]) if progress.get("plan") else None
+        log_context.bind(owner=job.owner, attempt=attempt, request_id=plan.request_id if plan else None)
+        if attempt == 1 and job.started_at is not None:
+            worker_metrics.QUEUE_WAIT.observe((job.started_at - job.created_at).total_seconds())
     run = JobRun(db, settings, job_id, attempt, recipe, progress, kept_lines)
     run.start()
     error = None
@@ -324,6 +345,7 @@ def _train_and_store(run: JobRun, recipe: Recipe, device: str) -> JobStatus:
         resume=resume,
         structured_phase=phase,
     )
+    worker_metrics.TRAINING_SECONDS.observe(outcome.seconds)
     _raise_if_stopped(run, recipe, outcome)
     _export_and_store(run, recipe, outcome, job_plan, splits.x_test[:THROUGHPUT_ROWS])
     return JobStatus.SUCCEEDED

@@ -129,7 +129,12 @@ def cli(ctx: click.Context, url: str, token: str | None, as_json: bool) -> None:
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--wait", is_flag=True, help="Follow the job to its end; exit 1 unless it succeeds.")
 @click.option(
-    "--poll", default=0.5, show_default=True, type=click.FloatRange(min=0.05), help="Seconds between polls while waiting."
+    "--poll",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    help="While waiting, each request is held by the server until the job changes (?wait=); this is the least "
+    "time between two requests that found nothing new.",
 )
 @click.option("--timeout", type=click.FloatRange(min=0), help="Stop waiting after this many seconds (exit 1).")
 @json_option

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import time
@@ -26,6 +27,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset(STATUSES[2:])
 MAX_PAGE = 200  # the API's own upper bound for ?limit=
+MAX_HOLD_S = 30  # the API's own upper bound for ?wait=
 USER_AGENT = "trainer-client/0.1"
 
 
@@ -282,10 +284,14 @@ class Job:
         self._poll()
         return self
 
-    def _poll(self) -> bool:
-        """True if the job changed since the last read."""
+    def _poll(self, hold_s: int = 0) -> bool:
+        """True if the job changed since the last read. With ``hold_s`` (and an ETag) the server holds the request
+        until the job changes or ``hold_s`` seconds pass (``?wait=``)."""
         headers = {"If-None-Match": self.etag} if self.etag else {}
-        response = self.client.request("GET", f"/v1/jobs/{self.id}", headers=headers)
+        extra: dict[str, Any] = {}
+        if hold_s and self.etag:
+            extra = {"params": {"wait": hold_s}, "timeout": hold_s + 30.0}
+        response = self.client.request("GET", f"/v1/jobs/{self.id}", headers=headers, **extra)
         if response.status_code == 304:
             return False
         self.data = response.json()
@@ -298,8 +304,13 @@ class Job:
         timeout: float | None = None,
         on_update: Callable[[Job], Any] | None = None,
         until: Iterable[str] = TERMINAL,
+        hold_s: int = 25,
     ) -> Job:
         """Poll until the job succeeds, fails or is cancelled; ``on_update(job)`` runs once per change.
+
+        Each request asks the server to hold it until the job changes, up to ``hold_s`` seconds (``?wait=``; 0:
+        plain polling), so a change is seen the moment it is recorded, with one request per change. ``poll`` is
+        the least time between two requests that found nothing new (what a server that does not hold them costs).
 
         ``until`` names other statuses to stop at as well (``{"running"}``: until it has started); a job that
         has ended never changes again, so it is returned whatever ``until`` says. Raises WaitTimeout (a
@@ -314,10 +325,16 @@ class Job:
                 on_update(self)
             if self.status in stop_at:
                 return self
-            if timeout is not None and time.monotonic() >= started + timeout:
+            now = time.monotonic()
+            if timeout is not None and now >= started + timeout:
                 raise WaitTimeout(self.id, self.status, timeout)
-            time.sleep(poll)
-            changed = self._poll()
+            hold = min(hold_s, MAX_HOLD_S)
+            if hold and timeout is not None:
+                hold = max(1, min(hold, math.ceil(started + timeout - now)))
+            changed = self._poll(hold)
+            quick = time.monotonic() - now
+            if not changed and quick < poll:
+                time.sleep(poll - quick)
 
     def cancel(self) -> Job:
         """Queued: cancelled at once. Running: the server stops it at the next batch. Finished: 409."""
