@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 import uuid
 from dataclasses import replace
 
@@ -21,16 +22,31 @@ from core.errors import ModelError, ModelRefused
 from core.model_inspect import check_config
 from core.models import Job, UploadedModel
 from tests import model_files as files
-from tests.support import wait_until
+from tests.support import start_worker, wait_until
 
 pytestmark = pytest.mark.worker
+
+
+@pytest.fixture(scope="module")
+def worker(backend, tmp_path_factory):
+    """A worker of this module's own that kills an inspection after 20 s and re-sends one after 5 s: on SQLite a
+    forked child can hang in its first ``sqlite3.connect`` (a parent thread held SQLite's process-wide mutex at the
+    fork), and this is the recovery the service relies on (hard time limit, then the reconciler), kept short."""
+    proc = start_worker(
+        backend,
+        tmp_path_factory.mktemp("inspector") / "worker.log",
+        TRAINER_INSPECT_TIMEOUT_S="20",
+        TRAINER_REDISPATCH_AFTER_S="5",
+    )
+    yield proc
+    proc.stop()
 
 
 def upload(client, data: bytes, filename: str):
     return client.post("/v1/models", data={"file": (io.BytesIO(data), filename)}, content_type="multipart/form-data")
 
 
-def settled(client, model_id: str, timeout: float = 120) -> dict:
+def settled(client, model_id: str, timeout: float = 180) -> dict:
     """The model once its inspection has ended."""
 
     def done():
@@ -375,3 +391,40 @@ def test_the_json_in_the_openapi_document_lists_the_allowed_layers(client):
         and "Lambda" not in post["description"].split("Layers allowed:")[1].split(".")[0]
     )
     assert json.dumps(doc["components"]["schemas"]["ModelInspection"])
+
+
+# --------------------------------------------------------------------------- the API's memory
+
+
+def test_gunicorn_rss_stays_flat_while_it_refuses_model_bombs(tmp_path_factory, built):
+    """A real gunicorn worker: a config.json that inflates to 64 MiB, one that lies about its size, weights that
+    declare 8 GiB, JSON nested 100,000 deep — each a 4xx, the process's memory flat (read from /proc)."""
+    import httpx
+
+    from tests.test_upload_limits import Gunicorn, PeakRss, _rss_kb
+
+    server = Gunicorn(tmp_path_factory.mktemp("gunicorn-models"))
+    mlp = built["mlp.keras"].path
+    hostile = {
+        "bomb.keras": files.config_bomb(mlp),
+        "lying.keras": files.lying_config(mlp),
+        "weights-bomb.keras": files.weights_bomb(mlp),
+        "deep.keras": files.rezip({**files.members(mlp), "config.json": b"[" * 100_000 + b"]" * 100_000}),
+    }
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            for _ in range(2):  # warm up the paths a good upload takes
+                assert http.post("/v1/models", files={"file": ("ok.keras", mlp.read_bytes())}).status_code == 201
+            time.sleep(0.5)
+            before = _rss_kb(server.worker_pid)
+            with PeakRss(server.worker_pid) as peak:
+                statuses = {
+                    name: http.post("/v1/models", files={"file": (name, data)}).status_code for name, data in hostile.items()
+                }
+            after = _rss_kb(server.worker_pid)
+    finally:
+        server.stop()
+    assert all(400 <= status < 500 for status in statuses.values()), statuses
+    print(f"gunicorn RSS before {before / 1024:.1f} MiB, peak {peak.peak / 1024:.1f} MiB, after {after / 1024:.1f} MiB")
+    assert (peak.peak - before) / 1024 < 100, f"RSS {before / 1024:.0f} MB, peak {peak.peak / 1024:.0f} MB"
+    assert (after - before) / 1024 < 100, f"RSS {before / 1024:.0f} -> {after / 1024:.0f} MB"

@@ -103,10 +103,11 @@ def train_job(job_id: str) -> str | None:
     return run_job(database(), settings, job_id, device=_state.get("device", "CPU:0"))
 
 
-@app.task(name=INSPECT_TASK, acks_late=True, reject_on_worker_lost=False)
+@app.task(name=INSPECT_TASK, acks_late=True, reject_on_worker_lost=False, time_limit=settings.inspect_timeout_s)
 def inspect_model(model_id: str) -> str | None:
     """Not redelivered when its child dies: a file that crashed it is rejected by the memory guard, a lost worker's
-    inspection is sent again by the reconciler."""
+    inspection is sent again by the reconciler. One that hangs is killed at ``inspect_timeout_s`` (the worker runs
+    one task at a time: a hung load must not hold it), then sent again by the reconciler up to ``max_attempts``."""
     from worker.inspection import inspect_model as inspect
 
     return inspect(database(), settings, model_id)

@@ -46,7 +46,6 @@ class Reconciler:
             raise RuntimeError("start() opens the database the reconciler works on")
         with self.db.session() as session:
             found = reconcile(session, self.settings)
-        with self.db.session() as session:
             inspections = model_store.reconcile(session, self.settings)
         for model_id in inspections["redispatch"]:
             log.warning("model %s: sending its inspection again", model_id)
