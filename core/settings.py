@@ -85,6 +85,12 @@ class Settings:
     allowed_hosts: str = "localhost,127.0.0.1,[::1]"
     #: Where Debian's package dataset-fashion-mnist puts the four IDX .gz files of the built-in fashion_mnist.
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+    #: How long a stopping worker has before it is killed (compose's ``stop_grace_period``): a job it hands back
+    #: finishes its epoch first when that is expected within half of this, else stops at the next batch.
+    stop_grace_s: float = 30.0
+    #: ``python -m core.retention`` deletes finished jobs older than this many days (not pinned, not a transfer
+    #: base); 0: off, nothing is ever deleted.
+    retention_days: float = 0.0
 
     def __post_init__(self) -> None:
         if self.single_user and self.api_tokens.strip():
@@ -132,6 +138,8 @@ def load_settings(**overrides: Any) -> Settings:
         oom_events_path=os.environ.get("TRAINER_OOM_EVENTS_PATH", ""),
         allowed_hosts=os.environ.get("TRAINER_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]"),
         fashion_mnist_dir=os.environ.get("TRAINER_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
+        stop_grace_s=_float("TRAINER_STOP_GRACE_S", 30.0),
+        retention_days=_float("TRAINER_RETENTION_DAYS", 0.0),
     )
     values.update(overrides)
     if values["database_url"].startswith("sqlite:///"):
