@@ -136,12 +136,13 @@ def finish(session: Session, job_id: str, attempt: int, status: JobStatus, **val
 def hand_back(session: Session, job_id: str, attempt: int, progress: dict[str, Any]) -> bool:
     """running → queued by the attempt that holds it: its worker is stopping and kept a checkpoint (not deleted
     here), so the next attempt resumes from it. ``handbacks`` in the progress counts these, so a job moved by
-    restarts is not failed for running out of ``max_attempts`` (``core.reconcile``)."""
+    restarts is not failed for running out of ``max_attempts`` (``core.reconcile``). Refused when a cancel was
+    asked for meanwhile (a claim would clear the request): the worker ends the job cancelled instead."""
     return bool(
         rows_matched(
             session,
             update(Job)
-            .where(*_mine(job_id, attempt))
+            .where(*_mine(job_id, attempt), Job.cancel_requested.is_(False))
             .values(
                 status=Q,
                 dispatched_at=utcnow(),

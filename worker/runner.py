@@ -189,8 +189,7 @@ class JobRun:
         jobs.append_logs(session, self.job_id, self.log.drain(final=True))
 
 
-#: What ``Hooks.stop_reason`` says when the worker is stopping: the job goes back to the queue, not to an end.
-HANDED_BACK = "handed_back"
+HANDED_BACK = shutdown.HANDED_BACK
 
 
 class HandedBack(Exception):
@@ -270,7 +269,20 @@ def _hand_back(run: JobRun, progress: dict) -> None:
         run.flush_pending()
         with run.db.session() as session:
             run.flush_logs(session)
-            if not job_state.hand_back(session, run.job_id, run.attempt, {**progress, **run.last_progress}):
+            latest = {**progress, **run.last_progress}
+            if job_state.hand_back(session, run.job_id, run.attempt, latest):
+                return
+            cancelled = JobError.of(Cause.CANCELLED, "cancelled while its worker was stopping")
+            if job_state.finish(
+                session,
+                run.job_id,
+                run.attempt,
+                JobStatus.CANCELLED,
+                error=cancelled.stored(),
+                progress=job_state.with_phase(latest, JobStatus.CANCELLED.value),
+            ):
+                log.info("%s", cancelled.message)
+            else:
                 worker_log.info("job %s: no longer this attempt's to hand back", run.job_id)
 
     with_retries(record, min(run.settings.db_retry_s, run.settings.stop_grace_s / 2), "handing the job back")

@@ -17,6 +17,8 @@ import threading
 
 log = logging.getLogger(__name__)
 _requested = threading.Event()
+#: What a job's ``stop_reason`` says once its worker is stopping: the job goes back to the queue, not to an end.
+HANDED_BACK = "handed_back"
 
 
 def requested() -> bool:

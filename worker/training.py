@@ -21,6 +21,7 @@ from core.recipe import Recipe, ReduceOnPlateau
 from worker import builder, checkpoint, pruning, reuse
 from worker.data import Splits, shaped_for_output, standardization, to_dataset
 from worker.diagnostics import Probe
+from worker.shutdown import HANDED_BACK
 from worker.tf_env import keras, tf
 
 log = logging.getLogger("trainer.job")
@@ -55,10 +56,6 @@ class Outcome:
     test_before_threshold: dict | None = None
     transfer: dict | None = None
     initial_kernels: list = field(default_factory=list)
-
-
-#: What ``Hooks.stop_reason`` says when the worker is stopping (``worker.runner.HANDED_BACK``).
-HANDED_BACK = "handed_back"
 
 
 class _Progress(keras.callbacks.Callback):
