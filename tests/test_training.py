@@ -172,7 +172,8 @@ class _HandingBack(Recorder):
         return "handed_back" if len(self.epochs) >= self.after else None
 
 
-@pytest.mark.parametrize("within_s, recorded", [(3600.0, 4), (0.0, 3)])
+# the two ends of the budget, so the outcome does not depend on how fast this machine trains an epoch
+@pytest.mark.parametrize("within_s, recorded", [(float("inf"), 4), (float("-inf"), 3)], ids=["finishes", "cuts"])
 def test_a_hand_back_finishes_the_epoch_under_way_only_when_it_ends_soon_enough(iris, within_s, recorded):
     hooks = _HandingBack(after=3, finish_epoch_within_s=within_s)
     outcome, _ = train(small_recipe(**{"training.epochs": 50}), iris, hooks)
