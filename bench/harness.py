@@ -3,8 +3,8 @@ on it (started by ``stack.processes``, as the tests start theirs), wrk, and /pro
 measures by itself.
 
 A backend is either the embedded default (a temp ``TRAINER_VAR_DIR``: SQLite + SQLAlchemy broker) or
-PostgreSQL on 127.0.0.1:5432 (a fresh database, dropped afterwards) + Redis 127.0.0.1:6379 db 11 (flushed
-before and after; no other db is touched).
+PostgreSQL on 127.0.0.1:5432 (a fresh database, dropped afterwards) + Redis 127.0.0.1:6379 db 11, or
+``BENCH_REDIS_URL`` (flushed before and after; no other db is touched).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from stack.databases import flush_redis, scratch_database
 from stack.processes import API_APP, Proc, clean_env
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/11"
+#: BENCH_REDIS_URL moves a benchmark to another Redis database, so two can run side by side (it is flushed).
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 GUNICORN_FLAGS = ["--workers", "2", "--threads", "4"]
 RESULTS = ROOT / "bench" / "results"
 PROFILES = Path(tempfile.gettempdir()) / "bench-profiles"  # raw py-spy output (MBs): kept out of the repository

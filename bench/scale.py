@@ -8,7 +8,9 @@ on the same processes (the 50 round is the linearity reference). Every job must 
 
 Reports wall time (first POST sent → last job finished), jobs/minute, per-job cost (wall / N), queue wait
 (``started_at - created_at``) p50/p99, run time (``finished_at - started_at``) p50, and duplicate
-deliveries the workers skipped ("is not queued; nothing to do"). Writes ``bench/results/scale.json``.
+deliveries the workers skipped ("is not queued; nothing to do") and the jobs the reconciler sent again (a job
+queued longer than ``TRAINER_REDISPATCH_AFTER_S`` is re-sent only when the broker lost its message:
+``core.backlog``). Writes ``bench/results/scale.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def run_round(b: h.Backend, db, url: str, n: int, workers: list[h.Proc]) -> dict
     from core.models import Job
 
     skipped_before = sum(w.log().count("is not queued; nothing to do") for w in workers)
+    resent_before = sum(w.log().count(": sending again") for w in workers)
+    kept_before = sum(w.log().count("still in the broker's queue: not sent again") for w in workers)
     trained_before = {w.log_path.stem: w.log().count(": 'succeeded'") for w in workers}
     with httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=16)) as http:
         t0 = time.perf_counter()
@@ -63,6 +67,8 @@ def run_round(b: h.Backend, db, url: str, n: int, workers: list[h.Proc]) -> dict
         jobs = [http.get(f"/v1/jobs/{i}").json() for i in ids]
         logs = {i: http.get(f"/v1/jobs/{i}/logs").text for i in ids}
     skipped = sum(w.log().count("is not queued; nothing to do") for w in workers) - skipped_before
+    resent = sum(w.log().count(": sending again") for w in workers) - resent_before
+    kept = sum(w.log().count("still in the broker's queue: not sent again") for w in workers) - kept_before
     created = [ts(j["created_at"]) for j in jobs]
     started = [ts(j["started_at"]) for j in jobs if j["started_at"]]
     finished = [ts(j["finished_at"]) for j in jobs if j["finished_at"]]
@@ -83,6 +89,8 @@ def run_round(b: h.Backend, db, url: str, n: int, workers: list[h.Proc]) -> dict
         "log_attempt1_lines_not_1": {i: c for i, c in first_lines.items() if c != 1},
         "log_attempt2_lines": sum(text.count("attempt 2") for text in logs.values()),
         "duplicate_deliveries_skipped": skipped,
+        "resent_by_reconciler": resent,
+        "reconciler_rounds_that_found_stale_jobs_still_queued": kept,
         "submit_all_s": round(submit_s, 2),
         "wall_s": round(wall, 2),
         "client_wall_s": round(client_wall_s, 2),
@@ -173,6 +181,7 @@ def main() -> None:
                     r["run_p50_s"],
                     f"{r['statuses'].get('succeeded', 0)}/{n}",
                     r["duplicate_deliveries_skipped"],
+                    r["resent_by_reconciler"],
                 ]
             )
         extra = results[name].get("per_job_cost_ratio_big_over_small")
@@ -180,12 +189,12 @@ def main() -> None:
             [
                 f"{name}: exactly once {'yes' if results[name]['exactly_once'] else 'NO'}"
                 + (f"; per-job cost {rounds[-1]}/{rounds[0]} = {extra}" if extra else ""),
-                *[""] * 8,
+                *[""] * 9,
             ]
         )
     h.table(
         f"{results['workers']} workers, {results['recipe']} (load avg at start {results['load_avg_at_start']})",
-        ["", "wall s", "jobs/min", "s/job", "wait p50", "wait p99", "run p50", "ok", "dup skipped"],
+        ["", "wall s", "jobs/min", "s/job", "wait p50", "wait p99", "run p50", "ok", "dup skipped", "resent"],
         rows,
     )
     if results["postgres"].get("profile_worker"):

@@ -46,6 +46,8 @@ def cancel(session: Session, job_id: str, owner: str) -> Job:
             error=JobError.of(Cause.CANCELLED, "cancelled before it started").stored(),
         ),
     )
+    if done:  # a job handed back by a stopping worker kept its checkpoint
+        checkpoints.discard(session, job_id)
     if not done:
         done = rows_matched(
             session,
@@ -129,6 +131,34 @@ def finish(session: Session, job_id: str, attempt: int, status: JobStatus, **val
     if done:
         checkpoints.discard(session, job_id)
     return done
+
+
+def hand_back(session: Session, job_id: str, attempt: int, progress: dict[str, Any]) -> bool:
+    """running → queued by the attempt that holds it: its worker is stopping and kept a checkpoint (not deleted
+    here), so the next attempt resumes from it. ``handbacks`` in the progress counts these, so a job moved by
+    restarts is not failed for running out of ``max_attempts`` (``core.reconcile``). Refused when a cancel was
+    asked for meanwhile (a claim would clear the request): the worker ends the job cancelled instead."""
+    return bool(
+        rows_matched(
+            session,
+            update(Job)
+            .where(*_mine(job_id, attempt), Job.cancel_requested.is_(False))
+            .values(
+                status=Q,
+                dispatched_at=utcnow(),
+                version=Job.version + 1,
+                progress={**with_phase(progress, Q), HANDBACKS: handbacks(progress) + 1},
+            ),
+        )
+    )
+
+
+#: The key of ``Job.progress`` that counts an attempt's hand-backs on a worker's stop.
+HANDBACKS = "handbacks"
+
+
+def handbacks(progress: dict[str, Any] | None) -> int:
+    return int((progress or {}).get(HANDBACKS, 0))
 
 
 def fail_running_on(session: Session, worker: str, error: JobError) -> str | None:

@@ -124,6 +124,15 @@ def append_logs(session: Session, job_id: str, lines: list[tuple[datetime, str, 
     session.add_all(LogLine(job_id=job_id, at=at, level=level, message=msg) for at, level, msg in lines)
 
 
+def pin(session: Session, job_id: str, owner: str, pinned: bool) -> Job:
+    """A pinned job is kept by retention (``core.retention``) however old it gets."""
+    job = get(session, job_id, owner)
+    if job.pinned != pinned:
+        job.pinned = pinned
+        job.version += 1  # the job's ETag changes with what a client sees
+    return job
+
+
 def remove(session: Session, job_id: str, owner: str) -> None:
     job = get(session, job_id, owner)
     if JobStatus(job.status) not in FINISHED:

@@ -9,7 +9,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, LargeBinary, String, Text, false
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -75,6 +75,8 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     experiment_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     variant: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: Kept by retention (``core.retention``) however old: ``POST /v1/jobs/{id}/pin``.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class EpochRecord(Base):

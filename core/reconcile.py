@@ -7,6 +7,7 @@ redelivery at all).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -18,25 +19,38 @@ from core.models import Job, JobStatus, utcnow
 from core.settings import Settings
 
 
-def reconcile(session: Session, settings: Settings, now: datetime | None = None) -> dict[str, list[str]]:
+def reconcile(
+    session: Session,
+    settings: Settings,
+    now: datetime | None = None,
+    held: Callable[[], set[str] | None] = lambda: None,
+) -> dict[str, list[str]]:
     """Find queued jobs nobody took and running jobs whose worker went silent.
 
-    Returns ``{"redispatch": [...], "failed": [...], "requeued": [...]}``; the caller sends the redispatch ids
-    again after this transaction commits (``requeued``: those of them a silent worker held, for the metrics).
+    ``held`` names the jobs whose message the broker still holds (``core.backlog.held_job_ids``; None: it
+    cannot tell); a stale queued job among them is waiting in a backlog, not lost, and is not sent again.
+    Asked only when some queued job is stale. Returns ``{"redispatch": [...], "failed": [...], "in_queue":
+    [...]}``; the caller sends the redispatched ids again after this transaction commits.
     """
     now = now or utcnow()
-    out: dict[str, list[str]] = {"redispatch": [], "failed": [], "requeued": []}
+    out: dict[str, list[str]] = {"redispatch": [], "failed": [], "in_queue": [], "requeued": []}
     stale_queue = now - timedelta(seconds=settings.redispatch_after_s)
-    for job_id in session.execute(
-        select(Job.id).where(Job.status == JobStatus.QUEUED.value, Job.dispatched_at < stale_queue)
-    ).scalars():
-        if job_state.redispatch_queued(session, job_id, stale_queue, now):
+    stale = list(
+        session.execute(
+            select(Job.id).where(Job.status == JobStatus.QUEUED.value, Job.dispatched_at < stale_queue)
+        ).scalars()
+    )
+    in_broker = (held() or set()) if stale else set()
+    for job_id in stale:
+        if job_id in in_broker:
+            out["in_queue"].append(job_id)
+        elif job_state.redispatch_queued(session, job_id, stale_queue, now):
             out["redispatch"].append(job_id)
     stale_beat = now - timedelta(seconds=settings.heartbeat_timeout_s)
-    for job_id, attempt in session.execute(
-        select(Job.id, Job.attempt).where(Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < stale_beat)
+    for job_id, attempt, progress in session.execute(
+        select(Job.id, Job.attempt, Job.progress).where(Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < stale_beat)
     ).all():
-        if attempt < settings.max_attempts:
+        if attempt - job_state.handbacks(progress) < settings.max_attempts:  # a worker's stop is not a lost attempt
             if job_state.requeue_silent(session, job_id, attempt, stale_beat, now):
                 out["redispatch"].append(job_id)
                 out["requeued"].append(job_id)

@@ -112,6 +112,12 @@ class Settings:
     metrics_dir: str = ""
     #: How often a process re-reads the versions of the jobs its ``?wait=`` requests wait on (one query for all).
     wait_poll_interval_s: float = 0.1
+    #: How long a stopping worker has before it is killed (compose's ``stop_grace_period``): a job it hands back
+    #: finishes its epoch first when that is expected within half of this, else stops at the next batch.
+    stop_grace_s: float = 30.0
+    #: ``python -m core.retention`` deletes finished jobs older than this many days (not pinned, not a transfer
+    #: base); 0: off, nothing is ever deleted.
+    retention_days: float = 0.0
 
     def __post_init__(self) -> None:
         if self.inference not in INFERENCE_MODES:
@@ -173,6 +179,8 @@ def load_settings(**overrides: Any) -> Settings:
         worker_metrics_addr=os.environ.get("TRAINER_WORKER_METRICS_ADDR", "127.0.0.1"),
         metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""),
         wait_poll_interval_s=_float("TRAINER_WAIT_POLL_INTERVAL_S", 0.1),
+        stop_grace_s=_float("TRAINER_STOP_GRACE_S", 30.0),
+        retention_days=_float("TRAINER_RETENTION_DAYS", 0.0),
     )
     values.update(overrides)
     if values["database_url"].startswith("sqlite:///"):

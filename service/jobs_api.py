@@ -152,6 +152,22 @@ def cancel_job(path: JobPath):
     return _job_response(path.job_id, status=202)
 
 
+@api.post("/<job_id>/pin", responses={200: documented("The job, pinned", Job)})
+def pin_job(path: JobPath):
+    """Kept by retention (TRAINER_RETENTION_DAYS) however old it gets, until unpinned."""
+    with services().db.session() as session:
+        jobs.pin(session, path.job_id, current_owner(), True)
+    return _job_response(path.job_id)
+
+
+@api.delete("/<job_id>/pin", responses={200: documented("The job, no longer pinned", Job)})
+def unpin_job(path: JobPath):
+    """Retention may delete it again once it is older than TRAINER_RETENTION_DAYS."""
+    with services().db.session() as session:
+        jobs.pin(session, path.job_id, current_owner(), False)
+    return _job_response(path.job_id)
+
+
 @api.delete("/<job_id>", responses={204: None})
 def delete_job(path: JobPath):
     """A finished job goes with its artifacts, history and logs."""

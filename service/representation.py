@@ -173,6 +173,7 @@ class Job(BaseModel):
     device: str | None = Field(description="What the worker trained on.")
     cancel_requested: bool
     links: JobLinks
+    pinned: bool = Field(description="Kept by retention however old (POST/DELETE /v1/jobs/{id}/pin).")
 
 
 #: A job in the list: the job without its history (derived from ``Job`` so the two cannot drift).
@@ -208,6 +209,7 @@ def job_fields(job: rows.Job, models: dict[str, Artifact] | None = None) -> dict
         warnings=progress.plan.warnings if progress.plan else [],
         device=job.device,
         cancel_requested=job.cancel_requested,
+        pinned=bool(job.pinned),
         links=JobLinks(
             self=base,
             history=f"{base}/history",

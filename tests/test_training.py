@@ -154,3 +154,29 @@ def test_a_feature_constant_in_training_is_left_unscaled_not_blown_up():
     assert var[0] == var[2] == 1.0 and var[1] == pytest.approx(np.arange(20).var())
     test_ink = (np.array([0.9, 5.0, 0.0], np.float32) - mean) / np.sqrt(var)
     assert np.abs(test_ink).max() < 10
+
+
+class _HandingBack(Recorder):
+    """The hooks of a worker told to stop (SIGTERM) after ``after`` epochs, during the next one."""
+
+    def __init__(self, after: int, finish_epoch_within_s: float):
+        super().__init__()
+        self.after, self.finish_epoch_within_s = after, finish_epoch_within_s
+        self.checkpointed: list[bool] = []
+
+    def on_epoch(self, epoch, metrics, diagnostics=None, phase=None, state=None):
+        super().on_epoch(epoch, metrics, diagnostics, phase, state)
+        self.checkpointed.append(state is not None)
+
+    def stop_reason(self):
+        return "handed_back" if len(self.epochs) >= self.after else None
+
+
+# the two ends of the budget, so the outcome does not depend on how fast this machine trains an epoch
+@pytest.mark.parametrize("within_s, recorded", [(float("inf"), 4), (float("-inf"), 3)], ids=["finishes", "cuts"])
+def test_a_hand_back_finishes_the_epoch_under_way_only_when_it_ends_soon_enough(iris, within_s, recorded):
+    hooks = _HandingBack(after=3, finish_epoch_within_s=within_s)
+    outcome, _ = train(small_recipe(**{"training.epochs": 50}), iris, hooks)
+    assert outcome.stopped == "handed_back"
+    assert len(hooks.epochs) == recorded  # the 4th finished and recorded, or cut at a batch and not recorded
+    assert all(hooks.checkpointed)  # every recorded epoch could be checkpointed: the hand-back resumes after it

@@ -14,7 +14,8 @@ from celery import signals
 
 from core import log_context, multiprocess_metrics
 from core.db import Database
-from core.queue import INSPECT_TASK, TRAIN_TASK, make_celery
+from core.models import JobStatus
+from core.queue import INSPECT_TASK, TRAIN_TASK, dispatch, make_celery
 from core.settings import load_settings
 
 settings = load_settings()
@@ -96,11 +97,25 @@ def _stop_reconciler(**_):
         multiprocess_metrics.remove(_metrics_dir[0])
 
 
+@signals.worker_shutting_down.connect
+def _hand_back_running_jobs(how=None, **_):
+    """A warm shutdown (SIGTERM) would wait for the whole job: ask the children to hand theirs back instead."""
+    if how == "Warm":
+        from worker import pool, shutdown
+
+        shutdown.tell_children([pid for p in pool.started for pid in p.child_pids()])
+
+
 @app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
 def train_job(job_id: str) -> str | None:
+    from worker import shutdown
     from worker.runner import run_job
 
-    return run_job(database(), settings, job_id, device=_state.get("device", "CPU:0"))
+    shutdown.hand_back_on_sigterm()
+    status = run_job(database(), settings, job_id, device=_state.get("device", "CPU:0"))
+    if status == JobStatus.QUEUED.value:  # handed back: another worker takes it now, not at the reconciler's next look
+        dispatch(app, job_id)
+    return status
 
 
 @app.task(name=INSPECT_TASK, acks_late=True, reject_on_worker_lost=False, time_limit=settings.inspect_timeout_s)

@@ -62,3 +62,14 @@ class BlockingPool(TellsLostChildren, billiard_pool.Pool):
 class TaskPool(prefork.TaskPool):
     Pool = AsynPool
     BlockingPool = BlockingPool
+
+    def on_start(self) -> None:
+        super().on_start()
+        started.append(self)
+
+    def child_pids(self) -> list[int]:
+        return [proc.pid for proc in getattr(self._pool, "_pool", []) if proc.pid]
+
+
+#: The pools this process started (one per worker): ``worker.celery_app`` tells their children to stop.
+started: list[TaskPool] = []

@@ -12,7 +12,7 @@ import threading
 
 from celery import Celery
 
-from core import model_store
+from core import backlog, checkpoints, model_store
 from core.db import Database
 from core.queue import INSPECT_TASK, dispatch
 from core.reconcile import reconcile
@@ -45,7 +45,7 @@ class Reconciler:
         if self.db is None:
             raise RuntimeError("start() opens the database the reconciler works on")
         with self.db.session() as session:
-            found = reconcile(session, self.settings)
+            found = reconcile(session, self.settings, held=lambda: backlog.held_job_ids(self.settings))
             inspections = model_store.reconcile(session, self.settings)
         for model_id in inspections["redispatch"]:
             log.warning("model %s: sending its inspection again", model_id)
@@ -55,6 +55,17 @@ class Reconciler:
         for job_id in found["redispatch"]:
             log.warning("job %s: sending again", job_id)
             dispatch(self.celery, job_id)
+        if found["in_queue"]:
+            log.info(
+                "%d queued job(s) older than %.0fs still in the broker's queue: not sent again",
+                len(found["in_queue"]),
+                self.settings.redispatch_after_s,
+            )
+        with self.db.session() as session:
+            orphans, size = checkpoints.remove_orphans(session)
+        found["checkpoints_removed"] = orphans
+        if orphans:
+            log.info("removed %d checkpoint(s) of jobs that ended (%d bytes)", len(orphans), size)
         for job_id in found["failed"]:
             log.error("job %s: failed as worker_lost", job_id)
         _count(found)

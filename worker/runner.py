@@ -42,7 +42,7 @@ from core.results import (
     TransferResult,
 )
 from core.settings import Settings
-from worker import checkpoint
+from worker import checkpoint, shutdown
 from worker import metrics as worker_metrics
 
 #: What a client reads at GET /v1/jobs/{id}/logs: lines of this logger (and its children) only.
@@ -115,6 +115,8 @@ class JobRun:
         self.pending: list[tuple] = []  # epochs not yet written (the database was unreachable)
         self.log = JobLog(settings.max_log_lines_per_job, kept_lines)
         self.deadline = time.monotonic() + (recipe.training.max_runtime_s or settings.max_runtime_s)
+        #: On a hand-back, the epoch under way is finished (and checkpointed) if it should end within this.
+        self.finish_epoch_within_s = settings.stop_grace_s / 2
         self._stop: str | None = None
         self._done = threading.Event()
         # the job's log context (core.log_context) goes with it: a thread does not inherit context variables
@@ -150,7 +152,7 @@ class JobRun:
                     self._stop = self._stop or "lost"
                     break
             else:
-                if state is not None and self.checkpoints.due():
+                if state is not None and (shutdown.requested() or self.checkpoints.due()):  # a hand-back keeps it
                     started = self.checkpoints.clock()
                     written = state()
                     checkpoints.save(session, self.job_id, written, self.settings.artifact_chunk_bytes)
@@ -174,7 +176,7 @@ class JobRun:
     def stop_reason(self) -> str | None:
         if self._stop is None and time.monotonic() > self.deadline:
             self._stop = "timeout"
-        return self._stop
+        return self._stop or (HANDED_BACK if shutdown.requested() else None)
 
     # -- heartbeat --
     def start(self) -> None:
@@ -204,8 +206,16 @@ class JobRun:
         jobs.append_logs(session, self.job_id, self.log.drain(final=True))
 
 
+HANDED_BACK = shutdown.HANDED_BACK
+
+
+class HandedBack(Exception):
+    """Training stopped because the worker is stopping (SIGTERM); the job is queued again, not ended."""
+
+
 def run_job(db: Database, settings: Settings, job_id: str, device: str = "CPU:0") -> str | None:
-    """Returns the job's final status, or None when the job was not ours to run (duplicate delivery). Every log
+    """Returns the job's final status; ``queued`` when it was handed back (or not started: the worker is
+    stopping) and must be sent again; None when the job was not ours to run (duplicate delivery). Every log
     line meanwhile carries the job's id (and, once claimed, its owner, attempt and submitting request's id)."""
     started = time.monotonic()
     with log_context.bound(job_id=job_id):
@@ -217,6 +227,9 @@ def run_job(db: Database, settings: Settings, job_id: str, device: str = "CPU:0"
 
 def _run_job(db: Database, settings: Settings, job_id: str, device: str) -> str | None:
     name = worker_name()
+    if shutdown.requested():
+        worker_log.info("job %s: not started, this worker is stopping", job_id)
+        return JobStatus.QUEUED.value
     with db.session() as session:
         attempt = job_state.claim(session, job_id, name)
         if attempt is None:
@@ -238,6 +251,9 @@ def _run_job(db: Database, settings: Settings, job_id: str, device: str) -> str 
         worker_log.info("job %s: attempt %d on %s (%s)", job_id, attempt, name, device)
         log.info("attempt %d on %s: %s", attempt, device, recipe.name)
         status = _train_and_store(run, recipe, device)
+    except HandedBack as back:
+        status = JobStatus.QUEUED
+        log.warning("%s", back)
     except JobStopped as stop:
         status = JobStatus.CANCELLED if stop.cause is Cause.CANCELLED else JobStatus.FAILED
         error = stop.error().stored()
@@ -254,6 +270,9 @@ def _run_job(db: Database, settings: Settings, job_id: str, device: str) -> str 
             log.error("job failed: %s\n%s", exc, traceback.format_exc())
     finally:
         run.stop()
+    if status == JobStatus.QUEUED:
+        _hand_back(run, progress)
+        return status.value
     if status != JobStatus.SUCCEEDED:  # a success was recorded with its artifacts, in one transaction
 
         def record_end() -> None:
@@ -272,6 +291,32 @@ def _run_job(db: Database, settings: Settings, job_id: str, device: str) -> str 
         with_retries(record_end, settings.db_retry_s, f"recording the job as {status.value}")
     _maybe_compare(db, settings, job_id)
     return status.value
+
+
+def _hand_back(run: JobRun, progress: dict) -> None:
+    """The job back to ``queued`` with its checkpoint, unless it was taken from this attempt meanwhile."""
+
+    def record() -> None:
+        run.flush_pending()
+        with run.db.session() as session:
+            run.flush_logs(session)
+            latest = {**progress, **run.last_progress}
+            if job_state.hand_back(session, run.job_id, run.attempt, latest):
+                return
+            cancelled = JobError.of(Cause.CANCELLED, "cancelled while its worker was stopping")
+            if job_state.finish(
+                session,
+                run.job_id,
+                run.attempt,
+                JobStatus.CANCELLED,
+                error=cancelled.stored(),
+                progress=job_state.with_phase(latest, JobStatus.CANCELLED.value),
+            ):
+                log.info("%s", cancelled.message)
+            else:
+                worker_log.info("job %s: no longer this attempt's to hand back", run.job_id)
+
+    with_retries(record, min(run.settings.db_retry_s, run.settings.stop_grace_s / 2), "handing the job back")
 
 
 def _maybe_compare(db: Database, settings: Settings, job_id: str) -> None:
@@ -384,6 +429,12 @@ def _raise_if_stopped(run: JobRun, recipe: Recipe, outcome) -> None:
     if outcome.stopped == "timeout":
         limit = recipe.training.max_runtime_s or run.settings.max_runtime_s
         raise JobStopped(Cause.TIMEOUT, f"the job ran past its max_runtime_s of {limit} s after {outcome.epochs_run} epochs")
+    if outcome.stopped == HANDED_BACK:
+        resumes = "starts over (a transfer job's phases restart)" if recipe.transfer else "resumes from its checkpoint"
+        raise HandedBack(
+            f"the worker is stopping: handed back after epoch {run.last_progress.get('epoch', 0)}; "
+            f"the job is queued again and {resumes}"
+        )
     if outcome.stopped == "lost":
         raise JobStopped(Cause.WORKER_LOST, "this worker no longer holds the job (it was requeued or cancelled)")
 

@@ -21,6 +21,7 @@ from core.recipe import Recipe, ReduceOnPlateau
 from worker import builder, checkpoint, pruning, reuse, structured
 from worker.data import Splits, shaped_for_output, standardization, to_dataset
 from worker.diagnostics import Probe
+from worker.shutdown import HANDED_BACK
 from worker.tf_env import keras, tf
 
 log = logging.getLogger("trainer.job")
@@ -70,7 +71,10 @@ class StructuredPhase:
 
 class _Progress(keras.callbacks.Callback):
     """Reports each epoch, stops at a batch boundary when asked (within ``STEPS_PER_EXECUTION`` batches in a
-    long run), and fails fast on a NaN/inf loss (seen at the same granularity)."""
+    long run), and fails fast on a NaN/inf loss (seen at the same granularity).
+
+    A hand-back (the worker is stopping) lets the epoch under way finish when the last epoch's time says it
+    will within the hooks' ``finish_epoch_within_s``: that epoch is then recorded and checkpointed, not lost."""
 
     def __init__(self, hooks: Hooks, measure_sparsity: Callable[[], float | None], probe: Probe | None):
         super().__init__()
@@ -80,9 +84,17 @@ class _Progress(keras.callbacks.Callback):
         self.phase = "train"
         self.checkpointable = False
         self._epoch_started, self._epoch = 0.0, 0
+        self._last_epoch_s: float | None = None
+        self._stop_after_epoch: str | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_started, self._epoch = time.perf_counter(), epoch + 1
+
+    def _finishes_soon(self) -> bool:
+        if self._last_epoch_s is None:
+            return False
+        remaining = self._last_epoch_s - (time.perf_counter() - self._epoch_started)
+        return remaining <= getattr(self.hooks, "finish_epoch_within_s", 0.0)
 
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
@@ -90,7 +102,9 @@ class _Progress(keras.callbacks.Callback):
             self.model.stop_training = True
             raise Diverged(self._epoch, batch + 1, loss)
         reason = self.hooks.stop_reason()
-        if reason:
+        if reason == HANDED_BACK and (self._stop_after_epoch or self._finishes_soon()):
+            self._stop_after_epoch = reason
+        elif reason:
             self.stopped = reason
             self.model.stop_training = True
 
@@ -105,6 +119,10 @@ class _Progress(keras.callbacks.Callback):
             metrics["sparsity"] = current
         state = (lambda: checkpoint.capture(self.model, epoch + 1)) if self.checkpointable else None
         self.hooks.on_epoch(epoch + 1, metrics, self.probe.measure() if self.probe else None, self.phase, state)
+        self._last_epoch_s = metrics["seconds"]
+        if self._stop_after_epoch and epoch + 1 < self.params.get("epochs", 0):  # the last epoch: just finish
+            self.stopped = self._stop_after_epoch
+            self.model.stop_training = True
 
 
 def _kernel_sparsity(kernels) -> Callable[[], float | None]:

@@ -6,6 +6,9 @@
     python compose_smoke.py --base URL wait-status ID running [--timeout S]
     python compose_smoke.py --base URL wait-terminal ID [--timeout S]
     python compose_smoke.py --base URL check-auth               # no token / a wrong one -> 401
+    python compose_smoke.py --base URL check-resumed ID         # succeeded, each epoch trained once across attempts
+    python compose_smoke.py --base URL submit-batch --jobs N    # prints N job ids, one a line
+    python compose_smoke.py --base URL wait-batch FILE          # all succeeded exactly once; JSON with the wall time
 
 The token is $TRAINER_TOKEN: the one README's quick start made with ``python -m core.tokens create``.
 
@@ -210,6 +213,71 @@ def cmd_wait_status(a) -> None:
     print(job["status"])
 
 
+def trained_once(base: str, job: dict) -> list[str]:
+    """What is wrong with a succeeded job's epochs: each epoch 1..N once, the attempts in order, and every later
+    attempt resumed from the checkpoint of the last epoch before it (so none was trained twice)."""
+    history = job["history"]
+    epochs = [h["epoch"] for h in history]
+    n = job["recipe"]["training"]["epochs"]
+    wrong = []
+    if epochs != list(range(1, n + 1)):
+        wrong.append(f"epochs {epochs[:5]}... are not 1..{n}")
+    attempts = [h["attempt"] for h in history]
+    if attempts != sorted(attempts):
+        wrong.append(f"attempts out of order: {attempts}")
+    status, _, body = request(base, "GET", f"/v1/jobs/{job['id']}/logs")
+    text = body.decode(errors="replace")
+    for attempt in sorted(set(attempts) - {attempts[0]} if attempts else set()):
+        before = max(h["epoch"] for h in history if h["attempt"] < attempt)
+        if f"resuming from the checkpoint after epoch {before}" not in text:
+            wrong.append(f"attempt {attempt} did not resume after epoch {before} (the last one trained before it)")
+    return wrong
+
+
+def cmd_check_resumed(a) -> None:
+    job = get_job(a.base, a.job_id)
+    if job["status"] != "succeeded":
+        raise SystemExit(f"job {a.job_id} is {job['status']}: {json.dumps(job.get('error'))}")
+    wrong = trained_once(a.base, job)
+    if wrong:
+        raise SystemExit(f"job {a.job_id}: " + "; ".join(wrong))
+    if job["attempt"] < 2:
+        raise SystemExit(f"job {a.job_id} finished on attempt 1: the restart did not interrupt it (raise LONG_EPOCHS)")
+    first = [h["epoch"] for h in job["history"] if h["attempt"] == 1]
+    print(json.dumps({"job": job["id"], "attempt": job["attempt"], "handed_back_after_epoch": max(first),
+                      "epochs": len(job["history"])}))
+
+
+def cmd_submit_batch(a) -> None:
+    recipe = copy.deepcopy(SMALL_RECIPE)
+    recipe["name"] = "compose-batch"
+    recipe["training"]["epochs"] = a.epochs
+    recipe["training"]["batch_size"] = a.batch_size
+    for _ in range(a.jobs):
+        print(submit(a.base, recipe)["id"], flush=True)
+
+
+def cmd_wait_batch(a) -> None:
+    from datetime import datetime
+
+    ids = Path(a.file).read_text().split()
+    deadline = time.monotonic() + a.timeout
+    jobs = {}
+    for job_id in ids:
+        jobs[job_id] = wait_for(a.base, job_id, TERMINAL, max(1.0, deadline - time.monotonic()))
+    bad = {i: j["status"] for i, j in jobs.items() if j["status"] != "succeeded"}
+    if bad:
+        raise SystemExit(f"{len(bad)} of {len(ids)} jobs did not succeed: {bad}")
+    wrong = {i: w for i, j in jobs.items() if (w := trained_once(a.base, j))}
+    if wrong:
+        raise SystemExit(f"{len(wrong)} jobs trained an epoch twice or out of order: {wrong}")
+    created = min(datetime.fromisoformat(j["created_at"]) for j in jobs.values())
+    finished = max(datetime.fromisoformat(j["finished_at"]) for j in jobs.values())
+    print(json.dumps({"jobs": len(ids), "succeeded_exactly_once": len(ids),
+                      "wall_s": round((finished - created).total_seconds(), 1),
+                      "resumed": sum(1 for j in jobs.values() if j["attempt"] > 1)}))
+
+
 def cmd_wait_terminal(a) -> None:
     seen: list = []
     job = wait_for(a.base, a.job_id, TERMINAL, a.timeout, seen)
@@ -238,9 +306,19 @@ def main() -> None:
     s = sub.add_parser("wait-terminal")
     s.add_argument("job_id")
     s.add_argument("--timeout", type=float, default=600)
+    s = sub.add_parser("check-resumed")
+    s.add_argument("job_id")
+    s = sub.add_parser("submit-batch")
+    s.add_argument("--jobs", type=int, default=20)
+    s.add_argument("--epochs", type=int, default=40)
+    s.add_argument("--batch-size", type=int, default=4)
+    s = sub.add_parser("wait-batch")
+    s.add_argument("file")
+    s.add_argument("--timeout", type=float, default=900)
     a = p.parse_args()
     {"wait-ready": cmd_wait_ready, "smoke": cmd_smoke, "submit-long": cmd_submit_long,
-     "wait-status": cmd_wait_status, "wait-terminal": cmd_wait_terminal, "check-auth": cmd_check_auth}[a.cmd](a)
+     "wait-status": cmd_wait_status, "wait-terminal": cmd_wait_terminal, "check-auth": cmd_check_auth,
+     "check-resumed": cmd_check_resumed, "submit-batch": cmd_submit_batch, "wait-batch": cmd_wait_batch}[a.cmd](a)
 
 
 if __name__ == "__main__":
