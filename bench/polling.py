@@ -123,8 +123,11 @@ async def _follow(client, path: str, mode: str, seen: dict[int, float]) -> int:
     while True:
         headers = {"If-None-Match": etag} if etag else {}
         params = {"wait": 30} if mode == "wait" and etag else None
-        answer = await client.get(path, headers=headers, params=params)
         requests += 1
+        try:
+            answer = await client.get(path, headers=headers, params=params)
+        except httpx.TransportError:  # a keep-alive connection the server had just closed: ask again, as clients do
+            continue
         if answer.status_code == 200:
             now, body = time.time(), answer.json()
             etag = answer.headers["ETag"]
@@ -245,7 +248,7 @@ def run_held(name: str) -> dict:
             worker.stop()
             with httpx.Client(base_url=url) as http:
                 job_id = http.get("/v1/jobs?limit=1").json()["items"][0]["id"]
-            out["e_deployed_gthread_2x128"] = starve(url, job_id)
+            out["e_deployed_gthread_2x256"] = starve(url, job_id)
         finally:
             worker.stop()
             api.stop()
@@ -363,7 +366,7 @@ def classic(args) -> None:
 
 def held_only(names: list[str]) -> None:
     """(d) and (e) (no wrk needed): ``--sections held``; written to bench/results/polling-wait.json."""
-    results: dict = {**h.machine(), "gunicorn": "service/gunicorn_conf.py (2 gthread workers x 128 threads)"}
+    results: dict = {**h.machine(), "gunicorn": "service/gunicorn_conf.py (2 gthread workers x 256 threads)"}
     for name in names:
         results[name] = run_held(name)
     out = h.write("polling-wait", results)
@@ -394,7 +397,7 @@ def print_held(results: dict, names: list[str]) -> None:
     rows = []
     for name in names:
         for key, label in (
-            ("e_deployed_gthread_2x128", "2 workers x 128 threads"),
+            ("e_deployed_gthread_2x256", "2 workers x 256 threads"),
             ("e_threads_2x4", "2 workers x 4 threads"),
         ):
             for phase, r in results[name][key].items():

@@ -1,9 +1,10 @@
 """gunicorn's configuration for the API: ``gunicorn -c python:service.gunicorn_conf 'service.app:create_app()'``.
 
 The worker class and threads are chosen for ``?wait=`` polling: a held request occupies one thread (it holds no
-database connection), so each worker has threads to spare for 100 such requests plus the ordinary ones
-(README "Operating it", bench/polling.py measures 200 held requests against plain ones). Threads are started
-as needed, up to ``threads``. Flags on the command line override these values.
+database connection), so each worker has threads for 200 held requests plus the ordinary ones — connections are
+not spread evenly between the workers, and with 128 threads each one worker took more held requests than it had
+threads, so its plain requests waited up to 30 s (README "Operating it"; bench/polling.py measures it). Threads
+are started as needed, up to ``threads``. Flags on the command line override these values.
 
 The hooks give prometheus-client's multiprocess mode its directory, empty, before any worker is forked
 (``core.multiprocess_metrics``), tell it when a worker exits, and put gunicorn's own lines in JSON when
@@ -20,7 +21,7 @@ _made: dict = {}
 
 workers = 2
 worker_class = "gthread"
-threads = 128
+threads = 256
 graceful_timeout = 10
 
 if _settings.log_format == "json":
