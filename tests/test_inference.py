@@ -174,3 +174,10 @@ def test_the_job_page_shows_the_inference_table(measuring, finished):
             assert "KiB" in shown["tflite_sparse"]
         finally:
             browser.close()
+
+
+def test_an_unknown_inference_mode_is_refused_at_start():
+    from core.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="TRAINER_INFERENCE is 'sometimes'; it must be one of full, off"):
+        load_settings(inference="sometimes")

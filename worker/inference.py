@@ -80,10 +80,14 @@ def measure(
     calls = settings.inference_calls
     tell = on_format or (lambda what: None)
     exported = exported or {}
-    ours = _measure_model(model, x1, x256, threads, calls, exported, lambda fmt: tell(f"model {fmt}"))
-    theirs = _measure_model(
-        twin, x1, x256, threads, calls, _as_exported(twin, set(exported)), lambda fmt: tell(f"dense twin {fmt}")
-    )
+    tell("conversion")
+    files = {"model": _files(model, exported), "dense twin": _files(twin, _as_exported(twin, set(exported)))}
+    measured: dict[str, dict[str, FormatInference]] = {"model": {}, "dense twin": {}}
+    for fmt in FORMATS:  # model and twin one after the other per format: a shared machine's drift hits both alike
+        for side in measured:
+            tell(f"{side} {fmt}")
+            measured[side][fmt] = _measure_format(fmt, files[side][fmt], x1, x256, threads, calls)
+    ours, theirs = measured["model"], measured["dense twin"]
     speedup = {
         fmt: round(theirs[fmt].single_thread.batch1.median_ms / ours[fmt].single_thread.batch1.median_ms, 4) for fmt in ours
     }
@@ -160,7 +164,8 @@ def _batches(sample_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x[:1]), np.ascontiguousarray(np.concatenate([x] * reps)[:THROUGHPUT_BATCH])
 
 
-def _measure_model(model, x1, x256, threads: list[int], calls: int, exported: dict[str, bytes], tell) -> dict:
+def _files(model, exported: dict[str, bytes]) -> dict[str, bytes]:
+    """Every format's bytes: ``exported`` as given, the rest saved or converted here."""
     from worker import export
 
     model = export.portable(model)
@@ -169,13 +174,8 @@ def _measure_model(model, x1, x256, threads: list[int], calls: int, exported: di
         files["keras"] = _keras_bytes(model)
     missing = [fmt for fmt in FORMATS if fmt not in files]
     if missing:
-        tell("conversion")
         files.update(_tflite_files(model, missing))
-    out: dict[str, FormatInference] = {}
-    for fmt in FORMATS:
-        tell(fmt)
-        out[fmt] = _measure_format(fmt, files[fmt], x1, x256, threads, calls)
-    return out
+    return files
 
 
 def _compiled_call(model):
