@@ -55,6 +55,9 @@ def _preload_tensorflow(**_):
 @signals.worker_process_init.connect
 def _child_init(**_):
     """In each fresh child: own DB connections, GPU memory growth before any op, and the device it will use."""
+    from worker import sqlite_fork
+
+    sqlite_fork.probe(sqlite_fork.files(settings))
     if "db" in _state:
         _state["db"].after_fork()
     from worker import devices
