@@ -34,10 +34,14 @@ def test_sigterm_mid_job_hands_it_back_and_another_worker_resumes_from_the_check
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             first = start_worker(settings, tmp_path / "a.log", **NO_RECONCILER)
-            job = http.post("/v1/jobs", json=small_recipe(**{"training.epochs": EPOCHS, "training.batch_size": 4})).json()
-            wait_until(lambda: len(http.get(f"/v1/jobs/{job['id']}").json()["history"]) >= 3, timeout=120)
-            os.kill(first.pid, signal.SIGTERM)  # the parent only: it must pass the stop on to the child that trains
-            first.proc.wait(timeout=settings.stop_grace_s)  # exits within compose's stop_grace_period
+            try:
+                recipe = small_recipe(**{"training.epochs": EPOCHS, "training.batch_size": 4})
+                job = http.post("/v1/jobs", json=recipe).json()
+                wait_until(lambda: len(http.get(f"/v1/jobs/{job['id']}").json()["history"]) >= 3, timeout=180)
+                os.kill(first.pid, signal.SIGTERM)  # the parent only: it must pass the stop on to the child that trains
+                first.proc.wait(timeout=settings.stop_grace_s)  # exits within compose's stop_grace_period
+            finally:
+                first.stop()  # a no-op once it exited
             back = http.get(f"/v1/jobs/{job['id']}").json()
             assert back["status"] == "queued" and back["attempt"] == 1
             k = len(back["history"])

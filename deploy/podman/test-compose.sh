@@ -163,6 +163,9 @@ cleanup() {
         say "KEEP=1: stack left up; stop it with: ${PC[*]} down -v"
     else
         t=$SECONDS
+        # `down` knows one container per service: a worker added by --scale would keep the network and volumes
+        podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" --filter "label=io.podman.compose.service=worker" \
+            | xargs -r podman rm -f -t 30 >/dev/null 2>&1 || true
         "${PC[@]}" down -v >"$OUT/down.log" 2>&1 || say "compose down failed (see $OUT/down.log)"
         say "compose down -v in $((SECONDS - t))s"
     fi
