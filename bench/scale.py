@@ -73,7 +73,7 @@ def run_round(b: h.Backend, db, url: str, n: int, workers: list[h.Proc]) -> dict
     started = [ts(j["started_at"]) for j in jobs if j["started_at"]]
     finished = [ts(j["finished_at"]) for j in jobs if j["finished_at"]]
     waits = [(ts(j["started_at"]) - ts(j["created_at"])).total_seconds() for j in jobs if j["started_at"]]
-    runs = [(ts(j["finished_at"]) - ts(j["started_at"])).total_seconds() for j in jobs if j["started_at"]]
+    runs = [(ts(j["finished_at"]) - ts(j["started_at"])).total_seconds() for j in jobs if j["finished_at"]]
     wall = (max(finished) - min(created)).total_seconds() if finished else float("nan")
     statuses: dict[str, int] = {}
     for j in jobs:

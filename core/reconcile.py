@@ -24,12 +24,16 @@ def reconcile(
     settings: Settings,
     now: datetime | None = None,
     held: Callable[[], set[str] | None] = lambda: None,
+    suspects: set[str] | None = None,
 ) -> dict[str, list[str]]:
     """Find queued jobs nobody took and running jobs whose worker went silent.
 
     ``held`` names the jobs whose message the broker still holds (``core.backlog.held_job_ids``; None: it
     cannot tell); a stale queued job among them is waiting in a backlog, not lost, and is not sent again.
-    Asked only when some queued job is stale. Returns ``{"redispatch": [...], "failed": [...], "in_queue":
+    Asked only when some queued job is stale. With ``suspects`` (the caller's set, kept between rounds) a job
+    missing from the broker is re-sent only when it was already missing the round before: a worker that has
+    just taken a message (SQLAlchemy transport: the row is invisible) claims the job within a second, so one
+    look can mistake a delivery for a loss. Returns ``{"redispatch": [...], "failed": [...], "in_queue":
     [...]}``; the caller sends the redispatched ids again after this transaction commits.
     """
     now = now or utcnow()
@@ -41,11 +45,17 @@ def reconcile(
         ).scalars()
     )
     in_broker = (held() or set()) if stale else set()
+    missing = []
     for job_id in stale:
         if job_id in in_broker:
             out["in_queue"].append(job_id)
+        elif suspects is not None and job_id not in suspects:
+            missing.append(job_id)  # sent again next round if it is still queued and still missing
         elif job_state.redispatch_queued(session, job_id, stale_queue, now):
             out["redispatch"].append(job_id)
+    if suspects is not None:
+        suspects.clear()
+        suspects.update(missing)
     stale_beat = now - timedelta(seconds=settings.heartbeat_timeout_s)
     for job_id, attempt, progress in session.execute(
         select(Job.id, Job.attempt, Job.progress).where(Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < stale_beat)

@@ -27,6 +27,7 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
         self.db: Database | None = None
+        self._suspects: set[str] = set()  # queued jobs the broker did not hold at the last round
 
     def start(self) -> None:
         self.db = Database(self.settings)
@@ -45,7 +46,9 @@ class Reconciler:
         if self.db is None:
             raise RuntimeError("start() opens the database the reconciler works on")
         with self.db.session() as session:
-            found = reconcile(session, self.settings, held=lambda: backlog.held_job_ids(self.settings))
+            found = reconcile(
+                session, self.settings, held=lambda: backlog.held_job_ids(self.settings), suspects=self._suspects
+            )
             inspections = model_store.reconcile(session, self.settings)
         for model_id in inspections["redispatch"]:
             log.warning("model %s: sending its inspection again", model_id)

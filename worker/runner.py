@@ -191,6 +191,8 @@ class JobRun:
     def _beat(self) -> None:
         while not self._done.wait(self.settings.heartbeat_interval_s):
             try:
+                if shutdown.requested() and not self.last_progress:
+                    self._hand_back_now()
                 with self.db.session() as session:
                     ours, cancel = job_state.heartbeat(session, self.job_id, self.attempt)
                     jobs.append_logs(session, self.job_id, self.log.drain())
@@ -201,12 +203,29 @@ class JobRun:
             except Exception as exc:  # a database blip must not kill training; the next beat retries
                 worker_log.warning("heartbeat failed: %s", exc)
 
+    def _hand_back_now(self) -> None:
+        """A stop asked for before this attempt finished an epoch: there is nothing to checkpoint, and the training
+        thread may be inside TensorFlow's first trace (a minute or more on a busy host), where it checks nothing.
+        So this thread hands the job back and ends the process: the pool sees its child exit and Celery gives
+        the message back to the broker (acks_late, reject_on_worker_lost); the reconciler re-sends it if the
+        broker did not keep it (``core.backlog``)."""
+        log.warning("the worker is stopping: handed back before this attempt's first epoch; the job is queued again")
+        with self.db.session() as session:
+            jobs.append_logs(session, self.job_id, self.log.drain(final=True))
+            handed = job_state.hand_back(session, self.job_id, self.attempt, self.base_progress)
+        if handed:
+            worker_log.warning("job %s: handed back before its first epoch; this process exits", self.job_id)
+            logging.shutdown()
+            os._exit(HANDED_BACK_EXIT)
+
     def flush_logs(self, session) -> None:
         """The last write of the job's log (with the count of dropped lines, if any)."""
         jobs.append_logs(session, self.job_id, self.log.drain(final=True))
 
 
 HANDED_BACK = shutdown.HANDED_BACK
+#: The exit status of a child that handed its job back from its heartbeat thread (EX_TEMPFAIL: try again).
+HANDED_BACK_EXIT = 75
 
 
 class HandedBack(Exception):

@@ -228,7 +228,7 @@ def trained_once(base: str, job: dict) -> list[str]:
     status, _, body = request(base, "GET", f"/v1/jobs/{job['id']}/logs")
     text = body.decode(errors="replace")
     for attempt in sorted(set(attempts) - {attempts[0]} if attempts else set()):
-        before = max(h["epoch"] for h in history if h["attempt"] < attempt)
+        before = max(h["epoch"] for h in history if h["attempt"] < attempt)  # a later attempt has earlier epochs
         if f"resuming from the checkpoint after epoch {before}" not in text:
             wrong.append(f"attempt {attempt} did not resume after epoch {before} (the last one trained before it)")
     return wrong
@@ -243,8 +243,8 @@ def cmd_check_resumed(a) -> None:
         raise SystemExit(f"job {a.job_id}: " + "; ".join(wrong))
     if job["attempt"] < 2:
         raise SystemExit(f"job {a.job_id} finished on attempt 1: the restart did not interrupt it (raise LONG_EPOCHS)")
-    first = [h["epoch"] for h in job["history"] if h["attempt"] == 1]
-    print(json.dumps({"job": job["id"], "attempt": job["attempt"], "handed_back_after_epoch": max(first),
+    first = [h["epoch"] for h in job["history"] if h["attempt"] < job["attempt"]]
+    print(json.dumps({"job": job["id"], "attempt": job["attempt"], "handed_back_after_epoch": max(first, default=0),
                       "epochs": len(job["history"])}))
 
 

@@ -34,7 +34,7 @@
 # Env: API_PORT (18000), FLOWER_PORT (15555), PROJECT (kt-compose-test),
 #      EXTRA_CA_FILE (PEM with extra CAs for pip in the build; default: the
 #      host's /usr/local/share/ca-certificates/*.crt, if any; NO_EXTRA_CA=1 = none),
-#      LONG_EPOCHS (800), LONG_BATCH (2), RESTART_TIMEOUT (300), SCALE_JOBS (20),
+#      LONG_EPOCHS (150), LONG_BATCH (2), RESTART_TIMEOUT (300), SCALE_JOBS (20),
 #      SCALE_EPOCHS (40), SKIP_SCALE=1, KEEP=1,
 #      SKIP_WARM_BUILD=1, COLD_BUILD=1 (build the app image with --no-cache).
 set -euo pipefail
@@ -163,6 +163,9 @@ cleanup() {
         say "KEEP=1: stack left up; stop it with: ${PC[*]} down -v"
     else
         t=$SECONDS
+        # `down` knows one container per service: a worker added by --scale would keep the network and volumes
+        podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" --filter "label=io.podman.compose.service=worker" \
+            | xargs -r podman rm -f -t 30 >/dev/null 2>&1 || true
         "${PC[@]}" down -v >"$OUT/down.log" 2>&1 || say "compose down failed (see $OUT/down.log)"
         say "compose down -v in $((SECONDS - t))s"
     fi
@@ -272,7 +275,7 @@ curl -fsS "http://127.0.0.1:$FLOWER_PORT/healthcheck" >/dev/null || fail "flower
 note "first job succeeded at +$((SECONDS - t_up))s after compose up: $(cat "$OUT/smoke.json" | cut -c1-400)"
 
 # ---------------------------------------------------------------- 6. worker restart
-job=$("${CLIENT[@]}" submit-long --epochs "${LONG_EPOCHS:-800}" --batch-size "${LONG_BATCH:-2}")
+job=$("${CLIENT[@]}" submit-long --epochs "${LONG_EPOCHS:-150}" --batch-size "${LONG_BATCH:-2}")
 st=$("${CLIENT[@]}" wait-status "$job" running --timeout 120)
 [ "$st" = running ] || fail "long job $job never ran (status $st); make it longer with LONG_EPOCHS"
 sleep 3
