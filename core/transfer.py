@@ -108,12 +108,7 @@ def resolve(session: Session, recipe: Recipe, owner: str) -> TransferPlan:
         _thawed(reused, spec),
         spec.fine_tune_learning_rate or recipe.training.optimizer.learning_rate / 10,
     )
-    try:
-        recipe.model.shapes(tp.output_shape)
-    except ShapeError as exc:
-        raise RecipeError(
-            ["model", "layers", exc.index], f"the reused layers output {list(tp.output_shape)}: {exc.msg}"
-        ) from None
+    _check_head(recipe, tp)
     return tp
 
 
@@ -229,10 +224,15 @@ def _resolve_uploaded(session: Session, recipe: Recipe, spec: TransferSpec, mode
         base_output_shape=tuple(inspection.output_shape),
     )
     if not spec.whole:
-        try:
-            recipe.model.shapes(tp.output_shape)
-        except ShapeError as exc:
-            raise RecipeError(
-                ["model", "layers", exc.index], f"the reused layers output {list(tp.output_shape)}: {exc.msg}"
-            ) from None
+        _check_head(recipe, tp)
     return tp
+
+
+def _check_head(recipe: Recipe, tp: TransferPlan) -> None:
+    """The recipe's new layers must take what the reused ones output: a 422 at the first layer that cannot."""
+    try:
+        recipe.model.shapes(tp.output_shape)
+    except ShapeError as exc:
+        raise RecipeError(
+            ["model", "layers", exc.index], f"the reused layers output {list(tp.output_shape)}: {exc.msg}"
+        ) from None

@@ -51,3 +51,15 @@ def wait_until(predicate, timeout: float = 60, interval: float = 0.2):
             raise AssertionError("condition not met in time")
         time.sleep(interval)
     return value
+
+
+def tflite_predict(path: Path, x):
+    """What a stock TFLite interpreter computes for the batch ``x`` from the exported file (the batch size resized)."""
+    from worker.tf_env import tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])

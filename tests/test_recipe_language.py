@@ -9,7 +9,7 @@ import pytest
 
 from core.recipe import Recipe
 from core.settings import ROOT
-from tests.support import Recorder, small_recipe, wait_for
+from tests.support import Recorder, small_recipe, tflite_predict, wait_for
 
 GALLERY = {p.stem: json.loads(p.read_text()) for p in (ROOT / "examples" / "recipes").glob("*.json")}
 
@@ -79,12 +79,7 @@ def test_every_export_loads_with_stock_tools_and_predicts_like_the_trained_model
     served = tf.saved_model.load(str(tmp_path / "sm" / "savedmodel")).signatures["serving_default"]
     out = list(served(tf.constant(x)).values())[0].numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
-    interpreter = tf.lite.Interpreter(model_path=str(files["tflite"]))
-    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    lite = tflite_predict(files["tflite"], x)
     np.testing.assert_allclose(lite, expected, rtol=1e-3, atol=1e-4)
 
 

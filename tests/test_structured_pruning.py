@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.recipe import Recipe
-from tests.support import Recorder, wait_for
+from tests.support import Recorder, tflite_predict, wait_for
 
 STRUCTURED = {"final_fraction": 0.5, "frequency": 5}
 EXAMPLES_DIR = Path(__file__).parent.parent / "examples" / "structured"
@@ -120,12 +120,7 @@ def test_a_shrunk_cnn_loses_filters_through_batch_norm_pooling_and_flatten_and_e
         archive.extractall(tmp_path / "sm")
     served = tf.saved_model.load(str(tmp_path / "sm" / "savedmodel")).signatures["serving_default"]
     np.testing.assert_allclose(list(served(tf.constant(x)).values())[0].numpy(), expected, rtol=1e-4, atol=1e-5)
-    interpreter = tf.lite.Interpreter(model_path=str(files["tflite"]))
-    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    lite = tflite_predict(files["tflite"], x)
     np.testing.assert_allclose(lite, expected, rtol=1e-3, atol=1e-4)
 
 
