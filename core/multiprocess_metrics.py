@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,7 +30,18 @@ def prepare(settings: Settings, prefix: str) -> tuple[Path, bool]:
     else:
         path, made = Path(tempfile.mkdtemp(prefix=f"trainer-{prefix}-metrics-")), True
     os.environ[VARIABLE] = str(path)
+    _values_to_files()
     return path, made
+
+
+def _values_to_files() -> None:
+    """prometheus-client chose in-memory values if something imported it before ``prepare`` — Flower does, from
+    the ``celery`` command's plugin, before the worker's app module runs — and then every child's counts vanish
+    from the parent's scrape. Metrics read ``values.ValueClass`` as they are created, so choosing it again here
+    puts every metric made from now on (the service's own) in the multiprocess files."""
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
 
 
 def remove(path: Path) -> None:

@@ -40,7 +40,10 @@ def hand_back_on_sigterm() -> None:
 
 def tell_children(pids: list[int]) -> None:
     """In the parent, on a warm shutdown: pass the stop to the pool's children (a container's SIGTERM
-    reaches only its PID 1)."""
+    reaches only its PID 1). The parent marks itself stopping first: its consumer may still take a message
+    (the hand-back's own re-send among them) and fork a child for it, and that child — born with the mark —
+    leaves the job queued instead of claiming it and dying in the shutdown's SIGKILL."""
+    _requested.set()
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
