@@ -243,6 +243,9 @@ def cmd_check_resumed(a) -> None:
         raise SystemExit(f"job {a.job_id}: " + "; ".join(wrong))
     if job["attempt"] < 2:
         raise SystemExit(f"job {a.job_id} finished on attempt 1: the restart did not interrupt it (raise LONG_EPOCHS)")
+    status, _, logs = request(a.base, "GET", f"/v1/jobs/{a.job_id}/logs")
+    if status != 200 or b"handed back" not in logs:  # the hand-back, not the heartbeat timeout, requeued it
+        raise SystemExit(f"job {a.job_id}: its log does not show a hand-back ({status})")
     first = [h["epoch"] for h in job["history"] if h["attempt"] < job["attempt"]]
     print(json.dumps({"job": job["id"], "attempt": job["attempt"], "handed_back_after_epoch": max(first, default=0),
                       "epochs": len(job["history"])}))

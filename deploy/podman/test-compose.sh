@@ -290,10 +290,6 @@ t0=$SECONDS
 note "after the restart job $job ended in $((SECONDS - t0))s: $(cat "$OUT/restart.json")"
 "${CLIENT[@]}" check-resumed "$job" >"$OUT/resumed.json" || fail "job $job was not resumed from its checkpoint"
 note "resumed from the hand-back's checkpoint, every epoch trained once: $(cat "$OUT/resumed.json")"
-# the parent's "asked N pool process(es) to hand their job back", or — when the stop reached the child first and
-# it had already gone — the job's own "handed back after epoch k"
-podman logs "$worker" 2>&1 | grep -q -e "hand their job back" -e "handed back after epoch" \
-    || fail "the worker's log does not show the hand-back"
 wait_healthy 180 worker || fail "worker not healthy again after the restart"
 
 # ---------------------------------------------------------------- 7. scale-out
