@@ -41,8 +41,9 @@ wrk:
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
+## Two pytest-xdist processes: the SQLite tests in one, the PostgreSQL ones in the other (tests/conftest.py).
 test: install browser fashion-mnist
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 ## Schema, API and training unit tests only (no worker process).
 test-fast: install
@@ -55,7 +56,7 @@ bench: install wrk fashion-mnist
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.polling
 	$(BIN)/python -m bench.download
-	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.scale --embedded
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.sparsity
 	$(BIN)/python -m bench.checkpoint

@@ -404,8 +404,13 @@ def remove(session: Session, experiment_id: str, owner: str) -> None:
         raise Conflict(f"{len(busy)} jobs of this experiment are still queued or running: cancel it first")
     for job in children:
         jobs.remove(session, job.id, owner)
-    files = [_plot_file(experiment_id, name) for name in ("compare", "tradeoff")]
+    forget(session, [experiment_id])
+
+
+def forget(session: Session, experiment_ids: list[str]) -> None:
+    """The experiments' rows and their comparison plots (their jobs are deleted, or kept, by the caller)."""
+    files = [_plot_file(experiment_id, name) for experiment_id in experiment_ids for name in ("compare", "tradeoff")]
     plots = select(Artifact.id).where(Artifact.kind == PLOT_KIND, Artifact.filename.in_(files))
     session.execute(delete(ArtifactChunk).where(ArtifactChunk.artifact_id.in_(plots)))
     session.execute(delete(Artifact).where(Artifact.kind == PLOT_KIND, Artifact.filename.in_(files)))
-    session.execute(delete(Experiment).where(Experiment.id == experiment_id))
+    session.execute(delete(Experiment).where(Experiment.id.in_(experiment_ids)))

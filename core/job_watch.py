@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.db import Database
+from core.errors import NotFound
 from core.models import Job
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,9 @@ class VersionWatch:
         with self._cond:
             return sum(self._waiting.values())
 
-    def wait(self, job_id: str, seen: int, timeout: float) -> bool:
-        """True as soon as the job's version is above ``seen`` (or the job is gone), False after ``timeout`` s."""
+    def wait(self, job_id: str, seen: int, timeout: float) -> int | None:
+        """The job's version as soon as it is above ``seen``, None after ``timeout`` s; ``NotFound`` once the job is
+        gone. The version read here is what the woken request answers with, so it needs no query of its own."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._ensure_thread()
@@ -52,11 +54,14 @@ class VersionWatch:
             self._cond.notify_all()  # an idle reader starts reading
             try:
                 while True:
-                    if job_id in self._gone or self._versions.get(job_id, seen) > seen:
-                        return True
+                    if job_id in self._gone:
+                        raise NotFound(f"no job {job_id!r}")
+                    version = self._versions.get(job_id, seen)
+                    if version > seen:
+                        return version
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        return False
+                        return None
                     self._cond.wait(left)
             finally:
                 self._waiting[job_id] -= 1

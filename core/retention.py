@@ -3,7 +3,9 @@
 A job goes with everything it stored: its models, plots and any checkpoint (artifacts and their chunks),
 its epoch history and its log. Kept whatever their age: a pinned job (``POST /v1/jobs/{id}/pin``) and a job
 another job names as its ``transfer.base_job_id`` (that job's page links to it; a rerun of its recipe needs
-it). Off by default: nothing is deleted until an operator sets the number of days.
+it). An experiment older than the cut goes, with its comparison plots, once none of its jobs is left (all
+deleted now or before); one with a job kept stays whole. Off by default: nothing is deleted until an operator
+sets the number of days.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from core import experiments
 from core.db import Database
-from core.models import FINISHED, Artifact, ArtifactChunk, EpochRecord, Job, LogLine, utcnow
+from core.models import FINISHED, Artifact, ArtifactChunk, EpochRecord, Experiment, Job, LogLine, utcnow
 from core.settings import Settings, load_settings
 
 ENDED = [status.value for status in FINISHED]
@@ -36,6 +39,7 @@ class Freed(BaseModel):
     log_lines: int = 0
     kept_pinned: int = Field(0, description="expired jobs kept because they are pinned")
     kept_bases: int = Field(0, description="expired jobs kept because another job transfers from them")
+    experiments: int = Field(0, description="experiments older than the cut with none of their jobs left")
 
 
 def transfer_bases(session: Session) -> set[str]:
@@ -74,7 +78,23 @@ def sweep(db: Database, days: float, apply: bool, now: datetime | None = None) -
             freed.log_lines += _count(session, LogLine.job_id, ids)
             if apply:
                 _delete(session, ids, older_than)
+    with db.session() as session:
+        empty = _empty_experiments(session, older_than, set() if apply else set(doomed))
+        freed.experiments = len(empty)
+        if apply and empty:
+            experiments.forget(session, empty)
     return freed
+
+
+def _empty_experiments(session: Session, older_than: datetime, going: set[str]) -> list[str]:
+    """Experiments created before the cut none of whose jobs stays: read after the deletes when applying (a job
+    pinned meanwhile keeps its experiment), or counting the jobs ``going`` on a dry run."""
+    old = list(session.scalars(select(Experiment.id).where(Experiment.created_at < older_than)))
+    if not old:
+        return []
+    children = session.execute(select(Job.experiment_id, Job.id).where(Job.experiment_id.in_(old))).all()
+    kept = {experiment_id for experiment_id, job_id in children if job_id not in going}
+    return [experiment_id for experiment_id in old if experiment_id not in kept]
 
 
 def _count(session: Session, column: InstrumentedAttribute[str], ids: list[str]) -> int:
@@ -120,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     verb = "deleted" if freed.applied else "would delete"
     print(
         f"{verb} {freed.jobs} finished job(s) older than {freed.older_than.isoformat()}: {freed.artifacts} "
-        f"artifact(s), {freed.bytes:,} bytes, {freed.epochs} epoch row(s), {freed.log_lines} log line(s); kept "
+        f"artifact(s), {freed.bytes:,} bytes, {freed.epochs} epoch row(s), {freed.log_lines} log line(s), "
+        f"{freed.experiments} experiment(s); kept "
         f"{freed.kept_pinned} pinned and {freed.kept_bases} transfer base(s)",
         file=sys.stderr,
     )

@@ -15,6 +15,7 @@ from core.db import Database
 from core.job_watch import VersionWatch
 from core.queue import make_celery
 from core.settings import Settings
+from service.job_bodies import JobBodies
 
 KEY = "trainer"
 
@@ -26,13 +27,15 @@ class Services:
     celery: Celery
     #: What ``GET /v1/jobs/{id}?wait=`` requests wait on: one reader thread per process.
     watch: VersionWatch
+    #: The job's JSON per version, shared by the requests that ask for it (held requests wake together).
+    job_bodies: JobBodies
 
 
 def init_app(app: Flask, settings: Settings) -> Services:
     """One database engine and one Celery app per Flask app: tests build several apps over different settings."""
     db = Database(settings)
     watch = VersionWatch(db, settings.wait_poll_interval_s)
-    made = app.extensions[KEY] = Services(settings, db, make_celery(settings), watch)
+    made = app.extensions[KEY] = Services(settings, db, make_celery(settings), watch, JobBodies())
     return made
 
 

@@ -70,6 +70,11 @@ def test_another_owner_gets_404_for_jobs_and_datasets(secured):
             f"/v1/jobs/{job['id']}/model",
         ):
             assert client.get(path, headers=headers["bob"]).status_code == 404
+        # the job's body is cached by version once alice has seen it; neither the body nor a 304 reaches bob
+        alice_etag = client.get(f"/v1/jobs/{job['id']}", headers=headers["alice"]).headers["ETag"]
+        for params in ("", "?wait=1"):
+            theirs = client.get(f"/v1/jobs/{job['id']}{params}", headers={**headers["bob"], "If-None-Match": alice_etag})
+            assert theirs.status_code == 404
         assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers["bob"]).status_code == 404
         assert job["id"] not in [j["id"] for j in client.get("/v1/jobs", headers=headers["bob"]).get_json()["items"]]
         buffer = io.BytesIO()

@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 
 from core import artifacts, checkpoints
 from core.db import Database
-from core.models import Artifact, ArtifactChunk, EpochRecord, Job, JobStatus, LogLine, utcnow
+from core.experiments import PLOT_KIND
+from core.models import Artifact, ArtifactChunk, EpochRecord, Experiment, Job, JobStatus, LogLine, utcnow
 from core.queue import make_celery
 from core.recipe import Recipe
 from core.settings import ROOT
@@ -25,7 +26,9 @@ from worker.reconciler import Reconciler
 MODEL_BYTES, PLOT_BYTES = 5000, 700
 
 
-def _job(db: Database, status: str, ended_days_ago: float | None, recipe: dict | None = None) -> str:
+def _job(
+    db: Database, status: str, ended_days_ago: float | None, recipe: dict | None = None, experiment: str | None = None
+) -> str:
     """A job row as a worker leaves it: a model and a plot (in 2 KB chunks: 3 + 1), two epochs, two log lines."""
     job_id = uuid.uuid4().hex
     ended = None if ended_days_ago is None else utcnow() - timedelta(days=ended_days_ago)
@@ -41,6 +44,7 @@ def _job(db: Database, status: str, ended_days_ago: float | None, recipe: dict |
                 created_at=utcnow() - timedelta(days=(ended_days_ago or 0) + 1),
                 finished_at=ended,
                 progress={"epoch": 2, "epochs": 5, "phase": status},
+                experiment_id=experiment,
             )
         )
         s.flush()
@@ -52,6 +56,24 @@ def _job(db: Database, status: str, ended_days_ago: float | None, recipe: dict |
             s.add(EpochRecord(job_id=job_id, epoch=epoch, attempt=1, phase="train", metrics={"loss": 1.0}))
             s.add(LogLine(job_id=job_id, level="INFO", message=f"epoch {epoch}"))
     return job_id
+
+
+def _experiment(db: Database, created_days_ago: float) -> str:
+    experiment_id = uuid.uuid4().hex
+    with db.session() as s:
+        s.add(
+            Experiment(
+                id=experiment_id,
+                owner="default",
+                name="old",
+                spec={},
+                created_at=utcnow() - timedelta(days=created_days_ago),
+            )
+        )
+        s.flush()
+        plot = io.BytesIO(b"p" * 100)
+        artifacts.store(s, plot, kind=PLOT_KIND, format="png", filename=f"{experiment_id}.png", chunk_bytes=2048)
+    return experiment_id
 
 
 def _retention(settings, *args: str, **env) -> tuple[dict | None, str]:
@@ -113,6 +135,30 @@ def test_retention_deletes_old_finished_jobs_but_keeps_pinned_ones_and_transfer_
         assert _rows(db, job_id) == {"job": 1, "artifacts": 2, "chunks": 4, "epochs": 2, "logs": 2}
     again, _ = _retention(settings, "--apply", "--days", "7")
     assert again["jobs"] == 0 and again["kept_pinned"] == 1 and again["kept_bases"] == 1
+    db.engine.dispose()
+
+
+def test_an_old_experiment_goes_with_its_last_job_and_stays_while_one_is_kept(isolated_backend):
+    settings = isolated_backend
+    db = Database(settings)
+    gone, kept, young = _experiment(db, 20), _experiment(db, 20), _experiment(db, 1)
+    _experiment(db, 20)  # old, and none of its jobs left (a user deleted them): it goes too
+    for experiment, ages in ((gone, (10, 12)), (kept, (10, 2)), (young, (10,))):
+        for days in ages:
+            _job(db, "succeeded", days, experiment=experiment)
+
+    dry, _ = _retention(settings, "--dry-run", "--days", "7")
+    assert (dry["jobs"], dry["experiments"]) == (4, 2)  # gone's two jobs, one of kept's, young's; gone and childless
+    applied, said = _retention(settings, "--apply", "--days", "7")
+    assert (applied["jobs"], applied["experiments"]) == (4, 2) and "2 experiment(s)" in said
+    with db.session() as s:
+        assert set(s.scalars(select(Experiment.id))) == {kept, young}
+        plots = set(s.scalars(select(Artifact.filename).where(Artifact.job_id.is_(None))))
+        assert plots == {f"{kept}.png", f"{young}.png"}
+        assert s.scalar(select(func.count()).where(Job.experiment_id == kept)) == 1
+    client = create_app(settings).test_client()
+    assert client.get(f"/v1/experiments/{gone}").status_code == 404
+    assert client.get(f"/v1/experiments/{kept}").status_code == 200
     db.engine.dispose()
 
 

@@ -70,10 +70,13 @@ def test_held_requests_are_answered_when_the_job_changes_and_hold_no_database_co
         t.start()
     wait_until(lambda: services(app).watch.waiting() == 20, timeout=30, interval=0.05)
     assert httpx.get(f"{url}/v1/jobs/{job_id}").json()["status"] == "queued"
+    builds = services(app).job_bodies.builds
     assert httpx.post(f"{url}/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
     for t in threads:
         t.join(60)
     assert [a.status_code for a in answers] == [200] * 20
+    # the cancel's answer built the new version's body; the 20 woken requests were sent those same bytes
+    assert services(app).job_bodies.builds == builds + 1
     assert {a.json()["status"] for a in answers} == {"cancelled"}
     assert {a.headers["ETag"] for a in answers} == {httpx.get(f"{url}/v1/jobs/{job_id}").headers["ETag"]} != {etag}
 
