@@ -41,9 +41,8 @@ wrk:
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-## Two pytest-xdist processes: the SQLite tests in one, the PostgreSQL ones in the other (tests/conftest.py).
 test: install browser fashion-mnist
-	$(BIN)/pytest -n 2 --dist loadgroup
+	$(BIN)/pytest
 
 ## Schema, API and training unit tests only (no worker process).
 test-fast: install

@@ -20,12 +20,9 @@ from tests import conformance
 from tests.support import start_worker
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
-#: ``make test`` runs the suite in two pytest-xdist processes (gw0, gw1); each has Redis databases of its own
-#: (13/14 and 9/10), as PostgreSQL databases and temporary directories are already per session.
-_XDIST = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-REDIS_URL = os.environ.get("TEST_REDIS_URL", f"redis://127.0.0.1:6379/{13 - 4 * _XDIST}")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 #: The database of tests that flush their broker themselves; two suites run at once need two pairs of these.
-ISOLATED_REDIS_DB = os.environ.get("TEST_REDIS_ISOLATED_DB", str(14 - 4 * _XDIST))
+ISOLATED_REDIS_DB = os.environ.get("TEST_REDIS_ISOLATED_DB", "14")
 FAST = dict(heartbeat_interval_s=0.5, reconcile_interval_s=1.0, single_user=True)
 #: Every ``load_settings()`` of the suite (and so every worker it starts, see ``stack.processes.settings_env``) skips
 #: the inference measurement, a few seconds per job over hundreds of jobs; tests of it ask for ``inference="full"``.
@@ -35,16 +32,6 @@ os.environ["TRAINER_INFERENCE"] = "off"
 def pytest_configure(config):
     config.addinivalue_line("markers", "worker: starts real Celery worker processes (slow)")
     conformance.install()
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n 2 --dist loadgroup`` (``make test``) every test on one ``backend`` runs in one process, so
-    the session's database, broker, API and worker for it are set up once there, not again each time that
-    process switches backend; the other tests are shared out one by one."""
-    for item in items:
-        spec = getattr(item, "callspec", None)
-        if spec is not None and "backend" in spec.params:
-            item.add_marker(pytest.mark.xdist_group(spec.params["backend"]))
 
 
 @pytest.fixture(autouse=True)
