@@ -221,6 +221,7 @@ def test_a_model_not_ready_or_not_yours_cannot_be_a_base(http, db, models, files
     assert unknown.status_code == 422 and "no uploaded model" in unknown.json()["detail"]
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # the CLI's upload-and-sweep; nothing SQL-specific
 def test_trainer_sweep_uploads_a_keras_file_sweeps_it_and_prints_the_table(live_api, http, models, files):
     """The CLI end to end: the local .keras file is uploaded first, pruned to each sparsity, the table printed."""
     result = CliRunner().invoke(

@@ -154,6 +154,7 @@ def test_sdk_download_refuses_a_wrong_checksum(live_api, worker, tmp_path):
 
 
 @pytest.mark.worker
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # the SDK's side of polling; nothing SQL-specific
 def test_sdk_polls_with_etag_sends_the_token_and_follows_cursors(live_api, http, worker, monkeypatch):
     seen: list[tuple[str, str, int, str | None]] = []
 

@@ -22,6 +22,7 @@ def spec(**extra) -> dict:
 
 
 @pytest.mark.worker
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # test_sweep runs the same path on postgres
 def test_an_experiment_runs_every_variant_and_seed_and_compares_them(http, worker):
     response = http.post("/v1/experiments", json=spec())
     assert response.status_code == 202, response.text

@@ -173,6 +173,7 @@ def the_child(worker) -> int:
 
 
 @pytest.mark.worker
+@pytest.mark.parametrize("isolated_backend", ["sqlite"], indirect=True)  # the guard is in the worker child
 def test_a_job_over_the_per_job_memory_limit_fails_out_of_memory_on_its_first_attempt(isolated_backend, tmp_path):
     # admission (whatever its own estimate) lets the recipe through: this is the worker's net under it
     settings = dataclasses.replace(isolated_backend, max_training_bytes=64 * 1024 * MIB)
@@ -196,6 +197,8 @@ def test_a_job_over_the_per_job_memory_limit_fails_out_of_memory_on_its_first_at
 
 
 @pytest.mark.worker
+# the requeue after a SIGKILL is tested on both brokers in test_worker_lost; here the cause is the point
+@pytest.mark.parametrize("isolated_backend", ["postgres"], indirect=True)
 def test_a_kernel_oom_kill_fails_out_of_memory_and_any_other_sigkill_resumes(isolated_backend, tmp_path):
     """The kernel's OOM killer is what a container's memory limit calls: a SIGKILL of the child while the
     cgroup's oom_kill count goes up. The count is a file the test writes (no cgroup of our own here)."""

@@ -16,6 +16,7 @@ def sweep_spec(values: list, **extra) -> dict:
 
 
 @pytest.mark.worker
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # the table and plot are the point, not SQL
 def test_a_sweep_over_a_recipe_answers_a_table_per_sparsity_and_a_tradeoff_plot(http, worker):
     response = http.post("/v1/experiments", json=sweep_spec([0.3, 0.8], repeats=2))
     assert response.status_code == 202, response.text
