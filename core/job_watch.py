@@ -89,8 +89,10 @@ class VersionWatch:
                 log.warning("could not read job versions: %s", str(exc).splitlines()[0])
                 found = None
             with self._cond:
-                if found is not None:
-                    self._versions = found
-                    self._gone = set(ids) - set(found)
+                gone = set(ids) - set(found) if found is not None else self._gone
+                # held requests wake when a job they wait on moved, appeared or went, not on every read (10 a
+                # second): a hundred threads woken to find nothing new take the GIL from the requests being served
+                if found is not None and (found != self._versions or gone != self._gone):
+                    self._versions, self._gone = found, gone
                     self._cond.notify_all()
             time.sleep(self.interval_s)
