@@ -97,3 +97,50 @@ def test_the_sdk_follows_a_training_job_with_held_requests(backend, worker, live
     assert versions == sorted(set(versions))
     epochs_seen = {row["epoch"] for a in answers if a.status_code == 200 for row in a.json().get("history", [])}
     assert epochs_seen == {1, 2, 3, 4}
+
+
+def test_the_watch_answers_the_new_version_wakes_only_on_a_change_and_says_when_the_job_is_gone(db, backend):
+    """``core.job_watch`` on its own, over the suite's database: no HTTP."""
+    from sqlalchemy import delete, update
+
+    from core import admission
+    from core.errors import NotFound
+    from core.job_watch import VersionWatch
+    from core.models import Job
+    from core.recipe import Recipe
+
+    with db.session() as session:
+        job_id = admission.create(session, Recipe.model_validate(small_recipe()), "default", backend).id
+    with db.session() as session:
+        seen = session.get(Job, job_id).version
+    watch = VersionWatch(db, interval_s=0.05)
+    woken: list[int] = []
+    real_notify = watch._cond.notify_all
+
+    def counting_notify():
+        woken.append(1)
+        real_notify()
+
+    watch._cond.notify_all = counting_notify  # type: ignore[method-assign]
+    assert watch.wait(job_id, seen, 0.6) is None  # nothing moved: a timeout, not a wake
+    idle_wakes = len(woken)
+    assert idle_wakes <= 3  # the waiter's own arrival and the first read, not one per read (~12 here)
+
+    def bump():
+        with db.session() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(version=Job.version + 2))
+
+    timer = threading.Timer(0.2, bump)
+    timer.start()
+    assert watch.wait(job_id, seen, 10) == seen + 2
+    timer.join()
+
+    def drop():
+        with db.session() as session:
+            session.execute(delete(Job).where(Job.id == job_id))
+
+    timer = threading.Timer(0.2, drop)
+    timer.start()
+    with pytest.raises(NotFound):
+        watch.wait(job_id, seen + 2, 10)
+    timer.join()
