@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -35,6 +36,15 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 GUNICORN_FLAGS = ["--workers", "2", "--threads", "4"]
 RESULTS = ROOT / "bench" / "results"
 PROFILES = Path(tempfile.gettempdir()) / "bench-profiles"  # raw py-spy output (MBs): kept out of the repository
+
+
+def _unwind(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+# a benchmark stopped by SIGTERM (``timeout``, ``kill``) unwinds its ``with`` blocks and ``finally`` clauses like
+# Ctrl-C does, so the workers, APIs and scratch databases it started go with it instead of outliving it
+signal.signal(signal.SIGTERM, _unwind)
 
 
 def machine() -> dict:

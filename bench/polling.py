@@ -12,8 +12,9 @@ Held requests (``?wait=``), with the API as deployed (``service/gunicorn_conf.py
 (d) 50 clients follow one training job (20 epochs of ~0.3 s) by plain conditional polling every 0.5 s, then 50
 follow a second one with ``?wait=30``: requests per job per client, and the delay from each epoch's record
 (``job_epochs.finished_at``) to each client seeing it; then both again on a job whose epochs take seconds, as
-a real job's do (digits, batch 1, 8 epochs: the 0.3 s epochs come faster than a 0.5 s poller asks); (e) 8 clients send plain GETs for 10 s alone, then
-while 200 clients hold ``?wait=30`` requests, under the deployed threads and under ``--threads 4``.
+a real job's do (digits, batch 1, 8 epochs: the 0.3 s epochs come faster than a 0.5 s poller asks); (e) 8
+clients send plain GETs for 10 s alone, then while 200 clients hold ``?wait=30`` requests, under the deployed
+threads and under ``--threads 4``.
 
 ``--sections`` picks among classic (a-c, needs wrk) and held (d, e).
 Writes ``bench/results/polling.json`` (a-c) and ``bench/results/polling-wait.json`` (d, e).

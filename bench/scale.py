@@ -112,10 +112,13 @@ def run_backend(name: str, rounds: list[int], py_spy: str | None = None) -> dict
 
     # the queue is what is measured: no per-job inference measurement (a few seconds of each small job)
     with h.backend(name, TRAINER_MAX_QUEUED_PER_OWNER=100000, TRAINER_INFERENCE="off") as b:
-        workers = [h.start_worker(b, "scale-a"), h.start_worker(b, "scale-b")]
-        api, url = h.start_api(b)
+        workers: list[h.Proc] = []
+        api = None
         db = Database(b.settings())
         try:
+            workers += [h.start_worker(b, "scale-a")]
+            workers += [h.start_worker(b, "scale-b")]
+            api, url = h.start_api(b)
             profiler = None
             PROFILE.parent.mkdir(parents=True, exist_ok=True)
             if py_spy:  # one worker and its children, from 5 s into the first round, for 30 s
@@ -135,7 +138,8 @@ def run_backend(name: str, rounds: list[int], py_spy: str | None = None) -> dict
                 out["profile_worker"] = h.summarize_profile(PROFILE)
         finally:
             db.engine.dispose()
-            api.stop()
+            if api is not None:
+                api.stop()
             for w in workers:
                 w.stop()
     if len(rounds) > 1:
