@@ -266,6 +266,9 @@ def test_cancel_a_queued_job_and_ctrl_c_a_real_process(trainer, patient_api, htt
             stdout=subprocess.PIPE,
             stderr=err_file,
             text=True,
+            # a suite started in the background by a non-interactive shell (`.ci/run &`) inherits SIGINT ignored,
+            # and so would this child, which then never sees its Ctrl-C: it starts with the default disposition
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     ours: list[str] = []
     try:
