@@ -52,7 +52,7 @@ def run_round(b: h.Backend, db, url: str, n: int, workers: list[h.Proc]) -> dict
         if bad:
             raise RuntimeError(f"{len(bad)} submissions refused: {bad[:5]} {responses[0].text[:500]}")
         ids = [r.json()["id"] for r in responses]
-        deadline = time.monotonic() + 60 + 3 * n  # ~4x the expected time: a stall is reported, not waited out
+        deadline = time.monotonic() + 60 + 6 * n  # ~8x the expected time: a stall is reported, not waited out
         timed_out = False
         while True:
             with db.session() as session:
