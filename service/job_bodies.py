@@ -16,8 +16,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-#: Jobs whose latest body is kept per process. Bodies are small (a 150-epoch history is ~60 KB) and only the
-#: latest version of each job is kept, so this bounds the cache to a few MB.
+#: Jobs whose latest body is kept per process (only the latest version of each): the cache holds at most this many
+#: job bodies, each the size of one ``GET /v1/jobs/{id}`` answer (history rows are bounded by TRAINER_MAX_EPOCHS).
 MAX_JOBS = 128
 
 
